@@ -1,0 +1,3 @@
+from hw2cli.app import run
+
+run()

@@ -1,0 +1,245 @@
+"""The ``hw2`` command: global options, plugin mounting, and the one error path.
+
+Start-up stays light: this module imports Typer and Rich only. Plugins are listed from their
+entry points; a plugin's command module (and torch) is imported only when one of its commands
+runs (``LazyPluginCommand``).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+from pathlib import Path
+from typing import Any
+
+import typer
+from typer.core import TyperCommand, TyperGroup
+
+from hw2cli import __version__, registry, ui
+from hw2cli.errors import HW2Error
+
+PROJECT_PANEL = "Project"
+
+
+class LazyPluginCommand(TyperCommand):
+    """Stands in for a plugin in ``hw2 --help``; becomes the real command group when invoked."""
+
+    def __init__(self, record: registry.PluginRecord) -> None:
+        assert record.plugin is not None
+        super().__init__(name=record.name, help=record.plugin.help, short_help=record.plugin.help)
+        self.rich_help_panel = record.plugin.panel
+        self.record = record
+
+    def real(self) -> Any:
+        try:
+            return registry.load_command(self.record)
+        except Exception as exc:
+            raise HW2Error(
+                f"plugin '{self.record.name}' ({self.record.distribution}) failed to load its commands: "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
+
+    def make_context(self, info_name: str | None, args: list[str], parent: Any = None, **extra: Any) -> Any:
+        return self.real().make_context(info_name, args, parent=parent, **extra)
+
+    def shell_complete(self, ctx: Any, incomplete: str) -> Any:
+        return self.real().shell_complete(ctx, incomplete)
+
+
+class PluginGroup(TyperGroup):
+    """The root group: built-in project commands plus every mounted plugin."""
+
+    _warned = False
+
+    def _plugins(self) -> dict[str, registry.PluginRecord]:
+        found = registry.discover()
+        if not PluginGroup._warned:
+            PluginGroup._warned = True
+            for message in found.warnings:
+                ui.warn(message)
+        return found.mounted()
+
+    def list_commands(self, ctx: Any) -> list[str]:
+        builtins = list(self.commands)
+        return builtins + sorted(n for n in self._plugins() if n not in self.commands)
+
+    def get_command(self, ctx: Any, cmd_name: str) -> Any:
+        if cmd_name in self.commands:
+            return self.commands[cmd_name]
+        record = self._plugins().get(cmd_name)
+        return LazyPluginCommand(record) if record is not None else None
+
+
+app = typer.Typer(
+    name="hw2",
+    cls=PluginGroup,
+    help=(
+        "One command for the generative-vision homework: conditional DDPM on digits, DDIM on faces, "
+        "CLIP zero-shot, and Stable Diffusion personalization."
+    ),
+    rich_markup_mode="rich",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        ui.result(f"hw2 {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    device: str | None = typer.Option(None, help="auto, cpu, cuda, cuda:N or mps \\[env: HW2_DEVICE]."),
+    dtype: str | None = typer.Option(None, help="fp32, bf16 or fp16 \\[env: HW2_DTYPE]."),
+    seed: int | None = typer.Option(None, help="Global random seed \\[env: HW2_SEED]."),
+    kernels: str | None = typer.Option(None, help="auto, triton or torch \\[env: HW2_KERNELS]."),
+    offline: bool | None = typer.Option(
+        None, "--offline/--online", help="Never download weights \\[env: HW2_OFFLINE]."
+    ),
+    data_root: Path | None = typer.Option(None, help="Homework data folder \\[env: HW2_DATA_ROOT]."),
+    output_root: Path | None = typer.Option(None, help="Default output folder \\[env: HW2_OUTPUT_ROOT]."),
+    weights_dir: Path | None = typer.Option(None, help="Weights and caches \\[env: HW2_WEIGHTS_DIR]."),
+    config: Path | None = typer.Option(None, "--config", help="A TOML settings file (default: ./hw2.toml)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or status lines."),
+    debug: bool = typer.Option(False, "--debug", help="Show tracebacks \\[env: HW2_DEBUG=1]."),
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    from hw2cli import settings as settings_mod
+
+    ui.configure(quiet=quiet, debug=debug or ui.is_debug())
+    cli = {
+        "device": device,
+        "dtype": dtype,
+        "seed": seed,
+        "kernels": kernels,
+        "offline": offline,
+        "data_root": data_root,
+        "output_root": output_root,
+        "weights_dir": weights_dir,
+    }
+    settings_mod.set_current(*settings_mod.load(cli, config_file=config))
+
+
+# --------------------------------------------------------------------------- project commands
+
+
+@app.command("plugins", rich_help_panel=PROJECT_PANEL)
+def plugins_command(
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+) -> None:
+    """List installed plugins: name, distribution, version, help and load status."""
+    found = registry.discover()
+    rows = []
+    for r in found.records:
+        status = r.status
+        if r.status == "ok":
+            try:
+                registry.load_command(r)
+                status = "loaded"
+            except Exception as exc:
+                status, r.reason = "failed", f"{type(exc).__name__}: {exc}"
+        rows.append(
+            {
+                "name": r.name,
+                "distribution": r.distribution,
+                "version": r.version,
+                "help": r.help,
+                "status": status,
+                "reason": r.reason,
+            }
+        )
+    if as_json:
+        ui.print_json(rows)
+        return
+    for message in found.warnings:
+        ui.warn(message)
+    ui.print_table(
+        ["name", "distribution", "version", "help", "status"],
+        [
+            [
+                r["name"],
+                r["distribution"],
+                r["version"],
+                r["help"],
+                r["status"] + (f": {r['reason']}" if r["reason"] else ""),
+            ]
+            for r in rows
+        ],
+        title="hw2 plugins",
+    )
+
+
+config_app = typer.Typer(help="Show the settings and where each value comes from.", no_args_is_help=True)
+app.add_typer(config_app, name="config", rich_help_panel=PROJECT_PANEL)
+
+
+@config_app.command("show")
+def config_show(as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
+    """Print every setting, its value and its source (option, env, .env, TOML file, default)."""
+    from hw2cli import settings as settings_mod
+
+    current = settings_mod.get()
+    origin = settings_mod.origin()
+    rows = [
+        {"name": name, "value": str(getattr(current, name)), "source": origin.get(name, "default")}
+        for name in type(current).model_fields
+    ]
+    if as_json:
+        ui.print_json(rows)
+    else:
+        ui.print_table(["setting", "value", "source"], [[r["name"], r["value"], r["source"]] for r in rows])
+
+
+@app.command("env", rich_help_panel=PROJECT_PANEL)
+def env_command(as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
+    """Versions, device and kernel backend, ready to paste into a bug report."""
+    from hw2cli.runtime import environment_report
+
+    report = environment_report()
+    if as_json:
+        ui.print_json(report)
+    else:
+        ui.print_table(["", ""], [[k, v] for k, v in report.items()], title="hw2 env")
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; return the exit code (0 ok, 1 runtime failure, 2 usage error, 130 Ctrl-C)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args or os.environ.get("HW2_DEBUG", "").lower() in ("1", "true", "yes")
+    ui.configure(debug=debug, quiet=False)
+    command = typer.main.get_command(app)
+    try:
+        command.main(args=args, prog_name="hw2", standalone_mode=True)
+    except SystemExit as exc:
+        code = exc.code
+        if code == 130:  # Typer turns Ctrl-C into Exit(130) silently
+            ui.error("interrupted.")
+        return code if isinstance(code, int) else (0 if code is None else 1)
+    except HW2Error as exc:
+        if ui.is_debug():
+            traceback.print_exc()
+        ui.error(str(exc))
+        return exc.exit_code
+    except KeyboardInterrupt:
+        ui.error("interrupted.")
+        return 130
+    except Exception as exc:
+        if ui.is_debug():
+            traceback.print_exc()
+        ui.error(f"unexpected {type(exc).__name__}: {exc} (run again with --debug for the traceback).")
+        return 1
+    return 0
+
+
+def run() -> None:
+    """Console-script entry point."""
+    raise SystemExit(main())

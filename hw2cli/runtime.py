@@ -1,0 +1,112 @@
+"""Device, dtype and seeding: the small runtime facts every command shares.
+
+Imports torch lazily; call these from inside commands, never at module import.
+"""
+
+from __future__ import annotations
+
+import platform
+import sys
+from importlib import metadata
+from typing import TYPE_CHECKING, Any
+
+from hw2cli.errors import RunError
+
+if TYPE_CHECKING:
+    import torch
+
+_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+
+
+def resolve_device(name: str | None = None) -> torch.device:
+    """``auto`` → CUDA if available, else MPS, else CPU. A device that is not there is an error."""
+    import torch
+
+    from hw2cli import settings
+
+    name = name or settings.get().device
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise RunError(f"device {name!r} was asked for but CUDA is not available here; use --device cpu.")
+        index = int(name.split(":")[1]) if ":" in name else 0
+        if index >= torch.cuda.device_count():
+            raise RunError(
+                f"device {name!r} does not exist: "
+                f"this machine has {torch.cuda.device_count()} CUDA device(s)."
+            )
+    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise RunError("device 'mps' was asked for but MPS is not available here; use --device cpu.")
+    return torch.device(name)
+
+
+def resolve_dtype(name: str | None = None) -> torch.dtype:
+    import torch
+
+    from hw2cli import settings
+
+    return getattr(torch, _DTYPES[name or settings.get().dtype])
+
+
+def _version(dist: str) -> str:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def environment_report() -> dict[str, Any]:
+    """Versions, device and kernel backend, for ``hw2 env`` and bug reports."""
+    import hw2kernels
+    import torch
+
+    from hw2cli import __version__, settings
+
+    report: dict[str, Any] = {
+        "hw2": __version__,
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "torch": torch.__version__,
+        "cuda (torch build)": torch.version.cuda or "none",
+        "cuda available": torch.cuda.is_available(),
+    }
+    if torch.cuda.is_available():
+        report["gpu"] = ", ".join(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count()))
+    for dist in (
+        "triton",
+        "diffusers",
+        "transformers",
+        "open_clip_torch",
+        "accelerate",
+        "safetensors",
+        "timm",
+    ):
+        report[dist] = _version(dist)
+    current = settings.get()
+    try:
+        report["device"] = str(resolve_device(current.device))
+    except RunError as exc:
+        report["device"] = f"unavailable ({exc})"
+    ok, reason = hw2kernels.triton_status()
+    report["kernels setting"] = current.kernels
+    report["triton kernels"] = "can run" if ok else f"cannot run ({reason})"
+    report["kernel backend in use"] = hw2kernels.resolve_backend(
+        None, device_type=report["device"].split(":")[0]
+    )
+    return report
+
+
+def seed_everything(seed: int) -> None:
+    import random
+
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)

@@ -1,0 +1,222 @@
+"""One ``Settings`` class and where each value comes from.
+
+Sources, highest priority first:
+
+1. command-line options (``hw2 --device cpu ...``)
+2. ``HW2_*`` environment variables
+3. a ``.env`` file in the working directory
+4. ``--config FILE``, or ``hw2.toml`` in the working directory
+5. ``[tool.hw2]`` in ``pyproject.toml`` in the working directory
+6. the defaults below
+
+``hw2 config show`` prints every value with its source (:func:`load`).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    DotEnvSettingsSource,
+    EnvSettingsSource,
+    InitSettingsSource,
+    PydanticBaseSettingsSource,
+    PyprojectTomlConfigSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from hw2cli.errors import UsageError
+
+ENV_PREFIX = "HW2_"
+_DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+
+# What a user should write instead, per field, for the one-sentence error.
+ALLOWED = {
+    "device": "auto, cpu, cuda, cuda:N (N a GPU index) or mps",
+    "dtype": "fp32, bf16 or fp16",
+    "seed": "a whole number >= 0",
+    "kernels": "auto, triton or torch",
+    "offline": "true or false",
+    "data_root": "a folder path",
+    "output_root": "a folder path",
+    "weights_dir": "a folder path",
+}
+
+
+def _default_cache() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "hw2"
+
+
+class Settings(BaseSettings):
+    """Every setting ``hw2`` reads. Commands may override some per call (e.g. ``--seed``)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        extra="ignore",
+        pyproject_toml_table_header=("tool", "hw2"),
+        validate_default=True,
+    )
+
+    device: str = "auto"
+    """Where models run: ``auto`` picks CUDA when present, else CPU."""
+    dtype: Literal["fp32", "bf16", "fp16"] = "fp32"
+    """Compute precision for sampling (autocast on GPU); training uses bf16 autocast on GPU."""
+    seed: int = 0
+    data_root: Path = Path("hw2_data")
+    output_root: Path = Path("outputs")
+    weights_dir: Path = _default_cache()
+    """Downloaded weights and caches (e.g. CLIP text features)."""
+    kernels: Literal["auto", "triton", "torch"] = "auto"
+    """``auto``: fused Triton kernels on CUDA when they compile, else the PyTorch reference."""
+    offline: bool = False
+    """Never try to download weights (also sets ``HF_HUB_OFFLINE``)."""
+
+    @field_validator("device")
+    @classmethod
+    def _check_device(cls, value: str) -> str:
+        value = value.strip().lower()
+        if not _DEVICE_RE.match(value):
+            raise ValueError("not a device")
+        return value
+
+    @field_validator("seed")
+    @classmethod
+    def _check_seed(cls, value: int) -> int:
+        if value < 0:
+            raise ValueError("negative seed")
+        return value
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return tuple(make() for _, make in _sources(settings_cls, init_settings, _config_file))
+
+
+_config_file: Path | None = None
+
+
+def _sources(
+    settings_cls: type[BaseSettings], init: PydanticBaseSettingsSource, config_file: Path | None
+) -> list[tuple[str, Callable[[], PydanticBaseSettingsSource]]]:
+    """The sources in priority order, each with the label ``config show`` prints.
+
+    Sources are built lazily: the file-based ones read their file when built.
+    """
+    cwd = Path.cwd()
+    toml_path = config_file if config_file is not None else cwd / "hw2.toml"
+    return [
+        ("option", lambda: init),
+        ("env", lambda: EnvSettingsSource(settings_cls)),
+        (".env", lambda: DotEnvSettingsSource(settings_cls, env_file=cwd / ".env")),
+        (
+            str(toml_path.name if config_file is None else toml_path),
+            lambda: TomlConfigSettingsSource(settings_cls, toml_file=toml_path),
+        ),
+        (
+            "pyproject.toml",
+            lambda: PyprojectTomlConfigSettingsSource(settings_cls, toml_file=cwd / "pyproject.toml"),
+        ),
+    ]
+
+
+def _describe(field: str, source: str) -> str:
+    """How the user spelled a setting in a given source, for error messages."""
+    env_name = f"{ENV_PREFIX}{field.upper()}"
+    if source == "option":
+        return f"--{field.replace('_', '-')}"
+    if source == "env":
+        return env_name
+    if source == ".env":
+        return f"{env_name} in .env"
+    if source == "pyproject.toml":
+        return f"{field} in [tool.hw2] of pyproject.toml"
+    return f"{field} in {source}"
+
+
+def load(
+    cli: Mapping[str, Any] | None = None, config_file: str | os.PathLike[str] | None = None
+) -> tuple[Settings, dict[str, str]]:
+    """Build the settings and, for each field, the label of the source that set it.
+
+    Raises :class:`UsageError` naming the variable (or option, or file key) of an invalid value.
+    """
+    global _config_file
+    cfg = Path(config_file) if config_file is not None else None
+    if cfg is not None and not cfg.is_file():
+        raise UsageError(f"--config {cfg}: no such file; pass a TOML file such as hw2.toml.")
+    fields = set(Settings.model_fields)
+    init = InitSettingsSource(Settings, init_kwargs={k: v for k, v in (cli or {}).items() if v is not None})
+    merged: dict[str, Any] = {}
+    origin = dict.fromkeys(fields, "default")
+    for label, make_source in reversed(_sources(Settings, init, cfg)):
+        try:
+            data = make_source()()
+        except Exception as exc:  # a malformed TOML file
+            raise UsageError(f"cannot read settings from {label}: {exc}.") from exc
+        if label not in ("env", ".env", "option"):
+            unknown = sorted(set(data) - fields)
+            if unknown:
+                raise UsageError(
+                    f"unknown setting {unknown[0]!r} in {label}; known settings: {', '.join(sorted(fields))}."
+                )
+        for key, value in data.items():
+            if key in fields:
+                merged[key] = value
+                origin[key] = label
+    try:
+        _config_file = cfg
+        settings = Settings.model_validate(merged)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = str(first["loc"][0]) if first["loc"] else "?"
+        where = _describe(field, origin.get(field, "default"))
+        value = merged.get(field)
+        raise UsageError(
+            f"{where} is {value!r}, which is not a valid {field}: "
+            f"expected {ALLOWED.get(field, 'a valid value')}."
+        ) from exc
+    finally:
+        _config_file = None
+    return settings, origin
+
+
+# The settings of this process and their sources, set by the CLI's root callback.
+_current: Settings | None = None
+_origin: dict[str, str] = {}
+
+
+def set_current(settings: Settings, origin: Mapping[str, str] | None = None) -> None:
+    global _current, _origin
+    _current = settings
+    _origin = dict(origin or {})
+    if settings.offline:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+def get() -> Settings:
+    """The settings of this process (built from the environment if the CLI did not set them)."""
+    if _current is None:
+        set_current(*load())
+    assert _current is not None
+    return _current
+
+
+def origin() -> dict[str, str]:
+    """Which source set each field of :func:`get`'s settings."""
+    get()
+    return dict(_origin)

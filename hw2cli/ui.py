@@ -1,0 +1,201 @@
+"""The one console module: messages, errors, tables, JSON and progress bars.
+
+Results go to stdout; progress, warnings and errors go to stderr, so ``--json`` output stays
+parseable in a pipe. Rich is used on a terminal; elsewhere (CI logs, pipes) and with
+``--quiet`` the output is plain text. Only the CLI layer calls this module: the core takes a
+progress callback and never prints.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
+
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+from rich.text import Text
+
+_state = {"quiet": False, "debug": False}
+
+
+def configure(*, quiet: bool | None = None, debug: bool | None = None) -> None:
+    if quiet is not None:
+        _state["quiet"] = quiet
+    if debug is not None:
+        _state["debug"] = debug
+
+
+def is_quiet() -> bool:
+    return _state["quiet"]
+
+
+def is_debug() -> bool:
+    return _state["debug"]
+
+
+def out() -> Console:
+    """Console on the current ``sys.stdout`` (looked up on each call, so tests can capture it)."""
+    return Console(file=sys.stdout, highlight=False, soft_wrap=True)
+
+
+def err() -> Console:
+    return Console(file=sys.stderr, highlight=False, soft_wrap=True)
+
+
+def error(message: str) -> None:
+    err().print(Text.assemble(("Error: ", "bold red"), (message, "red")))
+
+
+def warn(message: str) -> None:
+    err().print(Text.assemble(("Warning: ", "yellow"), message))
+
+
+def info(message: str) -> None:
+    """A status line on stderr (suppressed by ``--quiet``)."""
+    if not _state["quiet"]:
+        err().print(message, markup=False)
+
+
+def result(message: str) -> None:
+    """A result line on stdout (kept under ``--quiet``: it is what the user asked for)."""
+    out().print(message, markup=False)
+
+
+def print_json(obj: Any) -> None:
+    sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
+    sys.stdout.flush()
+
+
+def print_table(
+    columns: Sequence[str],
+    rows: Iterable[Sequence[Any]],
+    *,
+    title: str | None = None,
+    justify: Sequence[str] | None = None,
+) -> None:
+    """A rich table on stdout; on a non-terminal rich renders it as plain box-drawing text."""
+    table = Table(title=title, header_style="bold", title_justify="left")
+    for i, name in enumerate(columns):
+        table.add_column(name, justify=(justify[i] if justify else "left"), overflow="fold")  # type: ignore[arg-type]
+    for row in rows:
+        table.add_row(*(escape(_fmt(v)) for v in row))
+    out().print(table)
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+class _RateColumn(ProgressColumn):
+    def render(self, task: Task) -> Text:
+        speed = task.finished_speed or task.speed
+        if speed is None:
+            return Text("  -- it/s", style="progress.data.speed")
+        if speed < 1:
+            return Text(f"{1 / speed:5.2f} s/it", style="progress.data.speed")
+        return Text(f"{speed:6.1f} it/s", style="progress.data.speed")
+
+
+class ProgressBar:
+    """A progress bar with live metrics: ``bar.update(advance=1, loss=0.12)``.
+
+    Rich (description, bar, done/total, it/s, elapsed • remaining, metrics) on a terminal;
+    a plain line about every 10 % and at the end elsewhere; nothing under ``--quiet``.
+    """
+
+    def __init__(self, description: str, total: int | None, *, plain_every_s: float = 10.0) -> None:
+        self.description = description
+        self.total = total
+        self.done = 0
+        self.metrics: dict[str, Any] = {}
+        self._mode = "off" if _state["quiet"] else ("rich" if err().is_terminal else "plain")
+        self._progress: Progress | None = None
+        self._task_id: Any = None
+        self._start = time.perf_counter()
+        self._last_plain = self._start
+        self._next_pct = 10
+        self._plain_every_s = plain_every_s
+
+    def __enter__(self) -> ProgressBar:
+        self._start = time.perf_counter()
+        if self._mode == "rich":
+            self._progress = Progress(
+                TextColumn("[bold]{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                _RateColumn(),
+                TimeElapsedColumn(),
+                TextColumn("•"),
+                TimeRemainingColumn(),
+                TextColumn("{task.fields[metrics]}"),
+                console=err(),
+                transient=False,
+            )
+            self._progress.start()
+            self._task_id = self._progress.add_task(self.description, total=self.total, metrics="")
+        return self
+
+    def update(self, advance: int = 1, **metrics: Any) -> None:
+        self.done += advance
+        if metrics:
+            self.metrics.update(metrics)
+        if self._mode == "rich" and self._progress is not None:
+            self._progress.update(self._task_id, advance=advance, metrics=self._metric_text())
+        elif self._mode == "plain":
+            now = time.perf_counter()
+            pct = 100 * self.done / self.total if self.total else 0
+            if (self.total and pct >= self._next_pct) or now - self._last_plain >= self._plain_every_s:
+                while self.total and pct >= self._next_pct:
+                    self._next_pct += 10
+                self._last_plain = now
+                self._plain_line()
+
+    def _metric_text(self) -> str:
+        return " ".join(f"{k}={_fmt(v)}" for k, v in self.metrics.items())
+
+    def _plain_line(self) -> None:
+        elapsed = time.perf_counter() - self._start
+        rate = self.done / elapsed if elapsed > 0 else 0.0
+        total = f"/{self.total}" if self.total else ""
+        eta = ""
+        if self.total and rate > 0 and self.done < self.total:
+            eta = f" eta {(self.total - self.done) / rate:.0f}s"
+        line = f"{self.description}: {self.done}{total} {rate:.1f} it/s elapsed {elapsed:.0f}s{eta}"
+        if self.metrics:
+            line += " " + self._metric_text()
+        print(line, file=sys.stderr, flush=True)
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+        elif self._mode == "plain" and self.total and self.done < self.total and exc[0] is None:
+            self._plain_line()
+
+
+def progress(description: str, total: int | None) -> ProgressBar:
+    return ProgressBar(description, total)
+
+
+def track(iterable: Iterable[Any], description: str, total: int | None = None) -> Iterator[Any]:
+    if total is None and hasattr(iterable, "__len__"):
+        total = len(iterable)  # type: ignore[arg-type]
+    with progress(description, total) as bar:
+        for item in iterable:
+            yield item
+            bar.update()

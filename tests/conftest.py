@@ -1,0 +1,91 @@
+"""Shared fixtures. Every test runs in its own empty working directory, with no HW2_* variables
+from the outside, and sees only hw2's own plugins unless it installs one itself."""
+
+from __future__ import annotations
+
+import os
+import sys
+import textwrap
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+import pytest
+
+from hw2cli import registry, settings, ui
+
+BUILTIN_PLUGINS = sorted(
+    ep.name for ep in metadata.distribution("hw2").entry_points if ep.group == "hw2.plugins"
+)
+
+
+@pytest.fixture(autouse=True)
+def isolated(tmp_path_factory, monkeypatch):
+    """Clean environment, working directory and process state for each test."""
+    for key in list(os.environ):
+        if key.startswith("HW2_"):
+            monkeypatch.delenv(key)
+    # Keep any third-party plugin installed in this environment from leaking into the tests.
+    monkeypatch.setenv("HW2_PLUGINS", ",".join(BUILTIN_PLUGINS))
+    monkeypatch.setenv("COLUMNS", "200")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("cache")))
+    monkeypatch.chdir(tmp_path_factory.mktemp("cwd"))
+    registry.reset()
+    from hw2cli.app import PluginGroup
+
+    PluginGroup._warned = False
+    settings._current = None
+    ui.configure(quiet=False, debug=False)
+    yield
+    registry.reset()
+    settings._current = None
+
+
+@dataclass
+class Result:
+    code: int
+    out: str
+    err: str
+
+
+@pytest.fixture
+def run_cli(capsys):
+    """Run ``hw2 ARGS`` in this process through the real entry point; return code and output."""
+    from hw2cli.app import main
+
+    def run(*args: str) -> Result:
+        capsys.readouterr()
+        code = main([str(a) for a in args])
+        captured = capsys.readouterr()
+        return Result(code, captured.out, captured.err)
+
+    return run
+
+
+@pytest.fixture
+def install_plugin(tmp_path, monkeypatch):
+    """Install a fake third-party distribution with an ``hw2.plugins`` entry point.
+
+    ``install_plugin(dist, module, source, entry_points={"name": "module:attr"})`` writes the
+    module and a ``.dist-info`` folder (what pip would write) onto ``sys.path``.
+    """
+    site = tmp_path / "site"
+    site.mkdir()
+    modules: list[str] = []
+
+    def install(dist: str, module: str, source: str, entry_points: dict[str, str]) -> Path:
+        (site / f"{module}.py").write_text(textwrap.dedent(source))
+        info = site / f"{dist.replace('-', '_')}-1.2.3.dist-info"
+        info.mkdir()
+        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 1.2.3\n")
+        lines = "\n".join(f"{name} = {value}" for name, value in entry_points.items())
+        (info / "entry_points.txt").write_text(f"[hw2.plugins]\n{lines}\n")
+        modules.append(module)
+        registry.reset()
+        return site
+
+    monkeypatch.syspath_prepend(str(site))
+    yield install
+    for module in modules:
+        sys.modules.pop(module, None)
+    registry.reset()

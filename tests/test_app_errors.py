@@ -1,0 +1,105 @@
+"""The one error path: a sentence, an exit code, no traceback unless --debug."""
+
+from __future__ import annotations
+
+import pytest
+
+FAILING = """
+    import typer
+    from hw2cli.errors import RunError, UsageError
+    from hw2cli.registry import Plugin
+
+    app = typer.Typer()
+
+    @app.command()
+    def usage() -> None:
+        raise UsageError("--digit is 12; expected a digit from 0 to 9.")
+
+    @app.command()
+    def runtime() -> None:
+        raise RunError("no weights found at /x; pass --checkpoint.")
+
+    @app.command()
+    def bug() -> None:
+        raise ZeroDivisionError("boom")
+
+    @app.command()
+    def interrupt() -> None:
+        raise KeyboardInterrupt
+
+    plugin = Plugin(name="failing", help="Fails on purpose.", app=app)
+"""
+
+
+@pytest.fixture
+def failing(install_plugin, monkeypatch):
+    install_plugin("hw2-failing", "failing_plugin", FAILING, {"failing": "failing_plugin:plugin"})
+    monkeypatch.setenv("HW2_PLUGINS", "failing")
+
+
+@pytest.mark.parametrize(
+    ("command", "code", "message"),
+    [
+        ("usage", 2, "Error: --digit is 12; expected a digit from 0 to 9."),
+        ("runtime", 1, "Error: no weights found at /x; pass --checkpoint."),
+        ("bug", 1, "Error: unexpected ZeroDivisionError: boom (run again with --debug for the traceback)."),
+        ("interrupt", 130, "Error: interrupted."),
+    ],
+)
+def test_errors_are_one_sentence_and_an_exit_code(failing, run_cli, command, code, message):
+    result = run_cli("failing", command)
+    assert result.code == code
+    assert result.err.strip() == message
+    assert "Traceback" not in result.err
+
+
+@pytest.mark.parametrize("how", ["flag", "env"])
+def test_debug_shows_the_traceback(failing, run_cli, monkeypatch, how):
+    args = ["--debug"] if how == "flag" else []
+    if how == "env":
+        monkeypatch.setenv("HW2_DEBUG", "1")
+    result = run_cli(*args, "failing", "bug")
+    assert result.code == 1
+    assert "Traceback (most recent call last)" in result.err
+    assert "ZeroDivisionError: boom" in result.err
+
+
+def test_unknown_command_and_option_are_usage_errors(run_cli):
+    assert run_cli("nosuchcommand").code == 2
+    assert run_cli("--nosuchoption").code == 2
+
+
+def test_version(run_cli):
+    from hw2cli import __version__
+
+    result = run_cli("--version")
+    assert result.code == 0 and result.out.strip() == f"hw2 {__version__}"
+
+
+def test_help_lists_every_builtin_in_panels(run_cli):
+    from importlib import metadata
+
+    out = run_cli("--help").out
+    for name in (ep.name for ep in metadata.distribution("hw2").entry_points if ep.group == "hw2.plugins"):
+        assert name in out
+    assert "Project" in out and "plugins" in out and "config" in out and "env" in out
+
+
+def test_env_report(run_cli):
+    import json
+
+    result = run_cli("env", "--json")
+    assert result.code == 0, result.err
+    report = json.loads(result.out)
+    for key in (
+        "python",
+        "torch",
+        "triton",
+        "diffusers",
+        "transformers",
+        "open_clip_torch",
+        "device",
+        "triton kernels",
+    ):
+        assert key in report
+    assert report["device"] == "cpu" or report["cuda available"]

@@ -1,0 +1,123 @@
+"""Settings sources and their order: option > env > .env > hw2.toml/--config > pyproject > default."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from hw2cli import settings
+from hw2cli.errors import UsageError
+
+
+def show(run_cli, *args: str) -> dict[str, tuple[str, str]]:
+    result = run_cli(*args, "config", "show", "--json")
+    assert result.code == 0, result.err
+    return {r["name"]: (r["value"], r["source"]) for r in json.loads(result.out)}
+
+
+def test_defaults(run_cli):
+    values = show(run_cli)
+    assert values["device"] == ("auto", "default")
+    assert values["dtype"] == ("fp32", "default")
+    assert values["kernels"] == ("auto", "default")
+    assert values["offline"] == ("False", "default")
+    assert set(values) == set(settings.Settings.model_fields)
+
+
+def test_each_source_overrides_the_ones_below(run_cli, monkeypatch):
+    cwd = Path.cwd()
+    (cwd / "pyproject.toml").write_text(
+        '[tool.hw2]\nseed = 1\ndtype = "fp16"\nkernels = "torch"\ndevice = "cpu"\n'
+    )
+    (cwd / "hw2.toml").write_text('seed = 2\ndtype = "bf16"\nkernels = "triton"\n')
+    (cwd / ".env").write_text("HW2_SEED=3\nHW2_DTYPE=fp32\nUNRELATED=1\n")
+    monkeypatch.setenv("HW2_SEED", "4")
+    values = show(run_cli)
+    assert values["device"] == ("cpu", "pyproject.toml")
+    assert values["kernels"] == ("triton", "hw2.toml")
+    assert values["dtype"] == ("fp32", ".env")
+    assert values["seed"] == ("4", "env")
+    values = show(run_cli, "--seed", "5")
+    assert values["seed"] == ("5", "option")
+
+
+def test_config_file_option_replaces_hw2_toml(run_cli, tmp_path):
+    Path("hw2.toml").write_text("seed = 2\n")
+    other = tmp_path / "mine.toml"
+    other.write_text('seed = 7\noutput_root = "elsewhere"\n')
+    values = show(run_cli, "--config", str(other))
+    assert values["seed"] == ("7", str(other))
+    assert values["output_root"] == ("elsewhere", str(other))
+
+
+def test_invalid_env_value_names_the_variable(run_cli, monkeypatch):
+    monkeypatch.setenv("HW2_DEVICE", "gpu7")
+    result = run_cli("config", "show")
+    assert result.code == 2
+    assert "HW2_DEVICE is 'gpu7', which is not a valid device" in result.err
+    assert "auto, cpu, cuda, cuda:N" in result.err
+    assert "Traceback" not in result.err
+
+
+@pytest.mark.parametrize(
+    ("where", "expected"),
+    [
+        ("dotenv", "HW2_DTYPE in .env is 'fp64'"),
+        ("toml", "dtype in hw2.toml is 'fp64'"),
+        ("pyproject", "dtype in [tool.hw2] of pyproject.toml is 'fp64'"),
+        ("option", "--dtype is 'fp64'"),
+    ],
+)
+def test_invalid_value_names_its_source(run_cli, where, expected):
+    args = []
+    if where == "dotenv":
+        Path(".env").write_text("HW2_DTYPE=fp64\n")
+    elif where == "toml":
+        Path("hw2.toml").write_text('dtype = "fp64"\n')
+    elif where == "pyproject":
+        Path("pyproject.toml").write_text('[tool.hw2]\ndtype = "fp64"\n')
+    else:
+        args = ["--dtype", "fp64"]
+    result = run_cli(*args, "config", "show")
+    assert result.code == 2
+    assert expected in result.err
+    assert "fp32, bf16 or fp16" in result.err
+
+
+def test_unknown_key_in_toml_is_an_error(run_cli):
+    Path("hw2.toml").write_text('devise = "cpu"\n')
+    result = run_cli("config", "show")
+    assert result.code == 2
+    assert "unknown setting 'devise' in hw2.toml" in result.err
+
+
+def test_missing_config_file(run_cli):
+    result = run_cli("--config", "nope.toml", "config", "show")
+    assert result.code == 2
+    assert "--config nope.toml: no such file" in result.err
+
+
+def test_malformed_toml(run_cli):
+    Path("hw2.toml").write_text("seed = = 3\n")
+    result = run_cli("config", "show")
+    assert result.code == 2
+    assert "cannot read settings from hw2.toml" in result.err
+
+
+def test_negative_seed_and_cuda_index_forms():
+    with pytest.raises(UsageError, match="expected a whole number >= 0"):
+        settings.load({"seed": -1})
+    assert settings.load({"device": "cuda:3"})[0].device == "cuda:3"
+    assert settings.load({"device": "CPU"})[0].device == "cpu"
+
+
+def test_offline_sets_hub_variables(monkeypatch):
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("HW2_OFFLINE", "1")
+    settings.set_current(*settings.load())
+    import os
+
+    assert settings.get().offline is True
+    assert os.environ["HF_HUB_OFFLINE"] == "1"

@@ -1,0 +1,33 @@
+"""Progress output: rich on a terminal, plain lines elsewhere, nothing under --quiet."""
+
+from __future__ import annotations
+
+from hw2cli import ui
+
+
+def test_plain_progress_reports_counts_rate_and_metrics(capsys):
+    with ui.progress("train", total=20) as bar:
+        for _ in range(20):
+            bar.update(1, loss=0.5)
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("train:")]
+    assert 2 <= len(lines) <= 11  # about every 10 %
+    assert lines[-1].startswith("train: 20/20 ")
+    assert "it/s" in lines[-1] and "loss=0.5" in lines[-1]
+
+
+def test_quiet_prints_no_progress(capsys):
+    ui.configure(quiet=True)
+    with ui.progress("x", total=3) as bar:
+        bar.update(3)
+    ui.info("status")
+    ui.result("kept")
+    captured = capsys.readouterr()
+    assert captured.err == "" and captured.out.strip() == "kept"
+
+
+def test_table_and_json_go_to_stdout(capsys):
+    ui.print_table(["a", "b"], [[1, 0.123456]], title="t")
+    ui.print_json({"a": 1})
+    out = capsys.readouterr().out
+    assert "0.1235" in out and '"a": 1' in out
