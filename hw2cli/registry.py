@@ -122,9 +122,7 @@ def discover() -> Discovery:
             owners = " and ".join(f"{r.distribution} ({r.value})" for r in claimants)
             for r in claimants:
                 r.status, r.reason = "refused", f"the name is claimed by {owners}"
-            warnings.append(
-                f"plugin name '{name}' is claimed by {owners}; neither is mounted. Uninstall one of them."
-            )
+            warnings.append(f"plugin name '{name}' is claimed by {owners}; neither is mounted. Uninstall one of them.")
 
     for record in records:
         if record.status != "ok":
@@ -144,8 +142,7 @@ def discover() -> Discovery:
         except Exception as exc:  # a broken plugin must not break the CLI
             record.status, record.reason = "failed", f"{type(exc).__name__}: {exc}"
             warnings.append(
-                f"plugin '{record.name}' from {record.distribution} failed to load "
-                f"({record.reason}); skipped."
+                f"plugin '{record.name}' from {record.distribution} failed to load ({record.reason}); skipped."
             )
             continue
         record.plugin = obj
@@ -153,9 +150,7 @@ def discover() -> Discovery:
     if allow is not None:
         unknown = sorted(allow - {r.name for r in records})
         if unknown:
-            warnings.append(
-                f"{ALLOW_LIST_VARIABLE} names {', '.join(unknown)}, which no installed plugin provides."
-            )
+            warnings.append(f"{ALLOW_LIST_VARIABLE} names {', '.join(unknown)}, which no installed plugin provides.")
     return Discovery(records=records, warnings=warnings)
 
 

@@ -186,8 +186,7 @@ def load(
         where = _describe(field, origin.get(field, "default"))
         value = merged.get(field)
         raise UsageError(
-            f"{where} is {value!r}, which is not a valid {field}: "
-            f"expected {ALLOWED.get(field, 'a valid value')}."
+            f"{where} is {value!r}, which is not a valid {field}: expected {ALLOWED.get(field, 'a valid value')}."
         ) from exc
     finally:
         _config_file = None

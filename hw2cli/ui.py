@@ -9,6 +9,7 @@ progress callback and never prints.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -47,13 +48,21 @@ def is_debug() -> bool:
     return _state["debug"]
 
 
+def _console(file: Any) -> Console:
+    console = Console(file=file, highlight=False, soft_wrap=True)
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        # logs and pipes: rich would assume 80 columns and wrap tables into unreadable cells
+        console = Console(file=file, highlight=False, soft_wrap=True, width=160)
+    return console
+
+
 def out() -> Console:
     """Console on the current ``sys.stdout`` (looked up on each call, so tests can capture it)."""
-    return Console(file=sys.stdout, highlight=False, soft_wrap=True)
+    return _console(sys.stdout)
 
 
 def err() -> Console:
-    return Console(file=sys.stderr, highlight=False, soft_wrap=True)
+    return _console(sys.stderr)
 
 
 def error(message: str) -> None:
@@ -150,6 +159,12 @@ class ProgressBar:
             self._progress.start()
             self._task_id = self._progress.add_task(self.description, total=self.total, metrics="")
         return self
+
+    def reset(self, total: int | None, done: int = 0) -> None:
+        """Change the total and the count already done (e.g. a resumed run)."""
+        self.total, self.done = total, done
+        if self._progress is not None:
+            self._progress.update(self._task_id, total=total, completed=done)
 
     def update(self, advance: int = 1, **metrics: Any) -> None:
         self.done += advance

@@ -103,9 +103,7 @@ def group_norm(
     if resolve_backend(backend, x.device.type) == "triton":
         from hw2kernels import triton_ops
 
-        return triton_ops.group_norm(
-            x, num_groups, weight, bias, eps, add=add, scale=scale, shift=shift, act=act
-        )
+        return triton_ops.group_norm(x, num_groups, weight, bias, eps, add=add, scale=scale, shift=shift, act=act)
     return reference.group_norm(x, num_groups, weight, bias, eps, add=add, scale=scale, shift=shift, act=act)
 
 

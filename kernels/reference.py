@@ -43,8 +43,6 @@ def group_norm(
     return y.to(x.dtype)
 
 
-def attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float | None = None
-) -> torch.Tensor:
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float | None = None) -> torch.Tensor:
     """See :func:`hw2kernels.attention` (PyTorch's fused SDPA picks its fastest backend)."""
     return F.scaled_dot_product_attention(q, k, v, scale=scale)

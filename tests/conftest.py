@@ -11,12 +11,15 @@ from importlib import metadata
 from pathlib import Path
 
 import pytest
+import torch
 
 from hw2cli import registry, settings, ui
 
-BUILTIN_PLUGINS = sorted(
-    ep.name for ep in metadata.distribution("hw2").entry_points if ep.group == "hw2.plugins"
-)
+# The suite's models are tiny: one thread avoids OpenMP spin-wait overhead (and catastrophic
+# slow-downs when another process shares the cores).
+torch.set_num_threads(1)
+
+BUILTIN_PLUGINS = sorted(ep.name for ep in metadata.distribution("hw2").entry_points if ep.group == "hw2.plugins")
 
 
 @pytest.fixture(autouse=True)

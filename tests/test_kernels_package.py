@@ -59,9 +59,7 @@ def test_reference_group_norm_matches_formula(act, epilogue):
     add = scale = shift = None
     if epilogue:
         add, scale, shift = (torch.randn(n, c, generator=g) for _ in range(3))
-    y = hw2kernels.group_norm(
-        x, 32, weight, bias, 1e-5, add=add, scale=scale, shift=shift, act=act, backend="torch"
-    )
+    y = hw2kernels.group_norm(x, 32, weight, bias, 1e-5, add=add, scale=scale, shift=shift, act=act, backend="torch")
     ref = _group_norm_f64(x, 32, weight, bias, 1e-5, add, scale, shift, act)
     torch.testing.assert_close(y.double(), ref, rtol=1e-5, atol=1e-5)
 

@@ -67,9 +67,7 @@ def test_plugins_table_lists_third_party(install_plugin, monkeypatch, run_cli):
 
 
 def test_broken_plugin_only_warns(install_plugin, monkeypatch, run_cli):
-    install_plugin(
-        "hw2-broken", "broken_spec", "import does_not_exist_anywhere\n", {"broken": "broken_spec:plugin"}
-    )
+    install_plugin("hw2-broken", "broken_spec", "import does_not_exist_anywhere\n", {"broken": "broken_spec:plugin"})
     monkeypatch.delenv("HW2_PLUGINS")
     result = run_cli("--help")
     assert result.code == 0
@@ -96,10 +94,7 @@ def test_entry_point_that_is_not_a_plugin_is_refused(install_plugin, monkeypatch
     monkeypatch.delenv("HW2_PLUGINS")
     result = run_cli("--help")
     assert result.code == 0
-    assert (
-        "plugin 'odd' from hw2-odd failed to load" in result.err
-        and "not an hw2cli.registry.Plugin" in result.err
-    )
+    assert "plugin 'odd' from hw2-odd failed to load" in result.err and "not an hw2cli.registry.Plugin" in result.err
 
 
 def test_two_plugins_with_one_name_are_refused(install_plugin, monkeypatch, run_cli):

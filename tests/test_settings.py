@@ -28,9 +28,7 @@ def test_defaults(run_cli):
 
 def test_each_source_overrides_the_ones_below(run_cli, monkeypatch):
     cwd = Path.cwd()
-    (cwd / "pyproject.toml").write_text(
-        '[tool.hw2]\nseed = 1\ndtype = "fp16"\nkernels = "torch"\ndevice = "cpu"\n'
-    )
+    (cwd / "pyproject.toml").write_text('[tool.hw2]\nseed = 1\ndtype = "fp16"\nkernels = "torch"\ndevice = "cpu"\n')
     (cwd / "hw2.toml").write_text('seed = 2\ndtype = "bf16"\nkernels = "triton"\n')
     (cwd / ".env").write_text("HW2_SEED=3\nHW2_DTYPE=fp32\nUNRELATED=1\n")
     monkeypatch.setenv("HW2_SEED", "4")

@@ -34,6 +34,7 @@ def atomic_path(path: str | os.PathLike[str], *, fsync: bool = False) -> Iterato
         raise RunError(f"cannot write to {path.parent}: {exc.strerror or exc}.") from exc
     os.close(fd)
     tmp = Path(tmp_name)
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a finished file gets the usual permissions
     try:
         yield tmp
         if fsync:
@@ -44,6 +45,12 @@ def atomic_path(path: str | os.PathLike[str], *, fsync: bool = False) -> Iterato
         with contextlib.suppress(OSError):
             tmp.unlink()
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def write_bytes(path: str | os.PathLike[str], data: bytes, *, fsync: bool = False) -> Path:

@@ -1,0 +1,37 @@
+"""Digit data: the homework folder layout (:class:`DigitsDataset`) and synthetic look-alikes
+(:func:`synthesize`).
+
+Importing this package is cheap: the submodules (and torch) load on first attribute access.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from hw2cli.data.digits import DigitsDataset, find_dataset_roots, load_image
+    from hw2cli.data.synth import DATASETS, synthesize
+
+_LAZY = {
+    "DigitsDataset": "hw2cli.data.digits",
+    "find_dataset_roots": "hw2cli.data.digits",
+    "load_image": "hw2cli.data.digits",
+    "DATASETS": "hw2cli.data.synth",
+    "synthesize": "hw2cli.data.synth",
+}
+
+__all__ = ["DATASETS", "DigitsDataset", "find_dataset_roots", "load_image", "synthesize"]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

@@ -1,0 +1,46 @@
+"""`hw2 data` through the real entry point: exit codes and messages of bad input."""
+
+from __future__ import annotations
+
+
+def test_synth_and_check(run_cli, tmp_path):
+    r = run_cli("data", "synth", tmp_path / "d", "--per-class", "2", "--seed", "1")
+    assert r.code == 0, r.err
+    assert "mnistm" in r.out and "svhn" in r.out
+    r = run_cli("data", "check", tmp_path / "d" / "digits")
+    assert r.code == 0, r.err
+    assert "readable" in r.out
+
+
+def test_synth_bad_values_exit_2(run_cli, tmp_path):
+    r = run_cli("data", "synth", tmp_path, "--per-class", "0")
+    assert (r.code, r.err.strip()) == (2, "Error: --per-class must be at least 1, got 0.")
+    r = run_cli("data", "synth", tmp_path, "--val-fraction", "1.5")
+    assert r.code == 2 and "--val-fraction" in r.err and "1.5" in r.err
+    r = run_cli("data", "synth", tmp_path, "--datasets", "cifar")
+    assert r.code == 2 and "cifar" in r.err
+
+
+def test_check_names_the_bad_file_and_row(run_cli, tmp_path):
+    run_cli("data", "synth", tmp_path, "--per-class", "2")
+    csv = tmp_path / "digits" / "svhn" / "train.csv"
+    lines = csv.read_text().splitlines()
+    lines[2] = lines[2].rsplit(",", 1)[0] + ",12"
+    csv.write_text("\n".join(lines) + "\n")
+    r = run_cli("data", "check", tmp_path / "digits")
+    assert r.code == 2
+    assert "train.csv" in r.err and "line 3" in r.err and "12" in r.err and "Traceback" not in r.err
+
+
+def test_check_names_a_corrupt_image(run_cli, tmp_path):
+    run_cli("data", "synth", tmp_path, "--per-class", "2", "--datasets", "mnistm")
+    first = sorted((tmp_path / "digits" / "mnistm" / "data").iterdir())[0]
+    first.write_bytes(b"not a png")
+    r = run_cli("data", "check", tmp_path / "digits" / "mnistm")
+    assert r.code == 2
+    assert first.name in r.err
+
+
+def test_check_missing_folder(run_cli, tmp_path):
+    r = run_cli("data", "check", tmp_path / "nothing")
+    assert r.code == 2 and "nothing" in r.err

@@ -1,0 +1,227 @@
+"""Synthetic MNIST-M / SVHN look-alikes: layout, determinism, validation, and the two looks."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+from hw2cli.data.digits import DigitsDataset
+from hw2cli.data.synth import synthesize
+from hw2cli.errors import RunError, UsageError
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def _csv_rows(path: Path) -> list[list[str]]:
+    with open(path, newline="") as fh:
+        return list(csv.reader(fh))
+
+
+def _load_all(folder: Path) -> np.ndarray:
+    return (
+        np.stack([np.asarray(Image.open(p)) for p in sorted((folder / "data").glob("*.png"))]).astype(np.float32)
+        / 255.0
+    )
+
+
+def test_layout_csv_header_and_balanced_counts(tmp_path):
+    counts = synthesize(tmp_path / "out", per_class=4, seed=0, val_fraction=0.25)
+    assert counts == {"mnistm": {"train": 30, "val": 10}, "svhn": {"train": 30, "val": 10}}
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["digits"]
+    assert sorted(p.name for p in (tmp_path / "out" / "digits").iterdir()) == ["mnistm", "svhn"]
+    for name in ("mnistm", "svhn"):
+        folder = tmp_path / "out" / "digits" / name
+        assert sorted(p.name for p in folder.iterdir()) == ["data", "train.csv", "val.csv"]
+        listed = []
+        for split, per_class in (("train", 3), ("val", 1)):
+            text = (folder / f"{split}.csv").read_text()
+            assert text.startswith("image_name,label\n")
+            rows = _csv_rows(folder / f"{split}.csv")
+            assert rows[0] == ["image_name", "label"]
+            body = rows[1:]
+            assert all(len(r) == 2 for r in body)
+            assert all(len(r[0]) == 9 and r[0].endswith(".png") and "/" not in r[0] for r in body)
+            labels = [int(r[1]) for r in body]
+            assert sorted(labels) == sorted(list(range(10)) * per_class)
+            listed += [r[0] for r in body]
+        assert len(listed) == len(set(listed)) == 40
+        assert sorted(listed) == sorted(p.name for p in (folder / "data").iterdir())
+
+
+def test_images_are_28x28_rgb_png_and_open_in_pillow(tmp_path):
+    synthesize(tmp_path, per_class=2, seed=3)
+    paths = sorted((tmp_path / "digits").rglob("*.png"))
+    assert len(paths) == 40
+    for path in paths:
+        with Image.open(path) as image:
+            assert image.format == "PNG"
+            assert image.mode == "RGB"
+            assert image.size == (28, 28)
+            image.load()
+
+
+def test_same_seed_gives_identical_bytes_and_another_seed_differs(tmp_path):
+    synthesize(tmp_path / "a", per_class=6, seed=7)
+    synthesize(tmp_path / "b", per_class=6, seed=7)
+    synthesize(tmp_path / "c", per_class=6, seed=8)
+    a, b, c = _files(tmp_path / "a"), _files(tmp_path / "b"), _files(tmp_path / "c")
+    assert len(a) == 2 * (60 + 2)
+    assert a == b
+    assert a.keys() == c.keys()
+    pngs = [k for k in a if k.endswith(".png")]
+    assert sum(a[k] != c[k] for k in pngs) > 0.9 * len(pngs)
+
+
+def test_output_loads_in_digits_dataset(tmp_path):
+    synthesize(tmp_path, per_class=3, seed=0, val_fraction=0.34)
+    root = tmp_path / "digits" / "mnistm"
+    train = DigitsDataset(root, "train")
+    val = DigitsDataset(root, "val")
+    assert (len(train), len(val)) == (20, 10)
+    image, label = train[0]
+    assert image.shape == (3, 28, 28) and image.dtype == torch.float32
+    assert 0.0 <= float(image.min()) and float(image.max()) <= 1.0
+    assert label == train.labels[0] and 0 <= label <= 9
+    assert train.class_counts() == [2] * 10
+    assert train.verify() == 20
+    both = DigitsDataset.from_many([tmp_path / "digits" / "mnistm", tmp_path / "digits" / "svhn"], "val")
+    assert len(both) == 20
+    assert both[15][2] == 1 and both[0][2] == 0
+
+
+def test_rerun_overwrites_cleanly(tmp_path):
+    synthesize(tmp_path, per_class=5, seed=0, datasets=["svhn"])
+    (tmp_path / "digits" / "svhn" / "data" / "stale.png").write_bytes(b"old")
+    (tmp_path / "digits" / "svhn" / "notes.txt").write_text("kept")
+    counts = synthesize(tmp_path, per_class=2, seed=1, datasets=["svhn"])
+    folder = tmp_path / "digits" / "svhn"
+    assert counts == {"svhn": {"train": 10, "val": 10}}  # at least one val image per class
+    assert len(list((folder / "data").iterdir())) == 20
+    assert not (folder / "data" / "stale.png").exists()
+    assert (folder / "notes.txt").read_text() == "kept"
+    assert sorted(p.name for p in folder.iterdir()) == ["data", "notes.txt", "train.csv", "val.csv"]
+    assert not (tmp_path / "digits" / "mnistm").exists()
+    assert DigitsDataset(folder, "train").verify() == 10
+
+
+def test_interrupted_run_leaves_the_old_set_whole(tmp_path):
+    synthesize(tmp_path, per_class=2, seed=0, datasets=["mnistm"])
+    before = _files(tmp_path)
+
+    def boom(n: int) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        synthesize(tmp_path, per_class=3, seed=5, datasets=["mnistm"], on_progress=boom)
+    assert _files(tmp_path) == before
+    assert sorted(p.name for p in (tmp_path / "digits" / "mnistm").iterdir()) == ["data", "train.csv", "val.csv"]
+
+
+def test_val_fraction_zero_gives_empty_val_csv(tmp_path):
+    counts = synthesize(tmp_path, per_class=2, val_fraction=0.0, datasets=["mnistm"])
+    assert counts == {"mnistm": {"train": 20, "val": 0}}
+    assert (tmp_path / "digits" / "mnistm" / "val.csv").read_text() == "image_name,label\n"
+
+
+def test_progress_callback_counts_every_image(tmp_path):
+    seen: list[int] = []
+    synthesize(tmp_path, per_class=3, on_progress=seen.append)
+    assert sum(seen) == 60
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "needles"),
+    [
+        ({"per_class": 0}, ["--per-class", "0"]),
+        ({"per_class": -3}, ["--per-class", "-3"]),
+        ({"seed": -1}, ["--seed", "-1"]),
+        ({"val_fraction": 1.0}, ["--val-fraction", "1.0"]),
+        ({"val_fraction": -0.1}, ["--val-fraction", "-0.1"]),
+        ({"datasets": ["mnistm", "usps"]}, ["--datasets", "usps"]),
+        ({"datasets": []}, ["--datasets", "mnistm, svhn"]),
+    ],
+)
+def test_bad_arguments_raise_usage_error_naming_the_value(tmp_path, kwargs, needles):
+    with pytest.raises(UsageError) as info:
+        synthesize(tmp_path / "out", **kwargs)
+    message = str(info.value)
+    for needle in needles:
+        assert needle in message
+    assert message.endswith(".") and message.count(". ") == 0
+    assert not (tmp_path / "out").exists()
+
+
+def test_output_that_is_a_file_is_a_usage_error(tmp_path):
+    target = tmp_path / "taken"
+    target.write_text("x")
+    with pytest.raises(UsageError, match="taken"):
+        synthesize(target, per_class=1)
+
+
+def test_unwritable_output_is_a_run_error_naming_the_path(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(RunError) as info:
+        synthesize(blocker / "sub", per_class=1)
+    assert str(blocker) in str(info.value)
+
+
+def test_the_two_looks_differ(tmp_path):
+    """SVHN crops have neighbouring digits cut by the left/right edges (more variation in the
+    side strips than in the top/bottom strips); MNIST-M backgrounds are busy colour textures
+    (more variation in the top/bottom strips, where the digit rarely reaches)."""
+    synthesize(tmp_path, per_class=10, seed=0)
+    stats = {}
+    for name in ("mnistm", "svhn"):
+        x = _load_all(tmp_path / "digits" / name)  # [n, 28, 28, 3]
+        sides = np.concatenate([x[:, :, :3], x[:, :, -3:]], axis=2).reshape(len(x), -1).std(axis=1)
+        ends = np.concatenate([x[:, :3], x[:, -3:]], axis=1).reshape(len(x), -1).std(axis=1)
+        stats[name] = {
+            "side_heavy": float(np.mean(sides > 1.2 * ends)),
+            "background_std": float(np.median(ends)),
+        }
+    assert stats["svhn"]["side_heavy"] > stats["mnistm"]["side_heavy"] + 0.15, stats
+    assert stats["mnistm"]["background_std"] > 1.2 * stats["svhn"]["background_std"], stats
+
+
+# --------------------------------------------------------------------------- the CLI commands
+
+
+def test_cli_synth_then_check(tmp_path):
+    from hw2cli.plugins.data import app
+
+    runner = CliRunner()
+    result = runner.invoke(app, ["synth", str(tmp_path / "d"), "--per-class", "2", "--datasets", "svhn"])
+    assert result.exit_code == 0, result.output
+    assert "svhn" in result.output and "wrote" in result.output
+    assert not (tmp_path / "d" / "digits" / "mnistm").exists()
+    result = runner.invoke(app, ["check", str(tmp_path / "d")])
+    assert result.exit_code == 0, result.output
+    assert "svhn" in result.output and "readable" in result.output
+
+
+def test_cli_synth_bad_value_raises_usage_error(tmp_path):
+    from hw2cli.plugins.data import app
+
+    result = CliRunner().invoke(app, ["synth", str(tmp_path), "--per-class", "0"])
+    assert isinstance(result.exception, UsageError)
+    assert "--per-class must be at least 1, got 0." in str(result.exception)
+    result = CliRunner().invoke(app, ["synth", str(tmp_path), "--datasets", "mnist"])
+    assert isinstance(result.exception, UsageError)
+    assert "'mnist'" in str(result.exception)
+
+
+def test_synth_help_has_examples():
+    from hw2cli.plugins.data import app
+
+    result = CliRunner().invoke(app, ["synth", "--help"])
+    assert result.exit_code == 0
+    assert "hw2 data synth hw2_data --per-class 200" in result.output
