@@ -1,6 +1,6 @@
 """How long `hw2 --help` takes, against a bare `python -c pass` measured in the same run.
 
-    python benchmarks/startup.py [--repeats 9]
+python benchmarks/startup.py [--repeats 9]
 """
 
 from __future__ import annotations

@@ -37,8 +37,7 @@ def resolve_device(name: str | None = None) -> torch.device:
         index = int(name.split(":")[1]) if ":" in name else 0
         if index >= torch.cuda.device_count():
             raise RunError(
-                f"device {name!r} does not exist: "
-                f"this machine has {torch.cuda.device_count()} CUDA device(s)."
+                f"device {name!r} does not exist: this machine has {torch.cuda.device_count()} CUDA device(s)."
             )
     if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
         raise RunError("device 'mps' was asked for but MPS is not available here; use --device cpu.")
@@ -95,9 +94,7 @@ def environment_report() -> dict[str, Any]:
     ok, reason = hw2kernels.triton_status()
     report["kernels setting"] = current.kernels
     report["triton kernels"] = "can run" if ok else f"cannot run ({reason})"
-    report["kernel backend in use"] = hw2kernels.resolve_backend(
-        None, device_type=report["device"].split(":")[0]
-    )
+    report["kernel backend in use"] = hw2kernels.resolve_backend(None, device_type=report["device"].split(":")[0])
     return report
 
 
@@ -110,3 +107,19 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+def setup(device: str | None = None) -> tuple[torch.device, torch.dtype]:
+    """What every torch-using command does first: pick the device and dtype from the settings and
+    point ``hw2kernels`` at the configured backend."""
+    import hw2kernels
+
+    from hw2cli import settings
+
+    current = settings.get()
+    hw2kernels.set_default_backend(current.kernels)
+    if current.kernels == "triton":
+        ok, reason = hw2kernels.triton_status()
+        if not ok:
+            raise RunError(f"--kernels triton was asked for but the Triton kernels cannot run here: {reason}.")
+    return resolve_device(device), resolve_dtype()

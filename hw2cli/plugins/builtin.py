@@ -14,3 +14,16 @@ data = Plugin(
     panel=TOOLS,
 )
 
+ddpm = Plugin(
+    name="ddpm",
+    help="P1: conditional DDPM on digits: train, sample, generate the graded folders, figures, grade.",
+    app="hw2cli.plugins.ddpm:app",
+    panel=HOMEWORK,
+)
+
+classifier = Plugin(
+    name="classifier",
+    help="Train the digit classifiers that grade P1.",
+    app="hw2cli.plugins.classifier:app",
+    panel=TOOLS,
+)

@@ -1,0 +1,206 @@
+"""Diffusion checkpoints: ``model.safetensors`` plus a small JSON config.
+
+The config (architecture, model hyper-parameters, noise schedule, condition layout, data
+range) is written both beside the weights as ``config.json`` and inside the safetensors
+metadata, so ``--checkpoint FILE`` needs no other flags. Legacy ``.pth``/``.pt`` state dicts
+load too: TeaPearce ``ContextUnet`` checkpoints are recognised by their keys and sized from
+their shapes.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from hw2cli.errors import UsageError
+from hw2cli.io.atomic import save_safetensors, write_json
+
+FORMAT = "hw2-diffusion/1"
+CONDITION_LAYOUTS = ("dataset-major", "digit-major", "digit-only")
+
+
+@dataclass
+class DiffusionConfig:
+    """Everything needed to sample from a checkpoint."""
+
+    architecture: str = "DigitUNet"  # or "ContextUnet"
+    model: dict[str, Any] = field(default_factory=dict)
+    schedule: dict[str, Any] = field(default_factory=lambda: {"kind": "linear", "num_steps": 1000})
+    datasets: list[str] = field(default_factory=lambda: ["mnistm", "svhn"])
+    condition_layout: str = "dataset-major"  # index = 10·dataset + digit
+    data_range: tuple[float, float] = (-1.0, 1.0)  # pixel values the network was trained on
+    extra: dict[str, Any] = field(default_factory=dict)  # training provenance
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT,
+            "architecture": self.architecture,
+            "model": self.model,
+            "schedule": self.schedule,
+            "datasets": list(self.datasets),
+            "condition_layout": self.condition_layout,
+            "data_range": list(self.data_range),
+            "extra": self.extra,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "config") -> DiffusionConfig:
+        if data.get("architecture") not in ("DigitUNet", "ContextUnet"):
+            raise UsageError(
+                f"{source} names architecture {data.get('architecture')!r}; expected DigitUNet or ContextUnet."
+            )
+        layout = data.get("condition_layout", "dataset-major")
+        if layout not in CONDITION_LAYOUTS:
+            raise UsageError(
+                f"{source} has condition_layout {layout!r}; expected one of {', '.join(CONDITION_LAYOUTS)}."
+            )
+        return cls(
+            architecture=data["architecture"],
+            model=dict(data.get("model", {})),
+            schedule=dict(data.get("schedule", {"kind": "linear", "num_steps": 1000})),
+            datasets=list(data.get("datasets", ["mnistm", "svhn"])),
+            condition_layout=layout,
+            data_range=tuple(data.get("data_range", (-1.0, 1.0))),  # type: ignore[arg-type]
+            extra=dict(data.get("extra", {})),
+        )
+
+    def condition_index(self, digit: int, dataset: int) -> int:
+        """The network's condition for (digit, data set index)."""
+        if self.condition_layout == "digit-only":
+            return digit
+        if self.condition_layout == "digit-major":
+            return 2 * digit + dataset
+        return 10 * dataset + digit
+
+
+def build_network(config: DiffusionConfig) -> nn.Module:
+    """The ``eps = f(x, t, cond)`` module a config describes."""
+    from hw2cli.models import ContextUnet, ContextUnetEps, DigitUNet, DigitUNetConfig
+
+    if config.architecture == "DigitUNet":
+        return DigitUNet(DigitUNetConfig.from_dict(config.model))
+    m = config.model
+    net = ContextUnet(m.get("in_channels", 3), m.get("n_feat", 128), m.get("n_classes", 20))
+    n_T = int(config.schedule.get("n_T", 400))
+    return ContextUnetEps(net, n_T)
+
+
+def save_checkpoint(model: nn.Module, config: DiffusionConfig, folder: str | Path, *, half: bool = False) -> Path:
+    """Write ``folder/model.safetensors`` and ``folder/config.json``; returns the weights' path."""
+    folder = Path(folder)
+    state = {k: (v.half() if half and v.is_floating_point() else v) for k, v in model.state_dict().items()}
+    meta = {"hw2": json.dumps(config.to_dict())}
+    path = save_safetensors(state, folder / "model.safetensors", metadata=meta)
+    write_json(folder / "config.json", config.to_dict())
+    return path
+
+
+def first_mismatch(module: nn.Module, state: dict[str, torch.Tensor]) -> str | None:
+    """A sentence about the first key that does not fit ``module``, or ``None`` if all fit."""
+    expected = module.state_dict()
+    for key, value in expected.items():
+        if key not in state:
+            return f"key '{key}' is missing"
+        if tuple(state[key].shape) != tuple(value.shape):
+            return f"key '{key}' has shape {list(state[key].shape)}, expected {list(value.shape)}"
+    for key in state:
+        if key not in expected:
+            return f"key '{key}' is not part of the network"
+    return None
+
+
+def load_state_into(module: nn.Module, state: dict[str, torch.Tensor], source: str) -> nn.Module:
+    """``load_state_dict(strict=True)`` with one clear error naming the first mismatched key."""
+    problem = first_mismatch(module, state)
+    if problem is not None:
+        raise UsageError(f"{source} does not fit a {type(module).__name__}: {problem}.")
+    module.load_state_dict({k: v.to(module.state_dict()[k].dtype) for k, v in state.items()}, strict=True)
+    return module
+
+
+def _read_torch_file(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise UsageError(f"cannot read {path} as a PyTorch checkpoint: {type(exc).__name__}: {exc}.") from exc
+    for key in ("ema", "state_dict", "model"):  # common wrappers
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+            break
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise UsageError(f"{path} does not hold a state dict of tensors.")
+    # TeaPearce's DDPM wrapper saves the network under `nn_model.` beside the schedule buffers
+    if any(k.startswith("nn_model.") for k in obj):
+        obj = {k[len("nn_model.") :]: v for k, v in obj.items() if k.startswith("nn_model.")}
+    return dict(obj)
+
+
+def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            meta = fh.metadata() or {}
+            state = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118 (safe_open has no __iter__)
+    except Exception as exc:
+        raise UsageError(f"cannot read {path} as safetensors: {exc}.") from exc
+    config = json.loads(meta["hw2"]) if "hw2" in meta else None
+    return state, config
+
+
+def load_checkpoint(path: str | Path, **legacy: Any) -> tuple[nn.Module, DiffusionConfig]:
+    """Load a checkpoint folder, ``.safetensors`` file or legacy ``.pth``/``.pt`` state dict.
+
+    ``legacy`` overrides config fields for files without a config (e.g. ``data_range``,
+    ``condition_layout`` or ``schedule`` of a TeaPearce checkpoint).
+    """
+    path = Path(path)
+    if path.is_dir():
+        path = path / "model.safetensors"
+    if not path.exists():
+        raise UsageError(
+            f"checkpoint {path} does not exist; pass a model.safetensors, a folder holding one, or a .pth."
+        )
+    config_data: dict[str, Any] | None = None
+    if path.suffix == ".safetensors":
+        state, config_data = _read_safetensors(path)
+    else:
+        state = _read_torch_file(path)
+    if config_data is None and (path.parent / "config.json").is_file():
+        config_data = json.loads((path.parent / "config.json").read_text())
+    if config_data is not None:
+        config = DiffusionConfig.from_dict(config_data, source=str(path))
+    elif "init_conv.conv1.0.weight" in state:
+        from hw2cli.models import ContextUnet
+
+        net = ContextUnet.from_state_dict_shapes(state)
+        config = DiffusionConfig(
+            architecture="ContextUnet",
+            model={"in_channels": net.in_channels, "n_feat": net.n_feat, "n_classes": net.n_classes},
+            schedule={"kind": "teapearce", "n_T": 400, "beta1": 1e-4, "beta2": 0.02},
+            condition_layout="dataset-major" if net.n_classes == 20 else "digit-only",
+            data_range=(0.0, 1.0),  # TeaPearce trains on ToTensor() images
+        )
+    else:
+        raise UsageError(
+            f"{path} has no config (no hw2 metadata, no config.json beside it) and is not a TeaPearce "
+            "ContextUnet state dict; save it with hw2 or put its config.json beside it."
+        )
+    for key, value in legacy.items():
+        if value is not None:
+            setattr(config, key, value)
+    if config.architecture == "ContextUnet" and config.condition_layout != "digit-only":
+        n_classes = config.model.get("n_classes", 20)
+        if n_classes < 20:
+            raise UsageError(
+                f"{path} has {n_classes} classes, too few for 10 digits × 2 data sets; use condition layout digit-only."
+            )
+    model = build_network(config)
+    target = model.net if config.architecture == "ContextUnet" else model  # type: ignore[union-attr]
+    load_state_into(target, state, str(path))
+    return model.eval(), config

@@ -1,0 +1,350 @@
+"""Training the conditional digit DDPM (Ho et al. 2020, Algorithm 1, with classifier-free
+guidance's label dropout).
+
+The run folder holds ``model.safetensors`` + ``config.json`` (the EMA weights, ready for
+``hw2 ddpm sample --checkpoint``), ``train_state.pt`` (everything needed to resume bit-exactly:
+raw weights, EMA, optimizer, LR schedule, step, RNG states), ``log.jsonl`` and ``samples/``.
+All training randomness (batch order, timesteps, noise, label dropout) comes from one seeded
+CPU generator, so a resumed run continues exactly where it stopped, and under data-parallel
+training every rank draws the same global batch and keeps its own slice.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import math
+import random
+import signal
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from hw2cli.data.tensors import load_digit_tensors
+from hw2cli.diffusion import NoiseSchedule, classifier_free_guidance, sample_dpm
+from hw2cli.errors import HW2Error, UsageError
+from hw2cli.io.atomic import torch_save
+from hw2cli.io.checkpoints import DiffusionConfig, build_network, save_checkpoint
+from hw2cli.io.images import save_grid, to_uint8
+from hw2cli.tasks.distributed import DistInfo, all_mean, barrier, init_distributed, shutdown
+
+STATE_FILE = "train_state.pt"
+
+
+class TrainingInterrupted(HW2Error):
+    """Ctrl-C during training: the checkpoint was saved; exit code 130."""
+
+    exit_code = 130
+
+
+@dataclass
+class TrainOptions:
+    data: str
+    out: str
+    datasets: tuple[str, ...] = ("mnistm", "svhn")
+    steps: int = 12000
+    batch: int = 64
+    lr: float = 1e-3
+    warmup: int = 500
+    min_lr_ratio: float = 0.05
+    weight_decay: float = 0.0
+    ema_decay: float = 0.999
+    drop_prob: float = 0.1
+    grad_clip: float = 1.0
+    checkpoint_every: int = 1000
+    sample_every: int = 2000
+    seed: int = 0
+    model: dict[str, Any] = field(default_factory=dict)
+    schedule: dict[str, Any] = field(default_factory=lambda: {"kind": "linear", "num_steps": 1000})
+
+    def validate(self) -> None:
+        checks = [
+            (self.steps >= 1, f"--steps must be at least 1, got {self.steps}."),
+            (self.batch >= 1, f"--batch must be at least 1, got {self.batch}."),
+            (self.lr > 0, f"--lr must be positive, got {self.lr}."),
+            (0 <= self.drop_prob < 1, f"--drop-prob must be in [0, 1), got {self.drop_prob}."),
+            (0 <= self.ema_decay < 1, f"--ema must be in [0, 1), got {self.ema_decay}."),
+            (self.checkpoint_every >= 1, f"--checkpoint-every must be at least 1, got {self.checkpoint_every}."),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise UsageError(message)
+
+
+@dataclass
+class TrainResult:
+    step: int
+    loss: float
+    out: Path
+    checkpoint: Path
+    model: torch.nn.Module | None = None  # this rank's raw weights
+    ema: torch.nn.Module | None = None
+
+
+def lr_at(step: int, opts: TrainOptions) -> float:
+    """Linear warm-up, then cosine decay to ``min_lr_ratio · lr``."""
+    if step < opts.warmup:
+        return opts.lr * (step + 1) / opts.warmup
+    progress = min(1.0, (step - opts.warmup) / max(1, opts.steps - opts.warmup))
+    return opts.lr * (opts.min_lr_ratio + (1 - opts.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+@torch.no_grad()
+def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
+    ema_params = [p for p in ema.parameters()]
+    params = [p.detach() for p in model.parameters()]
+    torch._foreach_lerp_(ema_params, params, 1.0 - decay)
+    for b_ema, b in zip(ema.buffers(), model.buffers(), strict=True):
+        b_ema.copy_(b)
+
+
+def _rng_state(gen: torch.Generator) -> dict[str, Any]:
+    state = {"generator": gen.get_state(), "torch": torch.get_rng_state(), "numpy": np.random.get_state()}
+    state["python"] = random.getstate()
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(gen: torch.Generator, state: dict[str, Any]) -> None:
+    gen.set_state(state["generator"])
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _diffusion_config(opts: TrainOptions, model_cfg: dict[str, Any]) -> DiffusionConfig:
+    return DiffusionConfig(
+        architecture="DigitUNet",
+        model=model_cfg,
+        schedule=dict(opts.schedule),
+        datasets=list(opts.datasets),
+        condition_layout="dataset-major",
+        data_range=(-1.0, 1.0),
+        extra={"train": {k: v for k, v in asdict(opts).items() if k not in ("data", "out")}},
+    )
+
+
+def train_ddpm(
+    opts: TrainOptions,
+    *,
+    device: torch.device,
+    resume: bool = False,
+    steps: int | None = None,
+    on_start: Callable[[int, int], None] | None = None,
+    on_step: Callable[[int, dict[str, float]], None] | None = None,
+) -> TrainResult:
+    """Train (or resume) a DigitUNet; returns where the EMA checkpoint is.
+
+    On ``resume`` the saved options are used (the data and run folder may move); ``steps``
+    extends or shortens the run. Otherwise ``steps`` overrides ``opts.steps`` if given.
+    """
+    out = Path(opts.out)
+    state_path = out / STATE_FILE
+    if resume and not state_path.exists():
+        raise UsageError(f"--resume: {out} holds no {STATE_FILE} to resume from; drop --resume to start a new run.")
+    if not resume and state_path.exists():
+        raise UsageError(f"{out} already holds a training run; pass --resume to continue it, or choose another --out.")
+    saved: dict[str, Any] | None = None
+    if resume:
+        try:
+            saved = torch.load(state_path, map_location="cpu", weights_only=False)
+        except Exception as exc:
+            raise UsageError(f"cannot read {state_path} to resume: {type(exc).__name__}: {exc}.") from exc
+        saved_opts = {**saved["options"], "data": opts.data, "out": opts.out}
+        saved_opts["datasets"] = tuple(saved_opts["datasets"])
+        opts = TrainOptions(**saved_opts)
+    if steps is not None:
+        opts.steps = steps
+    opts.validate()
+
+    dist, device = init_distributed(device)
+    try:
+        with _sigterm_as_interrupt():
+            return _train(opts, saved, device, dist, on_start, on_step)
+    finally:
+        shutdown(dist)
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """Treat SIGTERM (cluster pre-emption, ``kill``) like Ctrl-C: save a checkpoint, then stop."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _train(
+    opts: TrainOptions,
+    saved: dict[str, Any] | None,
+    device: torch.device,
+    dist: DistInfo,
+    on_start: Callable[[int, int], None] | None,
+    on_step: Callable[[int, dict[str, float]], None] | None,
+) -> TrainResult:
+    out = Path(opts.out)
+    data = load_digit_tensors(opts.data, tuple(opts.datasets), "train")
+    if opts.batch % dist.world_size:
+        raise UsageError(f"--batch {opts.batch} must be divisible by the number of processes ({dist.world_size}).")
+    if len(data) < opts.batch:
+        raise UsageError(f"--batch {opts.batch} is larger than the {len(data)} training images.")
+    schedule = NoiseSchedule.from_config(opts.schedule)
+    t_min = 1 if schedule.kind == "teapearce" else 0
+
+    torch.manual_seed(opts.seed + dist.rank)  # dropout masks differ per rank, like any DDP run
+    gen = torch.Generator().manual_seed(opts.seed)
+    config = _diffusion_config(opts, opts.model)
+    model = build_network(config).to(device)
+    config.model = model.config.to_dict()  # type: ignore[union-attr]
+    ema = copy.deepcopy(model).eval().requires_grad_(False)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=opts.lr, weight_decay=opts.weight_decay)
+    step = 0
+    if saved is not None:
+        model.load_state_dict(saved["model"])
+        ema.load_state_dict(saved["ema"])
+        optimizer.load_state_dict(saved["optimizer"])
+        step = int(saved["step"])
+        _set_rng_state(gen, saved["rng"][dist.rank] if isinstance(saved["rng"], list) else saved["rng"])
+
+    ddp_model: torch.nn.Module = model
+    if dist.enabled:
+        from torch.nn.parallel import DistributedDataParallel
+
+        ddp_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    images = data.images.to(device)
+    cond_all = (10 * data.dataset + data.labels).to(device)
+    null = config.model["num_conditions"]
+    n = len(data)
+    per_epoch = n // opts.batch
+    local = opts.batch // dist.world_size
+    lo, hi = dist.rank * local, (dist.rank + 1) * local
+    use_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+    perm: torch.Tensor | None = None
+    perm_epoch = -1
+    loss_sum = torch.zeros((), device=device)
+    loss_count = 0
+    last_loss = float("nan")
+
+    def save(step_done: int) -> Path:
+        nonlocal last_loss
+        # every rank must take part in the collective before rank 0 writes
+        rng = _rng_state(gen)
+        if dist.enabled:
+            import torch.distributed as tdist
+
+            gathered: list[Any] = [None] * dist.world_size
+            tdist.all_gather_object(gathered, rng)
+            rng_all: Any = gathered
+        else:
+            rng_all = rng
+        path = out / "model.safetensors"
+        if dist.is_main:
+            config.extra["step"] = step_done
+            path = save_checkpoint(ema, config, out)
+            torch_save(
+                {
+                    "options": asdict(opts),
+                    "model": model.state_dict(),
+                    "ema": ema.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "step": step_done,
+                    "rng": rng_all,
+                },
+                out / STATE_FILE,
+            )
+        barrier(dist)
+        return path
+
+    checkpoint = out / "model.safetensors"
+    if on_start is not None and dist.is_main:
+        on_start(step, opts.steps)
+    try:
+        model.train()
+        while step < opts.steps:
+            # 1. the batch: a seeded permutation per epoch, so the order depends only on (seed, step)
+            epoch, within = divmod(step, per_epoch)
+            if epoch != perm_epoch:
+                perm = torch.randperm(n, generator=torch.Generator().manual_seed(opts.seed * 100003 + epoch))
+                perm_epoch = epoch
+            assert perm is not None
+            idx = perm[within * opts.batch : (within + 1) * opts.batch]
+            # 2. timesteps, noise and label dropout for the whole global batch, then this rank's slice
+            t = torch.randint(t_min, schedule.num_steps, (opts.batch,), generator=gen)
+            noise = torch.randn((opts.batch, *images.shape[1:]), generator=gen)
+            drop = torch.rand(opts.batch, generator=gen) < opts.drop_prob
+            idx, t, noise, drop = idx[lo:hi], t[lo:hi].to(device), noise[lo:hi].to(device), drop[lo:hi].to(device)
+            x0 = images[idx.to(device)].float() / 127.5 - 1.0
+            cond = torch.where(drop, torch.full_like(cond_all[idx.to(device)], null), cond_all[idx.to(device)])
+            x_t = schedule.q_sample(x0, t, noise)
+            # 3. ε-prediction loss, Ho et al. eq. 14
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(step, opts)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
+                eps = ddp_model(x_t, t, cond)
+            loss = F.mse_loss(eps.float(), noise)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if opts.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), opts.grad_clip)
+            optimizer.step()
+            ema_update(ema, model, min(opts.ema_decay, (1 + step) / (10 + step)))
+            step += 1
+            loss_sum += loss.detach()
+            loss_count += 1
+            if loss_count == 25 or step == opts.steps:  # one host sync every 25 steps
+                last_loss = float(all_mean(loss_sum / loss_count, dist))
+                loss_sum.zero_()
+                loss_count = 0
+                if dist.is_main:
+                    _append_log(out / "log.jsonl", {"step": step, "loss": last_loss, "lr": lr_at(step - 1, opts)})
+            if on_step is not None and dist.is_main:
+                metrics = {"lr": lr_at(step - 1, opts)}
+                if not math.isnan(last_loss):
+                    metrics["loss"] = last_loss
+                on_step(step, metrics)
+            if step % opts.checkpoint_every == 0 or step == opts.steps:
+                checkpoint = save(step)
+            if opts.sample_every and step % opts.sample_every == 0 and dist.is_main:
+                _sample_grid(ema, schedule, null, device, out / "samples" / f"step_{step:07d}.png")
+    except KeyboardInterrupt:
+        save(step)
+        raise TrainingInterrupted(
+            f"interrupted at step {step}; checkpoint saved in {out}. Continue with the same command and --resume."
+        ) from None
+    return TrainResult(step=step, loss=last_loss, out=out, checkpoint=checkpoint, model=model, ema=ema)
+
+
+def _append_log(path: Path, record: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as fh:
+        fh.write(json.dumps(record) + "\n")
+
+
+@torch.no_grad()
+def _sample_grid(ema: torch.nn.Module, schedule: NoiseSchedule, null: int, device: torch.device, path: Path) -> None:
+    """One sample per condition (rows: data sets, columns: digits), DPM-Solver++ 20 steps, w = 2."""
+    gen = torch.Generator().manual_seed(1234)
+    cond = torch.arange(20, device=device)
+    x = torch.randn((20, 3, 28, 28), generator=gen).to(device)
+    eps = classifier_free_guidance(ema, 2.0, torch.tensor([null], device=device))
+    images = sample_dpm(eps, x, schedule, 20, cond=cond)
+    save_grid(to_uint8(images), path, nrow=10)

@@ -1,0 +1,219 @@
+"""`hw2 ddpm` and `hw2 classifier` as a user runs them, on a tiny model trained here."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from hw2cli.data.synth import synthesize
+from hw2cli.io.checkpoints import DiffusionConfig, build_network, save_checkpoint
+from hw2cli.models.classifiers import LeNet
+
+TINY = {"base_channels": 8, "head_dim": 8, "groups": 4, "channel_mult": [1, 2], "attention_levels": [1]}
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    torch.manual_seed(0)
+    config = DiffusionConfig(model=dict(TINY))
+    net = build_network(config)
+    with torch.no_grad():  # a random network whose output depends on the condition
+        for p in net.parameters():
+            if not p.any():
+                p.normal_(std=0.05)
+    return save_checkpoint(net, config, tmp_path_factory.mktemp("ckpt"))
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    synthesize(root, per_class=6, seed=4)
+    return root / "digits"
+
+
+def test_sample_writes_pngs_and_a_grid(run_cli, checkpoint, tmp_path):
+    out = tmp_path / "s"
+    r = run_cli("ddpm", "sample", "--digit", "3", "-n", "2", "--steps", "2", "--checkpoint", checkpoint, "--out", out)
+    assert r.code == 0, r.err
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["grid_digit3.png", "mnistm_3_001.png", "mnistm_3_002.png", "svhn_3_001.png", "svhn_3_002.png"]
+    assert Image.open(out / "mnistm_3_001.png").size == (28, 28)
+    assert Image.open(out / "grid_digit3.png").size == (2 + 2 * 30, 2 + 2 * 30)
+
+
+@pytest.mark.parametrize("sampler", ["ddim", "ddpm"])
+def test_other_samplers(run_cli, checkpoint, tmp_path, sampler):
+    out = tmp_path / sampler
+    args = ["ddpm", "sample", "-d", "0", "--dataset", "svhn", "-n", "1", "--sampler", sampler, "--steps", "3"]
+    r = run_cli(*args, "--checkpoint", checkpoint, "--out", out)
+    assert r.code == 0, r.err
+    assert (out / "svhn_0_001.png").exists()
+
+
+def test_generate_is_the_graded_layout_and_reproducible(run_cli, checkpoint, tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    for out in (a, b):
+        r = run_cli("ddpm", "generate", out, "--checkpoint", checkpoint, "--steps", "1")
+        assert r.code == 0, r.err
+    expected = sorted(f"{d}_{i:03d}.png" for d in range(10) for i in range(1, 51))
+    for dataset in ("mnistm", "svhn"):
+        assert sorted(p.name for p in (a / dataset).iterdir()) == expected
+        for name in expected[::37]:
+            assert (a / dataset / name).read_bytes() == (b / dataset / name).read_bytes()
+    assert sorted(p.name for p in a.iterdir()) == ["mnistm", "svhn"]
+    # the two data sets get different noise
+    assert (a / "mnistm" / "0_001.png").read_bytes() != (a / "svhn" / "0_001.png").read_bytes()
+
+
+def test_generate_refuses_a_folder_with_other_files(run_cli, checkpoint, tmp_path):
+    (tmp_path / "svhn").mkdir()
+    (tmp_path / "svhn" / "notes.txt").write_text("x")
+    r = run_cli("ddpm", "generate", tmp_path, "--checkpoint", checkpoint, "--steps", "1", "--per-digit", "1")
+    assert r.code == 2
+    assert "already holds notes.txt" in r.err
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        (["ddpm", "sample", "--digit", "12"], 2, "--digit is 12; expected a digit from 0 to 9."),
+        (["ddpm", "sample", "--digit", "1", "--dataset", "cifar"], 2, "--dataset 'cifar' is not known"),
+        (["ddpm", "sample", "--digit", "1", "--sampler", "euler"], 2, "--sampler 'euler' is not known"),
+        (["ddpm", "sample", "--digit", "1", "--checkpoint", "nope.safetensors"], 2, "does not exist"),
+        (["ddpm", "trajectory", "--timesteps", "0,5000"], 2, "--timesteps 5000 is outside"),
+        (["ddpm", "trajectory", "--timesteps", "a,b"], 2, "must be comma-separated integers"),
+    ],
+)
+def test_bad_input(run_cli, checkpoint, args, code, message):
+    if "--checkpoint" not in args:
+        args = [*args, "--checkpoint", str(checkpoint)]
+    r = run_cli(*args)
+    assert r.code == code, r.err
+    assert message in r.err
+    assert "Traceback" not in r.err
+
+
+def test_wrong_checkpoint_names_the_first_key(run_cli, tmp_path):
+    torch.save({"conv1.weight": torch.zeros(6, 3, 5, 5)}, tmp_path / "classifier.pth")
+    (tmp_path / "config.json").write_text(json.dumps(DiffusionConfig(model=dict(TINY)).to_dict()))
+    r = run_cli("ddpm", "sample", "--digit", "1", "--checkpoint", tmp_path / "classifier.pth")
+    assert r.code == 2
+    assert "does not fit a DigitUNet: key 'time_mlp.0.weight' is missing" in r.err
+
+
+def test_unwritable_output(run_cli, checkpoint, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    r = run_cli(
+        "ddpm", "sample", "-d", "1", "-n", "1", "--steps", "1", "--checkpoint", checkpoint, "--out", blocker / "o"
+    )
+    assert r.code == 1
+    assert "cannot write to" in r.err
+
+
+def test_grid_and_trajectory_figures(run_cli, checkpoint, tmp_path):
+    r = run_cli("ddpm", "grid", "--out", tmp_path, "--steps", "1", "--checkpoint", checkpoint)
+    assert r.code == 0, r.err
+    for name in ("grid_mnistm.png", "grid_svhn.png"):
+        w, h = Image.open(tmp_path / name).size
+        assert w > 200 and h > 200
+    r = run_cli(
+        "ddpm", "trajectory", "--out", tmp_path / "t.png", "--timesteps", "0,100,999", "--checkpoint", checkpoint
+    )
+    assert r.code == 0, r.err
+    assert Image.open(tmp_path / "t.png").size[0] > Image.open(tmp_path / "t.png").size[1]
+
+
+def grader_accuracy(folder, model) -> float:
+    """The grader's own pipeline, with torchvision transforms, independent of hw2's loader."""
+    from torchvision import transforms
+
+    tf = transforms.Compose([transforms.Resize((28, 28)), transforms.ToTensor(), transforms.Normalize(0.5, 0.5)])
+    correct = total = 0
+    for path in sorted(folder.iterdir()):
+        x = tf(Image.open(path).convert("RGB"))[None]
+        correct += int(model(x).argmax(1).item() == int(path.name[0]))
+        total += 1
+    return correct / total
+
+
+def test_eval_matches_the_grader_pipeline(run_cli, checkpoint, tmp_path):
+    out = tmp_path / "gen"
+    assert run_cli("ddpm", "generate", out, "--checkpoint", checkpoint, "--steps", "1", "--per-digit", "3").code == 0
+    torch.manual_seed(5)
+    lenet = LeNet().eval()
+    torch.save({"state_dict": lenet.state_dict()}, tmp_path / "Classifier.pth")  # the official format
+    args = ["--mnistm-checkpoint", tmp_path / "Classifier.pth", "--svhn-checkpoint", tmp_path / "Classifier.pth"]
+    r = run_cli("ddpm", "eval", out, *args, "--json")
+    assert r.code == 0, r.err
+    report = json.loads(r.out)
+    with torch.no_grad():
+        expected = {d: grader_accuracy(out / d, lenet) for d in ("mnistm", "svhn")}
+    assert report["mnistm"]["accuracy"] == pytest.approx(expected["mnistm"])
+    assert report["svhn"]["accuracy"] == pytest.approx(expected["svhn"])
+    assert report["mean_accuracy"] == pytest.approx((expected["mnistm"] + expected["svhn"]) / 2)
+    assert report["mnistm"]["count"] == 30
+    table = run_cli("ddpm", "eval", out, *args)
+    assert "mean accuracy" in table.out
+
+
+def test_eval_errors(run_cli, tmp_path):
+    (tmp_path / "mnistm").mkdir()
+    Image.fromarray(np.zeros((28, 28, 3), np.uint8)).save(tmp_path / "mnistm" / "x_001.png")
+    torch.save({"state_dict": LeNet().state_dict()}, tmp_path / "c.pth")
+    r = run_cli(
+        "ddpm", "eval", tmp_path, "--mnistm-checkpoint", tmp_path / "c.pth", "--svhn-checkpoint", tmp_path / "c.pth"
+    )
+    assert r.code == 2 and "x_001.png" in r.err and "does not start with its digit" in r.err
+
+
+def test_classifier_train_and_use(run_cli, digits, tmp_path):
+    out = tmp_path / "clf.safetensors"
+    r = run_cli(
+        "classifier", "train", "--data", digits, "--dataset", "mnistm", "--epochs", "1", "--batch", "16", "--out", out
+    )
+    assert r.code == 0, r.err
+    assert "val accuracy" in r.out
+    assert json.loads(out.with_suffix(".json").read_text())["arch"] == "lenet"
+    r = run_cli("classifier", "train", "--data", digits, "--dataset", "cifar")
+    assert r.code == 2 and "--dataset 'cifar' is not known" in r.err
+
+
+def test_teapearce_checkpoint_samples_through_the_cli(run_cli, tmp_path):
+    from hw2cli.models import ContextUnet
+
+    torch.manual_seed(2)
+    torch.save(ContextUnet(3, 8, 20).state_dict(), tmp_path / "model_39.pth")
+    args = ["ddpm", "sample", "-d", "4", "-n", "1", "--sampler", "ddpm", "--steps", "3", "--out", tmp_path / "o"]
+    r = run_cli(*args, "--checkpoint", tmp_path / "model_39.pth")
+    assert r.code == 0, r.err
+    assert (tmp_path / "o" / "svhn_4_001.png").exists()
+    r = run_cli(*args, "--checkpoint", tmp_path / "model_39.pth", "--data-range", "0-1")
+    assert r.code == 2 and "--data-range '0-1' is not known" in r.err
+
+
+def test_resnet34_state_dict_loads_for_svhn(tmp_path):
+    from hw2cli.models.classifiers import resnet34_svhn
+    from hw2cli.tasks.classify import load_classifier
+
+    torch.manual_seed(0)
+    net = resnet34_svhn()
+    torch.save(net.state_dict(), tmp_path / "resnet34_svhn.pth")
+    loaded, description = load_classifier(tmp_path / "resnet34_svhn.pth", "svhn")
+    assert description.startswith("resnet34")
+    x = torch.randn(2, 3, 28, 28)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), net.eval()(x))
+
+
+def test_script_wrapper_usage(tmp_path):
+    import subprocess
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "hw2_1.sh"
+    proc = subprocess.run(["bash", str(script)], capture_output=True, text=True)
+    assert proc.returncode == 2 and "usage:" in proc.stderr
