@@ -26,18 +26,19 @@ def group_norm(
     extra = (1,) * (x.ndim - 2)
     if add is not None:
         x = x + add.reshape(n, c, *extra).to(x.dtype)
-    # fp32 statistics whatever the input dtype, as the fused kernel does
+    # statistics in fp32 at least, as the fused kernel does (fp64 stays fp64)
+    acc = torch.promote_types(x.dtype, torch.float32)
     y = F.group_norm(
-        x.float(),
+        x.to(acc),
         num_groups,
-        None if weight is None else weight.float(),
-        None if bias is None else bias.float(),
+        None if weight is None else weight.to(acc),
+        None if bias is None else bias.to(acc),
         eps,
     )
     if scale is not None:
-        y = y * (1 + scale.reshape(n, c, *extra).float())
+        y = y * (1 + scale.reshape(n, c, *extra).to(acc))
     if shift is not None:
-        y = y + shift.reshape(n, c, *extra).float()
+        y = y + shift.reshape(n, c, *extra).to(acc)
     if act == "silu":
         y = F.silu(y)
     return y.to(x.dtype)

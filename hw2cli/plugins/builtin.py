@@ -27,3 +27,10 @@ classifier = Plugin(
     app="hw2cli.plugins.classifier:app",
     panel=TOOLS,
 )
+
+ddim = Plugin(
+    name="ddim",
+    help="P2: DDIM with eta on the face UNet: graded generation, eta grid, slerp/lerp, MSE.",
+    app="hw2cli.plugins.ddim:app",
+    panel=HOMEWORK,
+)

@@ -1,0 +1,207 @@
+"""`hw2 ddim`: P2, DDIM on the homework's face UNet: the graded generation, eta grid, interpolation, MSE."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from hw2cli import ui
+
+app = typer.Typer(
+    help="P2: DDIM with eta on the face UNet: graded generation, eta grid, slerp/lerp, MSE.",
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+)
+
+UNET_HELP = "The homework's UNet.pt. Without it: the embedded digit model (seeded noise, --digit)."
+
+
+def _options(steps: int, eta: float, alpha_prev: str, final_alpha: str, clip_x0: bool):
+    from hw2cli.tasks.ddim import DDIMOptions
+
+    opts = DDIMOptions(steps=steps, eta=eta, alpha_prev=alpha_prev, final_alpha=final_alpha, clip_x0=clip_x0)
+    opts.validate()
+    return opts
+
+
+def _source(unet: Path | None, digit: int, dataset: str, checkpoint: Path | None = None):
+    from hw2cli import runtime
+    from hw2cli.tasks.ddim import digit_source, face_source
+
+    device, dtype = runtime.setup()
+    if unet is not None:
+        return face_source(unet, device, dtype)
+    return digit_source(device, digit=digit, dataset=dataset, dtype=dtype, checkpoint=checkpoint)
+
+
+# options shared by every command
+STEPS = typer.Option(50, help="DDIM steps (50: t = 981, 961, …, 1).")
+ALPHA_PREV = typer.Option("next", help="ᾱ_prev: next (ᾱ[t−20], the spec's) or t-1 (ᾱ[t−1]).")
+FINAL_ALPHA = typer.Option("first", help="ᾱ after the last step: first (ᾱ[0], the spec's) or one (1.0).")
+CLIP_X0 = typer.Option(False, "--clip-x0/--no-clip-x0", help="Clamp the predicted x0 to [−1, 1].")
+NORMALIZE = typer.Option("minmax", help="Saving: minmax (per image, as passing solutions) or clip ([−1, 1]).")
+DIGIT = typer.Option(0, help="Without --unet: which digit the digit model draws.")
+DATASET = typer.Option("mnistm", help="Without --unet: mnistm or svhn.")
+CHECKPOINT = typer.Option(None, help="Without --unet: a digit model other than the embedded one.")
+
+
+@app.command("sample")
+def sample_command(
+    noise_dir: Path = typer.Argument(..., help="Folder of noise files (*.pt, [1,3,H,W] or [3,H,W])."),
+    out: Path = typer.Argument(..., help="Output folder: one PNG per noise file, same name."),
+    unet: Path = typer.Option(None, "--unet", help=UNET_HELP),
+    eta: float = typer.Option(0.0, help="η: 0 is deterministic DDIM, 1 is DDPM-like."),
+    steps: int = STEPS,
+    batch: int = typer.Option(10, help="Images per forward batch."),
+    seed: int = typer.Option(0, help="Seed of the per-step noise (η > 0 only)."),
+    alpha_prev: str = ALPHA_PREV,
+    final_alpha: str = FINAL_ALPHA,
+    clip_x0: bool = CLIP_X0,
+    normalize: str = NORMALIZE,
+    digit: int = DIGIT,
+    dataset: str = DATASET,
+    checkpoint: Path = CHECKPOINT,
+) -> None:
+    """The graded hw2_2.sh contract: OUT/00.png … named after each noise file, η = 0, 50 steps.
+
+    Examples:
+      hw2 ddim sample hw2_data/face/noise out/p2 --unet hw2_data/face/UNet.pt
+      hw2 ddim eval out/p2 hw2_data/face/GT
+    """
+    from hw2cli.tasks.ddim import check_noise, load_noise_dir, run_ddim, save_named, to_images
+
+    opts = _options(steps, eta, alpha_prev, final_alpha, clip_x0)
+    names, noise = load_noise_dir(noise_dir)
+    source = _source(unet, digit, dataset, checkpoint)
+    check_noise(noise, source, names)
+    with ui.progress("ddim", len(names)) as bar:
+        x = run_ddim(source, noise, opts, seed=seed, batch=batch, on_batch=bar.update)
+    files = save_named(to_images(x, normalize), names, out)
+    ui.result(f"wrote {len(files)} images to {out} ({source.description})")
+
+
+@app.command("eta-grid")
+def eta_grid_command(
+    out: Path = typer.Option(Path("figures/eta_grid.png"), help="Output PNG."),
+    etas: str = typer.Option("0,0.25,0.5,0.75,1", help="Comma-separated η values (rows)."),
+    noise: list[Path] = typer.Option(None, help="Noise files (columns); repeat or comma-separate."),
+    noise_dir: Path = typer.Option(
+        None, help="Use the first --count files of this folder [default with --unet: DATA_ROOT/face/noise]."
+    ),
+    count: int = typer.Option(4, help="Columns when noise comes from a folder or a seed."),
+    unet: Path = typer.Option(None, "--unet", help=UNET_HELP),
+    steps: int = STEPS,
+    seed: int = typer.Option(0, help="Seed of the per-step noise (and of the starting noise without --unet)."),
+    alpha_prev: str = ALPHA_PREV,
+    final_alpha: str = FINAL_ALPHA,
+    clip_x0: bool = CLIP_X0,
+    normalize: str = NORMALIZE,
+    digit: int = DIGIT,
+    dataset: str = DATASET,
+    checkpoint: Path = CHECKPOINT,
+) -> None:
+    """The report's grid: rows η, columns noise (00–03 by default), labelled.
+
+    Examples:
+      hw2 ddim eta-grid --unet hw2_data/face/UNet.pt
+      hw2 ddim eta-grid --digit 7        # no face UNet: the embedded digit model
+    """
+    from hw2cli import settings
+    from hw2cli.errors import UsageError
+    from hw2cli.tasks.ddim import check_noise, eta_grid, load_noise_dir, seeded_noise, stack_noise
+
+    try:
+        eta_values = [float(v) for v in etas.split(",") if v.strip()]
+    except ValueError:
+        raise UsageError(f"--etas {etas!r} must be comma-separated numbers, e.g. 0,0.5,1.") from None
+    opts = _options(steps, 0.0, alpha_prev, final_alpha, clip_x0)
+    for eta in eta_values:
+        _options(steps, eta, alpha_prev, final_alpha, clip_x0)
+    source = _source(unet, digit, dataset, checkpoint)
+    files = [Path(p) for item in (noise or []) for p in str(item).split(",") if p]
+    if files:
+        names, x = [f.stem for f in files], stack_noise(files)
+    elif unet is not None or noise_dir is not None:
+        names, x = load_noise_dir(noise_dir or settings.get().data_root / "face" / "noise")
+        names, x = names[:count], x[:count]
+    else:
+        x = seeded_noise(count, source.side or 256, seed)
+        names = [f"seed {seed}, #{i}" for i in range(count)]
+    check_noise(x, source, names)
+    with ui.progress("eta grid", len(eta_values) * len(names)) as bar:
+        path = eta_grid(source, x, names, eta_values, out, opts, seed=seed, normalize=normalize, on_batch=bar.update)
+    ui.result(f"wrote {path}")
+
+
+@app.command("interpolate")
+def interpolate_command(
+    a: Path = typer.Argument(None, help="First noise file [default with --unet: DATA_ROOT/face/noise/00.pt]."),
+    b: Path = typer.Argument(None, help="Second noise file [default: .../01.pt]."),
+    out: Path = typer.Option(Path("figures/interpolation.png"), help="Output PNG."),
+    mode: str = typer.Option("both", help="slerp, lerp or both (one figure, a row each)."),
+    alphas: str = typer.Option("0:1:0.1", help="start:stop:step (stop included) or a comma list."),
+    unet: Path = typer.Option(None, "--unet", help=UNET_HELP),
+    steps: int = STEPS,
+    eta: float = typer.Option(0.0, help="η of the DDIM runs."),
+    alpha_prev: str = ALPHA_PREV,
+    final_alpha: str = FINAL_ALPHA,
+    clip_x0: bool = CLIP_X0,
+    normalize: str = NORMALIZE,
+    seed: int = typer.Option(0, help="Without noise files: the seed of the two noises."),
+    digit: int = DIGIT,
+    dataset: str = DATASET,
+    checkpoint: Path = CHECKPOINT,
+) -> None:
+    """Slerp and lerp between two noises, α = 0, 0.1, …, 1: one labelled figure.
+
+    Examples:
+      hw2 ddim interpolate hw2_data/face/noise/00.pt hw2_data/face/noise/01.pt --unet hw2_data/face/UNet.pt
+    """
+    from hw2cli import settings
+    from hw2cli.errors import UsageError
+    from hw2cli.tasks.ddim import check_noise, interpolate, load_noise_file, parse_alphas, seeded_noise
+
+    opts = _options(steps, eta, alpha_prev, final_alpha, clip_x0)
+    values = parse_alphas(alphas)
+    modes = ["slerp", "lerp"] if mode == "both" else [mode]
+    if mode not in ("slerp", "lerp", "both"):
+        raise UsageError(f"--mode {mode!r} is not known; expected slerp, lerp or both.")
+    source = _source(unet, digit, dataset, checkpoint)
+    if (a is None) != (b is None):
+        raise UsageError("give both noise files A and B, or neither.")
+    if a is None and unet is not None:
+        folder = settings.get().data_root / "face" / "noise"
+        a, b = folder / "00.pt", folder / "01.pt"
+    if a is not None and b is not None:
+        xa, xb = load_noise_file(a), load_noise_file(b)
+        if xa.shape != xb.shape:
+            raise UsageError(f"{a.name} has shape {list(xa.shape)} but {b.name} has {list(xb.shape)}.")
+        names = [a.name, b.name]
+    else:
+        pair = seeded_noise(2, source.side or 256, seed)
+        xa, xb = pair[:1], pair[1:]
+        names = [f"seed {seed}"]
+    check_noise(xa, source, names)
+    with ui.progress("interpolate", len(values) * len(modes)) as bar:
+        path = interpolate(source, xa, xb, values, modes, out, opts, normalize=normalize, on_batch=bar.update)
+    ui.result(f"wrote {path}")
+
+
+@app.command("eval")
+def eval_command(
+    out: Path = typer.Argument(..., help="Generated images (00.png …)."),
+    gt: Path = typer.Argument(..., help="Ground truth (hw2_data/face/GT)."),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+) -> None:
+    """The P2 grader: per-image MSE on the 0–255 scale and the mean (baseline: < 20)."""
+    from hw2cli.tasks.ddim import mse_eval
+
+    report = mse_eval(out, gt)
+    if as_json:
+        ui.print_json({"per_image": report.per_image, "mean": report.mean, "extra_files": report.extra})
+        return
+    if report.extra:
+        ui.warn(f"{out} also holds {', '.join(report.extra[:5])}{' …' if len(report.extra) > 5 else ''} (ignored).")
+    ui.print_table(["image", "MSE"], [[k, f"{v:.3f}"] for k, v in report.per_image.items()], title="P2 MSE (0–255)")
+    ui.result(f"mean MSE {report.mean:.4f} ({'below' if report.mean < 20 else 'above'} the baseline of 20)")

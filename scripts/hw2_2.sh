@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# hw2_2.sh NOISE_DIR OUT UNET — P2 graded contract: OUT/00.png … named after the noise files,
+# DDIM with eta = 0 and 50 steps on the homework's face UNet.
+set -euo pipefail
+if [ "$#" -ne 3 ]; then
+  echo "usage: $0 NOISE_DIR OUT_DIR UNET_PT" >&2
+  exit 2
+fi
+exec hw2 ddim sample "$1" "$2" --unet "$3"

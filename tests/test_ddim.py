@@ -1,0 +1,271 @@
+"""P2: the face UNet's DDIM end to end, the figures, the grader's MSE, and bad input."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from hw2cli.diffusion import NoiseSchedule, make_timesteps, sample_ddim
+from hw2cli.io.checkpoints import DiffusionConfig, build_network, save_checkpoint
+from hw2cli.models import FaceUNet
+from hw2cli.tasks.ddim import DDIMOptions, EpsSource, lerp, parse_alphas, run_ddim, slerp
+
+SIDE = 32
+
+
+@pytest.fixture(scope="module")
+def face(tmp_path_factory):
+    """A small face UNet saved as a plain state dict, and a noise folder in the homework's format."""
+    root = tmp_path_factory.mktemp("face")
+    torch.manual_seed(0)
+    model = FaceUNet(width=32).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(3.0)  # livelier outputs than the default init
+    torch.save(model.state_dict(), root / "UNet.pt")
+    noise = root / "noise"
+    noise.mkdir()
+    g = torch.Generator().manual_seed(1)
+    for i in range(3):
+        t = torch.randn(1, 3, SIDE, SIDE, generator=g)
+        torch.save(t if i != 2 else t[0], noise / f"{i:02d}.pt")  # [1,3,H,W] and [3,H,W] both accepted
+    return root, model
+
+
+@pytest.fixture(scope="module")
+def digit_ckpt(tmp_path_factory):
+    torch.manual_seed(0)
+    config = DiffusionConfig(model={"base_channels": 8, "head_dim": 8, "groups": 4, "channel_mult": [1, 2]})
+    return save_checkpoint(build_network(config), config, tmp_path_factory.mktemp("digit"))
+
+
+def test_graded_sample_layout_and_determinism(run_cli, face, tmp_path):
+    root, _ = face
+    for out in (tmp_path / "a", tmp_path / "b"):
+        r = run_cli("ddim", "sample", root / "noise", out, "--unet", root / "UNet.pt", "--steps", "3")
+        assert r.code == 0, r.err
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["00.png", "01.png", "02.png"]
+    for name in ("00.png", "02.png"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+        assert Image.open(tmp_path / "a" / name).size == (SIDE, SIDE)
+
+
+def test_saved_pixels_are_the_minmax_formula(run_cli, face, tmp_path):
+    root, model = face
+    run_cli("ddim", "sample", root / "noise", tmp_path, "--unet", root / "UNet.pt", "--steps", "4")
+    noise = torch.load(root / "noise" / "01.pt")
+    source = EpsSource(model, NoiseSchedule.linear(), None, "t", torch.device("cpu"))
+    x = run_ddim(source, noise, DDIMOptions(steps=4))[0].double().numpy()
+    expected = np.floor((x - x.min()) / (x.max() - x.min()) * 255 + 0.5).clip(0, 255).astype(np.uint8)
+    saved = np.asarray(Image.open(tmp_path / "01.png").convert("RGB")).transpose(2, 0, 1)
+    assert np.array_equal(saved, expected)
+
+
+@pytest.mark.parametrize("eta", [0.0, 1.0])
+def test_face_ddim_matches_diffusers_step_by_step(face, eta):
+    """Each step starts from diffusers' own x_t, so rounding cannot accumulate through the network."""
+    from diffusers import DDIMScheduler
+
+    from hw2cli.diffusion import ddim_step
+
+    _, model = face
+    s = NoiseSchedule.linear()
+    sched = DDIMScheduler(
+        num_train_timesteps=1000,
+        trained_betas=s.betas.numpy(),
+        steps_offset=1,
+        set_alpha_to_one=False,
+        clip_sample=False,
+    )
+    sched.set_timesteps(50)
+    ts = make_timesteps(s, 50, "leading", offset=1)
+    assert sched.timesteps.tolist() == ts == list(range(981, 0, -20))
+    alpha_bar = s.alpha_bar.tolist()
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(1, 3, SIDE, SIDE, generator=g)
+    with torch.inference_mode():
+        for i, t in enumerate(ts):
+            z = torch.randn(1, 3, SIDE, SIDE, generator=g)
+            eps = model(x, torch.tensor([t]))
+            theirs = sched.step(eps, t, x, eta=eta, variance_noise=z if eta else None).prev_sample
+            a_prev = alpha_bar[ts[i + 1]] if i + 1 < len(ts) else alpha_bar[0]  # the spec's ᾱ_prev
+            ours, _ = ddim_step(eps, x, alpha_bar[t], a_prev, eta, z)
+            torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
+            x = theirs
+    # and the whole loop is those steps
+    x_start = torch.randn(1, 3, SIDE, SIDE, generator=g)
+    with torch.inference_mode():
+        whole = sample_ddim(model, x_start.clone(), s, ts, eta=0.0)
+        x = x_start.clone()
+        for i, t in enumerate(ts):
+            a_prev = alpha_bar[ts[i + 1]] if i + 1 < len(ts) else alpha_bar[0]
+            x, _ = ddim_step(model(x, torch.tensor([t])), x, alpha_bar[t], a_prev, 0.0, None)
+    assert torch.equal(whole, x)
+
+
+def test_eval_of_a_folder_against_itself_is_zero_and_matches_the_formula(run_cli, face, tmp_path):
+    root, _ = face
+    out = tmp_path / "out"
+    run_cli("ddim", "sample", root / "noise", out, "--unet", root / "UNet.pt", "--steps", "2")
+    r = run_cli("ddim", "eval", out, out, "--json")
+    assert r.code == 0, r.err
+    assert json.loads(r.out)["mean"] == 0.0
+    gt = tmp_path / "gt"
+    gt.mkdir()
+    expected = []
+    for p in sorted(out.iterdir()):
+        a = np.asarray(Image.open(p).convert("RGB")).astype(np.int64)
+        b = np.clip(a + np.array([7, 0, -3]), 0, 255)
+        Image.fromarray(b.astype(np.uint8)).save(gt / p.name)
+        expected.append(((a - b) ** 2).mean())
+    report = json.loads(run_cli("ddim", "eval", out, gt, "--json").out)
+    assert report["mean"] == pytest.approx(np.mean(expected))
+    assert "mean MSE" in run_cli("ddim", "eval", out, gt).out
+
+
+def test_eval_names_missing_extra_and_mismatched_files(run_cli, tmp_path):
+    out, gt = tmp_path / "out", tmp_path / "gt"
+    out.mkdir()
+    gt.mkdir()
+    for name in ("00.png", "01.png"):
+        Image.new("RGB", (8, 8)).save(gt / name)
+    Image.new("RGB", (8, 8)).save(out / "00.png")
+    r = run_cli("ddim", "eval", out, gt)
+    assert r.code == 2 and "lacks 01.png" in r.err
+    Image.new("RGB", (4, 4)).save(out / "01.png")
+    r = run_cli("ddim", "eval", out, gt)
+    assert r.code == 2 and "01.png is 4×4" in r.err and "8×8" in r.err
+    Image.new("RGB", (8, 8)).save(out / "01.png")
+    Image.new("RGB", (8, 8)).save(out / "notes.png")
+    r = run_cli("ddim", "eval", out, gt)
+    assert r.code == 0 and "notes.png" in r.err
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda d: torch.save({"noise": torch.zeros(1)}, d / "00.pt"), "00.pt holds a dict, not a tensor"),
+        (lambda d: torch.save(torch.zeros(1, 4, 32, 32), d / "00.pt"), "00.pt has shape [1, 4, 32, 32]"),
+        (lambda d: torch.save(torch.zeros(32, 32), d / "00.pt"), "00.pt has shape [32, 32]"),
+        (lambda d: (d / "00.pt").write_bytes(b"garbage"), "cannot read"),
+        (lambda d: None, "holds no .pt noise files"),
+        (
+            lambda d: [
+                torch.save(torch.zeros(1, 3, 32, 32), d / "00.pt"),
+                torch.save(torch.zeros(1, 3, 64, 64), d / "01.pt"),
+            ],
+            "01.pt is 64×64 but 00.pt is 32×32",
+        ),
+        (lambda d: torch.save(torch.zeros(1, 3, 40, 40), d / "00.pt"), "needs sides divisible by 32"),
+    ],
+)
+def test_bad_noise_files(run_cli, face, tmp_path, make, message):
+    root, _ = face
+    noise = tmp_path / "noise"
+    noise.mkdir()
+    make(noise)
+    r = run_cli("ddim", "sample", noise, tmp_path / "o", "--unet", root / "UNet.pt", "--steps", "1")
+    assert r.code == 2, r.err
+    assert message in r.err and "Traceback" not in r.err
+
+
+def test_bad_unet_and_options(run_cli, face, tmp_path):
+    root, _ = face
+    r = run_cli("ddim", "sample", root / "noise", tmp_path, "--unet", tmp_path / "missing.pt")
+    assert r.code == 2 and "does not exist" in r.err
+    torch.save({"conv.weight": torch.zeros(1)}, tmp_path / "other.pt")
+    r = run_cli("ddim", "sample", root / "noise", tmp_path, "--unet", tmp_path / "other.pt")
+    assert r.code == 2 and "is not a face UNet state dict" in r.err
+    state = torch.load(root / "UNet.pt")
+    del state["up23.resblocks.conv2.bias"]
+    torch.save(state, tmp_path / "cut.pt")
+    r = run_cli("ddim", "sample", root / "noise", tmp_path, "--unet", tmp_path / "cut.pt")
+    assert r.code == 2 and "key 'up23.resblocks.conv2.bias' is missing" in r.err
+    r = run_cli("ddim", "sample", root / "noise", tmp_path, "--unet", root / "UNet.pt", "--eta", "-1")
+    assert r.code == 2 and "--eta is -1.0" in r.err
+    r = run_cli("ddim", "sample", root / "noise", tmp_path, "--unet", root / "UNet.pt", "--normalize", "tanh")
+    assert r.code == 2 and "--normalize 'tanh'" in r.err
+
+
+def test_eta_grid_and_interpolation_figures_with_the_face_unet(run_cli, face, tmp_path):
+    root, _ = face
+    r = run_cli(
+        "ddim",
+        "eta-grid",
+        "--unet",
+        root / "UNet.pt",
+        "--noise-dir",
+        root / "noise",
+        "--steps",
+        "2",
+        "--etas",
+        "0,1",
+        "--out",
+        tmp_path / "g.png",
+    )
+    assert r.code == 0, r.err
+    assert Image.open(tmp_path / "g.png").size[0] > 100
+    r = run_cli(
+        "ddim",
+        "interpolate",
+        root / "noise" / "00.pt",
+        root / "noise" / "02.pt",
+        "--unet",
+        root / "UNet.pt",
+        "--steps",
+        "2",
+        "--alphas",
+        "0,0.5,1",
+        "--out",
+        tmp_path / "i.png",
+    )
+    assert r.code == 0, r.err
+    w, h = Image.open(tmp_path / "i.png").size
+    assert w > h  # two rows, three columns
+
+
+def test_without_unet_the_digit_model_serves(run_cli, digit_ckpt, tmp_path):
+    args = ["--checkpoint", digit_ckpt, "--steps", "2"]
+    r = run_cli(
+        "ddim", "eta-grid", *args, "--etas", "0,0.5", "--count", "2", "--digit", "7", "--out", tmp_path / "g.png"
+    )
+    assert r.code == 0, r.err
+    r = run_cli("ddim", "interpolate", *args, "--mode", "slerp", "--out", tmp_path / "i.png")
+    assert r.code == 0, r.err
+    noise = tmp_path / "n"
+    noise.mkdir()
+    torch.save(torch.randn(1, 3, 28, 28), noise / "00.pt")
+    r = run_cli("ddim", "sample", noise, tmp_path / "o", *args)
+    assert r.code == 0 and (tmp_path / "o" / "00.png").exists()
+    torch.save(torch.randn(1, 3, 64, 64), noise / "00.pt")
+    r = run_cli("ddim", "sample", noise, tmp_path / "o", *args)
+    assert r.code == 2 and "pass --unet UNet.pt for face noise" in r.err
+
+
+def test_slerp_against_the_formula_and_nearly_parallel_inputs():
+    g = torch.Generator().manual_seed(3)
+    a, b = torch.randn(1, 3, 8, 8, generator=g), torch.randn(1, 3, 8, 8, generator=g)
+    an, bn = a.double().numpy().ravel(), b.double().numpy().ravel()
+    theta = np.arccos(an @ bn / np.linalg.norm(an) / np.linalg.norm(bn))
+    for alpha in (0.0, 0.3, 1.0):
+        expected = (np.sin((1 - alpha) * theta) * an + np.sin(alpha * theta) * bn) / np.sin(theta)
+        assert np.allclose(slerp(a, b, alpha).double().numpy().ravel(), expected, atol=1e-6)
+    assert torch.allclose(slerp(a, b, 0.0), a) and torch.allclose(slerp(a, b, 1.0), b, atol=1e-6)
+    for twin in (a.clone(), a * (1 + 1e-9), a * 2):
+        mid = slerp(a, twin, 0.5)
+        assert torch.isfinite(mid).all()
+        assert torch.allclose(mid, lerp(a, twin, 0.5), atol=1e-5)
+
+
+def test_alpha_parsing():
+    assert parse_alphas("0:1:0.1") == [round(0.1 * i, 10) for i in range(11)]
+    assert parse_alphas("0,0.5,1") == [0.0, 0.5, 1.0]
+    from hw2cli.errors import UsageError
+
+    for bad in ("1:0:0.1", "0:1:0", "a,b", "0:1"):
+        with pytest.raises(UsageError, match="--alphas"):
+            parse_alphas(bad)
