@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
     DotEnvSettingsSource,
@@ -72,7 +72,7 @@ class Settings(BaseSettings):
     seed: int = 0
     data_root: Path = Path("hw2_data")
     output_root: Path = Path("outputs")
-    weights_dir: Path = _default_cache()
+    weights_dir: Path = Field(default_factory=_default_cache)
     """Downloaded weights and caches (e.g. CLIP text features)."""
     kernels: Literal["auto", "triton", "torch"] = "auto"
     """``auto``: fused Triton kernels on CUDA when they compile, else the PyTorch reference."""

@@ -4,6 +4,12 @@ from the outside, and sees only hw2's own plugins unless it installs one itself.
 from __future__ import annotations
 
 import os
+
+# CPU CI: the kernel tests run under Triton's interpreter; a GPU run may export TRITON_INTERPRET=0.
+# triton.jit reads the flag when it decorates, i.e. when hw2kernels.triton_ops is first imported,
+# so it is set before anything else is imported.
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
 import sys
 import textwrap
 from dataclasses import dataclass

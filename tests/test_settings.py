@@ -119,3 +119,8 @@ def test_offline_sets_hub_variables(monkeypatch):
 
     assert settings.get().offline is True
     assert os.environ["HF_HUB_OFFLINE"] == "1"
+
+
+def test_cache_default_follows_xdg_cache_home_at_run_time(monkeypatch, tmp_path):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert settings.load()[0].weights_dir == tmp_path / "xdg" / "hw2"

@@ -34,3 +34,10 @@ ddim = Plugin(
     app="hw2cli.plugins.ddim:app",
     panel=HOMEWORK,
 )
+
+bench = Plugin(
+    name="bench",
+    help="Benchmarks: fused kernels and sampling loops, eager vs Triton vs torch.compile.",
+    app="hw2cli.plugins.bench:app",
+    panel=TOOLS,
+)

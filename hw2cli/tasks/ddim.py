@@ -90,9 +90,19 @@ def _autocast(fn: EpsFn, device: torch.device, dtype: torch.dtype) -> EpsFn:
     return run
 
 
-def face_source(unet: str | Path, device: torch.device, dtype: torch.dtype = torch.float32) -> EpsSource:
+def face_source(
+    unet: str | Path, device: torch.device, dtype: torch.dtype = torch.float32, *, cuda_graph: bool = False
+) -> EpsSource:
+    """The face UNet as a sampler callable; on CUDA in channels_last, optionally replayed from a CUDA graph."""
     model = load_face_unet(unet, device)
-    return EpsSource(_autocast(model, device, dtype), NoiseSchedule.linear(), None, f"face UNet ({unet})", device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    eps = _autocast(model, device, dtype)
+    if cuda_graph:
+        from hw2cli.models.cuda_graph import GraphedEps
+
+        eps = GraphedEps(eps)
+    return EpsSource(eps, NoiseSchedule.linear(), None, f"face UNet ({unet})", device)
 
 
 def digit_source(

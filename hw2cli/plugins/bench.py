@@ -1,0 +1,109 @@
+"""`hw2 bench`: time the kernels and whole sampling loops, every path side by side."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from hw2cli import ui
+
+app = typer.Typer(
+    help="Benchmarks: fused kernels and sampling loops (eager, Triton, torch.compile).", no_args_is_help=True
+)
+
+DTYPE_HELP = "fp32, bf16 or fp16 [default: bf16 on CUDA, fp32 on CPU]."
+
+
+def _dtype(name: str | None, device):
+    import torch
+
+    from hw2cli.errors import UsageError
+
+    if name is None:
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    table = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+    if name not in table:
+        raise UsageError(f"--dtype {name!r} is not known; expected fp32, bf16 or fp16.")
+    return table[name]
+
+
+def _show(report, out: Path, name: str, as_json: bool) -> None:
+    from hw2cli.io.atomic import write_json
+
+    path = write_json(out / f"{name}.json", report.to_dict())
+    if as_json:
+        ui.print_json(report.to_dict())
+        return
+
+    def fmt(value, spec):
+        return "—" if value is None else format(value, spec)
+
+    rows = [
+        [
+            r.case,
+            r.path,
+            fmt(r.ms, ".3f"),
+            fmt(r.speedup, ".2f"),
+            fmt(r.gbps, ".0f"),
+            fmt(r.pct_copy_bw, ".0f"),
+            fmt(r.tflops, ".1f"),
+            r.note,
+        ]
+        for r in report.rows
+    ]
+    ui.print_table(
+        ["case", "path", "ms", "× eager", "GB/s", "% copy BW", "TFLOP/s", "note"],
+        rows,
+        title=f"hw2 bench {report.kind} on {report.meta.get('device', report.device)}",
+    )
+    ui.result(f"wrote {path}")
+
+
+@app.command()
+def kernels(
+    dtype: str = typer.Option(None, help=DTYPE_HELP),
+    repeats: int = typer.Option(20, help="Timed repeats per case (median)."),
+    compile: bool = typer.Option(True, "--compile/--no-compile", help="Also time torch.compile of the eager op."),
+    quick: bool = typer.Option(False, "--quick", help="One small case each (a smoke run)."),
+    out: Path = typer.Option(Path("benchmarks/results"), help="Folder for the JSON result."),
+    as_json: bool = typer.Option(False, "--json", help="Print the JSON instead of a table."),
+) -> None:
+    """GroupNorm+SiLU (GB/s, % of measured copy bandwidth) and attention (TFLOP/s) at UNet shapes."""
+    from hw2cli import runtime
+    from hw2cli.tasks.bench import bench_kernels
+
+    device, _ = runtime.setup()
+    report = bench_kernels(device, dtype=_dtype(dtype, device), repeats=repeats, use_compile=compile, quick=quick)
+    _show(report, out, "kernels", as_json)
+
+
+@app.command()
+def sample(
+    model: str = typer.Option("digit", help="digit, face (official size, 256²) or sd (SD v1 UNet, 64² latents)."),
+    batch: int = typer.Option(None, help="Images per batch [default: digit 500, face 10, sd 2]."),
+    steps: int = typer.Option(50, help="DDIM steps."),
+    dtype: str = typer.Option(None, help=DTYPE_HELP),
+    repeats: int = typer.Option(3, help="Timed repeats (median)."),
+    compile: bool = typer.Option(True, "--compile/--no-compile", help="Also time torch.compile of the network."),
+    checkpoint: str = typer.Option(None, help="Real weights (digit checkpoint or face UNet.pt); random otherwise."),
+    out: Path = typer.Option(Path("benchmarks/results"), help="Folder for the JSON result."),
+    as_json: bool = typer.Option(False, "--json", help="Print the JSON instead of a table."),
+) -> None:
+    """A whole DDIM loop per path: eager, Triton kernels, torch.compile."""
+    from hw2cli import runtime
+    from hw2cli.tasks.bench import bench_sample
+
+    device, _ = runtime.setup()
+    batch = batch or {"digit": 500, "face": 10, "sd": 2}.get(model, 1)
+    report = bench_sample(
+        model,
+        device,
+        dtype=_dtype(dtype, device),
+        batch=batch,
+        steps=steps,
+        repeats=repeats,
+        use_compile=compile,
+        checkpoint=checkpoint,
+    )
+    _show(report, out, f"sample_{model}", as_json)

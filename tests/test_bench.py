@@ -1,0 +1,100 @@
+"""`hw2 bench` on this CPU, accelerate_unet, and the CUDA-graph switch where there is no CUDA."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from hw2cli.io.checkpoints import DiffusionConfig, build_network, save_checkpoint
+
+
+@pytest.fixture(scope="module")
+def digit_ckpt(tmp_path_factory):
+    config = DiffusionConfig(model={"base_channels": 8, "head_dim": 8, "groups": 4, "channel_mult": [1, 2]})
+    return save_checkpoint(build_network(config), config, tmp_path_factory.mktemp("d"))
+
+
+def test_bench_kernels_quick(run_cli, tmp_path):
+    r = run_cli("bench", "kernels", "--quick", "--no-compile", "--repeats", "2", "--out", tmp_path, "--json")
+    assert r.code == 0, r.err
+    report = json.loads(r.out)
+    assert report == json.loads((tmp_path / "kernels.json").read_text())
+    assert report["meta"]["copy_bandwidth_gbps"] > 0 and "torch" in report["meta"] and "date" in report["meta"]
+    gn = [row for row in report["rows"] if row["case"].startswith("groupnorm")]
+    eager = next(row for row in gn if row["path"] == "eager")
+    assert eager["ms"] > 0 and eager["gbps"] > 0 and eager["speedup"] == 1.0
+    triton = next(row for row in gn if row["path"] == "triton")
+    assert triton["ms"] is None and triton["note"].startswith("not measured")
+    attention = [row for row in report["rows"] if row["case"].startswith("attention")]
+    assert any(row["path"] == "sdpa" and row["tflops"] > 0 for row in attention)
+
+
+def test_bench_sample_digit(run_cli, digit_ckpt, tmp_path):
+    args = ["bench", "sample", "--model", "digit", "--checkpoint", digit_ckpt, "--batch", "2", "--steps", "2"]
+    r = run_cli(*args, "--no-compile", "--repeats", "1", "--out", tmp_path)
+    assert r.code == 0, r.err
+    report = json.loads((tmp_path / "sample_digit.json").read_text())
+    assert report["rows"][0]["path"] == "eager" and report["rows"][0]["ms"] > 0
+    assert "× eager" in r.out
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["bench", "sample", "--model", "vae"], "--model 'vae' is not known"),
+        (["bench", "kernels", "--dtype", "fp8"], "--dtype 'fp8' is not known"),
+    ],
+)
+def test_bench_bad_input(run_cli, tmp_path, args, message):
+    r = run_cli(*args, "--out", tmp_path)
+    assert r.code == 2 and message in r.err
+
+
+def test_cuda_graph_needs_cuda(run_cli, tmp_path):
+    from hw2cli.errors import RunError
+    from hw2cli.models.cuda_graph import GraphedEps
+
+    if torch.cuda.is_available():
+        pytest.skip("this check is about machines without CUDA")
+    with pytest.raises(RunError, match="needs a CUDA device"):
+        GraphedEps(lambda x, t, c: x)
+    noise = tmp_path / "n"
+    noise.mkdir()
+    torch.save(torch.randn(1, 3, 32, 32), noise / "00.pt")
+    r = run_cli("ddim", "sample", noise, tmp_path / "o", "--unet", tmp_path / "x.pt", "--cuda-graph")
+    assert r.code == 1 and "--cuda-graph needs a CUDA device" in r.err
+
+
+def test_accelerate_unet_keeps_the_function_and_the_state_dict():
+    from diffusers import UNet2DConditionModel
+
+    from hw2cli.models.layers import GroupNorm
+    from hw2cli.models.sd_accel import KernelAttnProcessor, accelerate_unet
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        sample_size=16,
+        in_channels=4,
+        out_channels=4,
+        layers_per_block=1,
+        block_out_channels=(32, 64),
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=32,
+        attention_head_dim=8,
+        norm_num_groups=32,
+    ).eval()
+    x, ctx, t = torch.randn(2, 4, 16, 16), torch.randn(2, 77, 32), torch.tensor([10, 500])
+    with torch.no_grad():
+        before = unet(x, t, encoder_hidden_states=ctx).sample
+        keys = {k: v.clone() for k, v in unet.state_dict().items()}
+        changed = accelerate_unet(unet)
+        after = unet(x, t, encoder_hidden_states=ctx).sample
+    assert changed["attention"] > 0 and changed["group_norm"] > 0
+    assert all(isinstance(p, KernelAttnProcessor) for p in unet.attn_processors.values())
+    assert not any(type(m) is torch.nn.GroupNorm for m in unet.modules())
+    assert sum(isinstance(m, GroupNorm) for m in unet.modules()) == changed["group_norm"]
+    assert keys.keys() == unet.state_dict().keys()
+    torch.testing.assert_close(after, before, rtol=1e-5, atol=1e-5)
