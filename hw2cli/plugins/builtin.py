@@ -41,3 +41,10 @@ bench = Plugin(
     app="hw2cli.plugins.bench:app",
     panel=TOOLS,
 )
+
+clip = Plugin(
+    name="clip",
+    help="P3a: CLIP zero-shot classification of the validation set.",
+    app="hw2cli.plugins.clip:app",
+    panel=HOMEWORK,
+)

@@ -1,0 +1,175 @@
+"""`hw2 clip`: P3a, CLIP zero-shot classification of the validation set."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import typer
+
+from hw2cli import ui
+
+app = typer.Typer(
+    help="P3a: CLIP zero-shot classification of the validation set.",
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+)
+
+PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+
+
+def _default_workers() -> int:
+    return min(8, os.cpu_count() or 1)
+
+
+@app.command("eval")
+def eval_command(
+    data: Path = typer.Option(
+        None,
+        "--data",
+        help="Images: <classid>_<idx>.png files, an ImageFolder tree or a CSV of path,label "
+        "\\[default: DATA_ROOT/clip_zeroshot/val].",
+    ),
+    labels: Path = typer.Option(None, "--labels", help="id2label.json \\[default: beside or inside --data]."),
+    model: str = typer.Option(
+        None,
+        "--model",
+        help="open_clip: a model name (ViT-B-32) or model-config .json; transformers: a Hub id or a saved folder "
+        "\\[default: ViT-B-32 / openai/clip-vit-base-patch32].",
+    ),
+    pretrained: str = typer.Option(
+        None,
+        "--pretrained",
+        help="open_clip weights: a tag (openai, laion2b_s34b_b79k, …) or a checkpoint file "
+        "(.pt, .bin, .safetensors) \\[default: openai].",
+    ),
+    backend: str = typer.Option("open_clip", "--backend", help="open_clip or transformers."),
+    templates: str = typer.Option(
+        "single",
+        "--templates",
+        help="single ('a photo of a {}.'), cifar (18), imagenet (80) or a file: "
+        "one template with {} per line, ensembled.",
+    ),
+    batch: int = typer.Option(256, "--batch", help="Images per forward pass."),
+    workers: int = typer.Option(
+        None,
+        "--workers",
+        "--num-workers",
+        help="DataLoader processes decoding images (0: in this process) \\[default: CPU count, at most 8].",
+    ),
+    out: Path = typer.Option(None, "--out", help="Report folder \\[default: OUTPUT_ROOT/clip]."),
+    examples: int = typer.Option(5, help="Correct and incorrect examples in the figure (each)."),
+    precision: str = typer.Option(
+        "auto", help="auto (fp16 autocast on CUDA, bf16 with --dtype bf16; fp32 on CPU), fp32, fp16 or bf16."
+    ),
+    quick_gelu: bool = typer.Option(
+        None,
+        "--quick-gelu/--no-quick-gelu",
+        help="For a checkpoint file: force QuickGELU on/off \\[default: on for OpenAI weights].",
+    ),
+    text_cache: bool = typer.Option(
+        True, "--text-cache/--no-text-cache", help="Reuse the class text features cached under WEIGHTS_DIR."
+    ),
+    show_classes: int = typer.Option(10, help="Rows of the per-class table, worst first (0: all)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the metrics as JSON."),
+) -> None:
+    """Zero-shot accuracy (top-1, top-5), per-class table, confusions, an example figure, predictions.csv.
+
+    Examples:
+      hw2 clip eval --data hw2_data/clip_zeroshot/val
+      hw2 clip eval --data hw2_data/clip_zeroshot/val --templates cifar --pretrained laion2b_s34b_b79k
+      hw2 clip eval --data val --backend transformers --model openai/clip-vit-base-patch32
+      hw2 clip eval --data val --pretrained ~/.cache/clip/ViT-B-32.pt      # a local checkpoint, offline
+    """
+    from hw2cli import runtime, settings
+    from hw2cli.errors import UsageError
+    from hw2cli.models.clip import BACKENDS, load_clip
+    from hw2cli.tasks.clip import TEXT_CACHE_DIR, load_dataset, resolve_templates, write_outputs, zero_shot
+
+    if backend not in BACKENDS:
+        raise UsageError(f"--backend {backend!r} is not known; expected {' or '.join(BACKENDS)}.")
+    if batch < 1:
+        raise UsageError(f"--batch is {batch}; expected at least 1.")
+    workers = _default_workers() if workers is None else workers
+    if workers < 0:
+        raise UsageError(f"--workers is {workers}; expected 0 or more.")
+    if examples < 1:
+        raise UsageError(f"--examples is {examples}; expected 1 or more.")
+    if precision not in PRECISIONS:
+        raise UsageError(f"--precision {precision!r} is not known; expected {', '.join(PRECISIONS)}.")
+    current = settings.get()
+    data = data if data is not None else current.data_root / "clip_zeroshot" / "val"
+    out = out if out is not None else current.output_root / "clip"
+    template_name, template_list = resolve_templates(templates)
+    dataset = load_dataset(data, labels)
+
+    device, dtype = runtime.setup()
+    clip = load_clip(model, pretrained, backend, device, current.weights_dir, quick_gelu=quick_gelu)
+    clip.set_precision(_autocast_dtype(precision, device, dtype))
+    for note in clip.notes:
+        ui.info(f"note: {note}")
+    ui.info(
+        f"{clip.name} [{backend}, {clip.precision}] on {device}: {len(dataset.files)} images, "
+        f"{len(dataset.classnames)} classes, {len(template_list)} template(s) ({template_name})"
+    )
+    cache_dir = current.weights_dir / TEXT_CACHE_DIR if text_cache else None
+    with ui.progress("clip zero-shot", len(dataset.files)) as bar:
+        report = zero_shot(
+            clip,
+            dataset,
+            template_list,
+            templates_name=template_name,
+            batch_size=batch,
+            num_workers=workers,
+            cache_dir=cache_dir,
+            on_batch=bar.update,
+        )
+    where = f" ({report.text_cache_file})" if report.text_cache_file else ""
+    ui.info(
+        {
+            "hit": f"text features: cache hit, text tower skipped{where}",
+            "miss": f"text features: computed in {report.seconds['text']:.2f}s and cached{where}",
+            "off": "text features: computed (cache off)",
+        }[report.text_cache]
+    )
+    metrics = write_outputs(report, out, examples=examples, seed=current.seed)
+    if as_json:
+        ui.print_json(metrics)
+        return
+    per_class = metrics["per_class"]
+    shown = per_class if show_classes <= 0 else per_class[:show_classes]
+    title = "per-class accuracy, worst first" + (
+        "" if len(shown) == len(per_class) else f" ({len(shown)} of {len(per_class)})"
+    )
+    ui.print_table(
+        ["class", "accuracy", "correct", "images"],
+        [[r["class"], f"{r['accuracy']:.1%}", r["correct"], r["count"]] for r in shown],
+        title=title,
+        justify=["left", "right", "right", "right"],
+    )
+    if metrics["confused_pairs"]:
+        ui.print_table(
+            ["true", "predicted as", "images"],
+            [[p["true"], p["predicted"], p["count"]] for p in metrics["confused_pairs"][:5]],
+            title="most confused pairs",
+            justify=["left", "left", "right"],
+        )
+    rate = metrics["images_per_s"]
+    ui.result(
+        f"top-1 {metrics['top1']:.2%}  top-{metrics['k']} {metrics['top5']:.2%}  "
+        f"({metrics['images']} images, {metrics['classes']} classes" + (f", {rate:.1f} images/s" if rate else "") + ")"
+    )
+    ui.result(f"wrote {metrics['files']['predictions']}, {metrics['files']['metrics']}, {metrics['files']['examples']}")
+
+
+def _autocast_dtype(precision: str, device, dtype):
+    import torch
+
+    if precision == "auto":
+        if device.type != "cuda":
+            return None
+        return torch.bfloat16 if dtype == torch.bfloat16 else torch.float16
+    if precision != "fp32" and device.type != "cuda":
+        ui.warn(f"--precision {precision} applies on CUDA; {device} runs in fp32.")
+        return None
+    return {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
