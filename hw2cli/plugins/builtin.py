@@ -42,6 +42,13 @@ bench = Plugin(
     panel=TOOLS,
 )
 
+personalize = Plugin(
+    name="personalize",
+    help="P3b: textual inversion / Custom Diffusion on Stable Diffusion; graded generation; CLIP grading.",
+    app="hw2cli.plugins.personalize:app",
+    panel=HOMEWORK,
+)
+
 clip = Plugin(
     name="clip",
     help="P3a: CLIP zero-shot classification of the validation set.",
