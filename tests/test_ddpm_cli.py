@@ -217,3 +217,45 @@ def test_script_wrapper_usage(tmp_path):
     script = Path(__file__).resolve().parents[1] / "scripts" / "hw2_1.sh"
     proc = subprocess.run(["bash", str(script)], capture_output=True, text=True)
     assert proc.returncode == 2 and "usage:" in proc.stderr
+
+
+def test_embedded_default_works_out_of_the_box(run_cli, tmp_path):
+    """`hw2 ddpm sample --digit 3` with no checkpoint: the shipped model and classifiers."""
+    r = run_cli("ddpm", "sample", "--digit", "3", "-n", "2", "--steps", "4", "--out", tmp_path)
+    assert r.code == 0, r.err
+    assert "embedded default" in r.out
+    assert len(list(tmp_path.glob("mnistm_3_*.png"))) == 2 and len(list(tmp_path.glob("svhn_3_*.png"))) == 2
+    from hw2cli.tasks.classify import load_classifier
+
+    for dataset in ("mnistm", "svhn"):
+        _, description = load_classifier(None, dataset)
+        assert description.startswith("lenet")
+
+
+def test_batch_size_does_not_change_dpm_images(run_cli, checkpoint, tmp_path):
+    for batch in ("3", "7"):
+        r = run_cli(
+            "ddpm",
+            "generate",
+            tmp_path / batch,
+            "--checkpoint",
+            checkpoint,
+            "--steps",
+            "2",
+            "--per-digit",
+            "2",
+            "--batch",
+            batch,
+        )
+        assert r.code == 0, r.err
+    for name in ("0_001.png", "9_002.png"):
+        assert (tmp_path / "3" / "svhn" / name).read_bytes() == (tmp_path / "7" / "svhn" / name).read_bytes()
+
+
+def test_assets_stay_small():
+    from importlib import resources
+    from pathlib import Path
+
+    folder = Path(str(resources.files("hw2cli.assets")))
+    total = sum(p.stat().st_size for p in folder.glob("*.safetensors"))
+    assert total < 15_000_000

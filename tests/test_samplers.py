@@ -219,3 +219,24 @@ def test_bad_sampler_arguments():
         sample_ddim(toy_eps, x, s, [5, 10])
     with pytest.raises(ValueError, match="variance"):
         sample_ddpm(toy_eps, x, s, 3, variance="learned")
+
+
+def test_ddim_step_clips_x0_before_using_it():
+    from hw2cli.diffusion import ddim_step
+
+    g = torch.Generator().manual_seed(9)
+    x, eps = torch.randn(1, 3, 4, 4, generator=g) * 3, torch.randn(1, 3, 4, 4, generator=g)
+    ab, ab_prev = 0.3, 0.6
+    out, x0 = ddim_step(eps, x, ab, ab_prev, 0.0, None, clip_x0=True)
+    expected_x0 = ((x - math.sqrt(1 - ab) * eps) / math.sqrt(ab)).clamp(-1, 1)
+    assert torch.equal(x0, expected_x0) and x0.abs().max() <= 1
+    torch.testing.assert_close(out, math.sqrt(ab_prev) * expected_x0 + math.sqrt(1 - ab_prev) * eps)
+
+
+def test_dpm_with_clipping_keeps_a_far_data_mean_in_range():
+    """Data far outside [-1, 1]: without thresholding the sampler follows it, with it the output stays bounded."""
+    s = NoiseSchedule.linear()
+    x = torch.randn(64, 1, 2, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    free = sample_dpm(gaussian_eps(5.0, 0.1, s), x.clone(), s, 20)
+    clipped = sample_dpm(gaussian_eps(5.0, 0.1, s), x.clone(), s, 20, clip_x0=True)
+    assert free.mean() > 4 and clipped.abs().max() <= 1.0 + 1e-6

@@ -236,8 +236,12 @@ def sample_ddim(
 # ------------------------------------------------------------------------------- DPM-Solver++
 
 
-def dpm_scheduler(schedule: NoiseSchedule, num_steps: int, order: int = 2) -> Any:
-    """diffusers' ``DPMSolverMultistepScheduler`` (Lu et al. 2022, DPM-Solver++(2M)) on our betas."""
+def dpm_scheduler(schedule: NoiseSchedule, num_steps: int, order: int = 2, clip_x0: bool = False) -> Any:
+    """diffusers' ``DPMSolverMultistepScheduler`` (Lu et al. 2022, DPM-Solver++(2M)) on our betas.
+
+    ``clip_x0`` turns on diffusers' dynamic thresholding of the predicted x0 (Saharia et al. 2022),
+    the data-prediction solver's counterpart of clipping x0 to [-1, 1].
+    """
     from diffusers import DPMSolverMultistepScheduler
 
     scheduler = DPMSolverMultistepScheduler(
@@ -249,6 +253,8 @@ def dpm_scheduler(schedule: NoiseSchedule, num_steps: int, order: int = 2) -> An
         timestep_spacing="trailing",
         lower_order_final=True,
         final_sigmas_type="zero",
+        thresholding=clip_x0,
+        sample_max_value=1.0,
     )
     scheduler.set_timesteps(num_steps)
     return scheduler
@@ -266,11 +272,12 @@ def sample_dpm(
     generator: torch.Generator | None = None,
     noise: NoiseFn | None = None,
     order: int = 2,
+    clip_x0: bool = False,
 ) -> torch.Tensor:
     """DPM-Solver++(2M) through diffusers; deterministic (no noise is drawn)."""
     if not isinstance(steps, int):
         raise ValueError("the dpm sampler takes a number of steps, not explicit timesteps")
-    scheduler = dpm_scheduler(schedule, steps, order)
+    scheduler = dpm_scheduler(schedule, steps, order, clip_x0)
     for i, t in enumerate(scheduler.timesteps.tolist()):
         eps = model(x, _t_batch(int(t), x), cond)
         x = scheduler.step(eps, int(t), x).prev_sample

@@ -16,6 +16,7 @@ app = typer.Typer(
 
 CHECKPOINT_HELP = "model.safetensors, its folder, or a legacy .pth (TeaPearce ContextUnet too). Default: embedded."
 SAMPLER_HELP = "dpm (DPM-Solver++, 20 steps), ddim (50 steps) or ddpm (every step)."
+CLIP_HELP = "Keep the predicted x0 in the data range while sampling (without it, guidance saturates images)."
 
 
 def _legacy(data_range: str | None, cond_layout: str | None) -> dict:
@@ -112,6 +113,7 @@ def sample_command(
     out: Path = typer.Option(None, help="Output folder [default: OUTPUT_ROOT/samples]."),
     data_range: str = typer.Option(None, help="Legacy checkpoints: 01 or pm1 pixel range."),
     cond_layout: str = typer.Option(None, help="Legacy checkpoints: dataset-major, digit-major or digit-only."),
+    clip_x0: bool = typer.Option(True, "--clip-x0/--no-clip-x0", help=CLIP_HELP),
 ) -> None:
     """Sample one digit: PNG files plus one grid image.
 
@@ -143,6 +145,7 @@ def sample_command(
             guidance=guidance,
             seed=seed,
             dtype=dtype,
+            clip_x0=clip_x0,
             on_batch=bar.update,
         )
     files = []
@@ -162,9 +165,10 @@ def generate(
     guidance: float = typer.Option(2.0, help="Classifier-free guidance weight."),
     seed: int = typer.Option(2024, help="Fixed seed: the same files on every run."),
     per_digit: int = typer.Option(50, help="Images per digit and data set (the homework: 50)."),
-    batch: int = typer.Option(500, help="Images per forward batch."),
+    batch: int = typer.Option(None, help="Images per forward batch [default: 100 on CPU, 500 on CUDA]."),
     data_range: str = typer.Option(None, help="Legacy checkpoints: 01 or pm1 pixel range."),
     cond_layout: str = typer.Option(None, help="Legacy checkpoints: dataset-major, digit-major or digit-only."),
+    clip_x0: bool = typer.Option(True, "--clip-x0/--no-clip-x0", help=CLIP_HELP),
 ) -> None:
     """The graded hw2_1.sh contract: OUT/mnistm and OUT/svhn with 0_001.png … 9_050.png each.
 
@@ -185,6 +189,7 @@ def generate(
             seed=seed,
             batch=batch,
             dtype=dtype,
+            clip_x0=clip_x0,
             on_batch=bar.update,
         )
     ui.result(f"wrote {written['mnistm']} + {written['svhn']} images under {out} ({model.source})")
