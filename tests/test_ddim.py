@@ -269,3 +269,21 @@ def test_alpha_parsing():
     for bad in ("1:0:0.1", "0:1:0", "a,b", "0:1"):
         with pytest.raises(UsageError, match="--alphas"):
             parse_alphas(bad)
+
+
+def test_digit_model_clips_x0_by_default_and_the_face_unet_does_not(run_cli, digit_ckpt, face, tmp_path):
+    noise = tmp_path / "n"
+    noise.mkdir()
+    torch.save(torch.randn(1, 3, 28, 28, generator=torch.Generator().manual_seed(5)) * 3, noise / "00.pt")
+    common = ["--checkpoint", digit_ckpt, "--steps", "3", "--eta", "0.5", "--normalize", "clip"]
+    for name, extra in (("default", []), ("on", ["--clip-x0"]), ("off", ["--no-clip-x0"])):
+        assert run_cli("ddim", "sample", noise, tmp_path / name, *common, *extra).code == 0
+    read = lambda name: (tmp_path / name / "00.png").read_bytes()  # noqa: E731
+    assert read("default") == read("on") != read("off")
+    root, _ = face
+    for name, extra in (("fdefault", []), ("fon", ["--clip-x0"]), ("foff", ["--no-clip-x0"])):
+        r = run_cli(
+            "ddim", "sample", root / "noise", tmp_path / name, "--unet", root / "UNet.pt", "--steps", "3", *extra
+        )
+        assert r.code == 0, r.err
+    assert (tmp_path / "fdefault" / "00.png").read_bytes() == (tmp_path / "foff" / "00.png").read_bytes()

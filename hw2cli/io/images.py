@@ -86,7 +86,11 @@ def labelled_grid(
     if col_title:
         fig.supxlabel(col_title, fontsize=9)
     if title:
-        fig.suptitle(title, fontsize=10)
+        import textwrap
+
+        # about 13 characters per inch at 10 pt: wrap rather than run off a narrow figure
+        width_chars = max(20, int(fig.get_figwidth() * 13))
+        fig.suptitle(textwrap.fill(title, width_chars), fontsize=10)
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=dpi)

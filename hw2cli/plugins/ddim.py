@@ -17,12 +17,18 @@ app = typer.Typer(
 UNET_HELP = "The homework's UNet.pt. Without it: the embedded digit model (seeded noise, --digit)."
 
 
-def _options(steps: int, eta: float, alpha_prev: str, final_alpha: str, clip_x0: bool):
+def _options(steps: int, eta: float, alpha_prev: str, final_alpha: str, clip_x0: bool | None):
     from hw2cli.tasks.ddim import DDIMOptions
 
-    opts = DDIMOptions(steps=steps, eta=eta, alpha_prev=alpha_prev, final_alpha=final_alpha, clip_x0=clip_x0)
+    opts = DDIMOptions(steps=steps, eta=eta, alpha_prev=alpha_prev, final_alpha=final_alpha, clip_x0=bool(clip_x0))
     opts.validate()
     return opts
+
+
+def _clip_default(opts, clip_x0: bool | None, source) -> None:
+    """Unset: clip for the guided digit model (unclipped, guided DDIM diverges at 0 < η < 1),
+    not for the face UNet, whose graded outputs are made without clipping."""
+    opts.clip_x0 = clip_x0 if clip_x0 is not None else source.side is not None
 
 
 def _source(unet: Path | None, digit: int, dataset: str, checkpoint: Path | None = None, cuda_graph: bool = False):
@@ -43,7 +49,11 @@ def _source(unet: Path | None, digit: int, dataset: str, checkpoint: Path | None
 STEPS = typer.Option(50, help="DDIM steps (50: t = 981, 961, …, 1).")
 ALPHA_PREV = typer.Option("next", help="ᾱ_prev: next (ᾱ[t−20], the spec's) or t-1 (ᾱ[t−1]).")
 FINAL_ALPHA = typer.Option("first", help="ᾱ after the last step: first (ᾱ[0], the spec's) or one (1.0).")
-CLIP_X0 = typer.Option(False, "--clip-x0/--no-clip-x0", help="Clamp the predicted x0 to [−1, 1].")
+CLIP_X0 = typer.Option(
+    None,
+    "--clip-x0/--no-clip-x0",
+    help="Clamp the predicted x0 to [−1, 1] [default: off for the face UNet (the spec's), on for the digit model].",
+)
 NORMALIZE = typer.Option("minmax", help="Saving: minmax (per image, as passing solutions) or clip ([−1, 1]).")
 DIGIT = typer.Option(0, help="Without --unet: which digit the digit model draws.")
 DATASET = typer.Option("mnistm", help="Without --unet: mnistm or svhn.")
@@ -61,7 +71,7 @@ def sample_command(
     seed: int = typer.Option(0, help="Seed of the per-step noise (η > 0 only)."),
     alpha_prev: str = ALPHA_PREV,
     final_alpha: str = FINAL_ALPHA,
-    clip_x0: bool = CLIP_X0,
+    clip_x0: bool | None = CLIP_X0,
     normalize: str = NORMALIZE,
     digit: int = DIGIT,
     dataset: str = DATASET,
@@ -79,6 +89,7 @@ def sample_command(
     opts = _options(steps, eta, alpha_prev, final_alpha, clip_x0)
     names, noise = load_noise_dir(noise_dir)
     source = _source(unet, digit, dataset, checkpoint, cuda_graph)
+    _clip_default(opts, clip_x0, source)
     check_noise(noise, source, names)
     with ui.progress("ddim", len(names)) as bar:
         x = run_ddim(source, noise, opts, seed=seed, batch=batch, on_batch=bar.update)
@@ -100,7 +111,7 @@ def eta_grid_command(
     seed: int = typer.Option(0, help="Seed of the per-step noise (and of the starting noise without --unet)."),
     alpha_prev: str = ALPHA_PREV,
     final_alpha: str = FINAL_ALPHA,
-    clip_x0: bool = CLIP_X0,
+    clip_x0: bool | None = CLIP_X0,
     normalize: str = NORMALIZE,
     digit: int = DIGIT,
     dataset: str = DATASET,
@@ -124,6 +135,7 @@ def eta_grid_command(
     for eta in eta_values:
         _options(steps, eta, alpha_prev, final_alpha, clip_x0)
     source = _source(unet, digit, dataset, checkpoint)
+    _clip_default(opts, clip_x0, source)
     files = [Path(p) for item in (noise or []) for p in str(item).split(",") if p]
     if files:
         names, x = [f.stem for f in files], stack_noise(files)
@@ -151,7 +163,7 @@ def interpolate_command(
     eta: float = typer.Option(0.0, help="η of the DDIM runs."),
     alpha_prev: str = ALPHA_PREV,
     final_alpha: str = FINAL_ALPHA,
-    clip_x0: bool = CLIP_X0,
+    clip_x0: bool | None = CLIP_X0,
     normalize: str = NORMALIZE,
     seed: int = typer.Option(0, help="Without noise files: the seed of the two noises."),
     digit: int = DIGIT,
@@ -173,6 +185,7 @@ def interpolate_command(
     if mode not in ("slerp", "lerp", "both"):
         raise UsageError(f"--mode {mode!r} is not known; expected slerp, lerp or both.")
     source = _source(unet, digit, dataset, checkpoint)
+    _clip_default(opts, clip_x0, source)
     if (a is None) != (b is None):
         raise UsageError("give both noise files A and B, or neither.")
     if a is None and unet is not None:
