@@ -240,3 +240,16 @@ def test_dpm_with_clipping_keeps_a_far_data_mean_in_range():
     free = sample_dpm(gaussian_eps(5.0, 0.1, s), x.clone(), s, 20)
     clipped = sample_dpm(gaussian_eps(5.0, 0.1, s), x.clone(), s, 20, clip_x0=True)
     assert free.mean() > 4 and clipped.abs().max() <= 1.0 + 1e-6
+
+
+def test_autocast_eps_returns_fp32_and_is_identity_in_fp32():
+    from hw2cli.diffusion.guidance import autocast_eps
+
+    net = torch.nn.Conv2d(3, 3, 3, padding=1)
+    model = lambda x, t, c: net(x)  # noqa: E731
+    assert autocast_eps(model, torch.device("cpu"), torch.float32) is model
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        out = autocast_eps(model, torch.device("cpu"), torch.bfloat16)(x, torch.zeros(2), None)
+        assert out.dtype == torch.float32
+        torch.testing.assert_close(out, net(x), rtol=0.05, atol=0.05)

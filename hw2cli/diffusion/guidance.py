@@ -28,3 +28,15 @@ def classifier_free_guidance(model: EpsModel, guidance_scale: float, null_cond: 
         return (1 + guidance_scale) * eps_cond - guidance_scale * eps_uncond
 
     return guided
+
+
+def autocast_eps(model: EpsModel, device: torch.device, dtype: torch.dtype) -> EpsModel:
+    """Run ``model`` under autocast in ``dtype`` (bf16/fp16) and return fp32 ε; fp32 returns it unchanged."""
+    if dtype == torch.float32:
+        return model
+
+    def run(x: torch.Tensor, t: torch.Tensor, cond: Any = None) -> torch.Tensor:
+        with torch.autocast(device.type, dtype=dtype):
+            return model(x, t, cond).float()
+
+    return run

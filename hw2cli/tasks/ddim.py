@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from hw2cli.diffusion import NoiseSchedule, classifier_free_guidance, make_timesteps, sample_ddim
+from hw2cli.diffusion.guidance import autocast_eps
 from hw2cli.errors import UsageError
 from hw2cli.io.atomic import save_image
 from hw2cli.io.checkpoints import load_state_into
@@ -79,17 +80,6 @@ def load_face_unet(path: str | Path, device: torch.device) -> FaceUNet:
     return model.to(device).eval()
 
 
-def _autocast(fn: EpsFn, device: torch.device, dtype: torch.dtype) -> EpsFn:
-    if dtype == torch.float32:
-        return fn
-
-    def run(x: torch.Tensor, t: torch.Tensor, cond: Any = None) -> torch.Tensor:
-        with torch.autocast(device.type, dtype=dtype):
-            return fn(x, t, cond).float()
-
-    return run
-
-
 def face_source(
     unet: str | Path, device: torch.device, dtype: torch.dtype = torch.float32, *, cuda_graph: bool = False
 ) -> EpsSource:
@@ -97,7 +87,7 @@ def face_source(
     model = load_face_unet(unet, device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
-    eps = _autocast(model, device, dtype)
+    eps = autocast_eps(model, device, dtype)
     if cuda_graph:
         from hw2cli.models.cuda_graph import GraphedEps
 
@@ -121,7 +111,7 @@ def digit_source(
     model = load_model(checkpoint, device)
     cond = torch.tensor([model.config.condition_index(digit, model.dataset_index(dataset))], device=device)
     null = torch.tensor([model.null_condition], device=device)
-    guided = classifier_free_guidance(_autocast(model.net, device, dtype), guidance, null)
+    guided = classifier_free_guidance(autocast_eps(model.net, device, dtype), guidance, null)
 
     def eps(x: torch.Tensor, t: torch.Tensor, _: Any = None) -> torch.Tensor:
         return guided(x, t, cond.expand(x.shape[0]))

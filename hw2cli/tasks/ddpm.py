@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from hw2cli.diffusion import NoiseSchedule, classifier_free_guidance, sample
+from hw2cli.diffusion.guidance import autocast_eps
 from hw2cli.errors import RunError, UsageError
 from hw2cli.io.atomic import save_image
 from hw2cli.io.checkpoints import DiffusionConfig, load_checkpoint
@@ -115,7 +116,7 @@ def sample_digits(
     )
     device = model.device
     null = torch.tensor([model.null_condition], device=device)
-    eps_model = classifier_free_guidance(_autocast(model.net, device, dtype), guidance, null)
+    eps_model = classifier_free_guidance(autocast_eps(model.net, device, dtype), guidance, null)
     lo, hi = model.config.data_range
     shape = (3, 28, 28)
     if batch < 1:
@@ -136,17 +137,6 @@ def sample_digits(
         if on_batch is not None:
             on_batch(cond.shape[0])
     return torch.cat(outputs)
-
-
-def _autocast(net: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> Callable[..., torch.Tensor]:
-    if dtype == torch.float32:
-        return net
-
-    def run(x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        with torch.autocast(device.type, dtype=dtype):
-            return net(x, t, cond).float()
-
-    return run
 
 
 def write_samples(images: torch.Tensor, names: Sequence[str], folder: Path) -> list[Path]:
