@@ -123,11 +123,17 @@ def load_state_into(module: nn.Module, state: dict[str, torch.Tensor], source: s
     return module
 
 
-def _read_torch_file(path: Path) -> dict[str, torch.Tensor]:
+def torch_load(path: str | Path, what: str = "a PyTorch checkpoint") -> Any:
+    """``torch.load`` with ``weights_only=True`` onto the CPU; a file it cannot read is one clear
+    error naming the file and what it should have been."""
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise UsageError(f"cannot read {path} as a PyTorch checkpoint: {type(exc).__name__}: {exc}.") from exc
+        raise UsageError(f"cannot read {path} as {what}: {type(exc).__name__}: {exc}.") from exc
+
+
+def _read_torch_file(path: Path) -> dict[str, torch.Tensor]:
+    obj = torch_load(path)
     for key in ("ema", "state_dict", "model"):  # common wrappers
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]

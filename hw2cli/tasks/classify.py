@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from hw2cli.data.tensors import load_digit_tensors
 from hw2cli.errors import RunError, UsageError
 from hw2cli.io.atomic import save_safetensors, write_json
-from hw2cli.io.checkpoints import load_state_into
+from hw2cli.io.checkpoints import load_state_into, torch_load
 from hw2cli.models.classifiers import ARCHITECTURES, build_classifier
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp"}
@@ -52,10 +52,7 @@ def load_classifier(path: str | Path | None, dataset: str, arch: str | None = No
             state = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118
         arch = arch or meta.get("arch")
     else:
-        try:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:
-            raise UsageError(f"cannot read {path} as a PyTorch checkpoint: {type(exc).__name__}: {exc}.") from exc
+        obj = torch_load(path)
         state = obj.get("state_dict", obj) if isinstance(obj, dict) else obj
         if not isinstance(state, dict):
             raise UsageError(f"{path} holds no state dict.")

@@ -16,7 +16,7 @@ from hw2cli.diffusion import NoiseSchedule, classifier_free_guidance, make_times
 from hw2cli.diffusion.guidance import autocast_eps
 from hw2cli.errors import UsageError
 from hw2cli.io.atomic import save_image
-from hw2cli.io.checkpoints import load_state_into
+from hw2cli.io.checkpoints import load_state_into, torch_load
 from hw2cli.io.images import labelled_grid, load_rgb, to_uint8
 from hw2cli.models import FaceUNet
 
@@ -64,10 +64,7 @@ def load_face_unet(path: str | Path, device: torch.device) -> FaceUNet:
     path = Path(path)
     if not path.is_file():
         raise UsageError(f"--unet {path} does not exist; pass the homework's hw2_data/face/UNet.pt.")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise UsageError(f"cannot read {path} as a PyTorch state dict: {type(exc).__name__}: {exc}.") from exc
+    state = torch_load(path, "a PyTorch state dict")
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or "down1.weight" not in state:
@@ -127,10 +124,7 @@ def load_noise_file(path: str | Path) -> torch.Tensor:
     path = Path(path)
     if not path.is_file():
         raise UsageError(f"noise file {path} does not exist.")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise UsageError(f"cannot read {path} as a tensor file: {type(exc).__name__}: {exc}.") from exc
+    obj = torch_load(path, "a tensor file")
     if not isinstance(obj, torch.Tensor):
         raise UsageError(f"{path} holds a {type(obj).__name__}, not a tensor of shape [1, 3, H, W].")
     if obj.ndim == 3:
