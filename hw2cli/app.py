@@ -211,18 +211,78 @@ def env_command(as_json: bool = typer.Option(False, "--json", help="Machine-read
 # --------------------------------------------------------------------------- entry point
 
 
+def _describe_bad_parameter(exc: Any) -> str:
+    """Typer's ``BadParameter`` as one sentence that names the option and the value it got."""
+    from typer._click import exceptions as click_exceptions
+
+    param = getattr(exc, "param", None)
+    if param is not None and getattr(param, "opts", None):
+        longs = [o for o in param.opts if o.startswith("--")]
+        if param.param_type_name == "option":
+            hint = longs[0] if longs else param.opts[0]
+        else:
+            hint = (param.name or "argument").upper()
+    else:
+        hint = exc.param_hint if isinstance(exc.param_hint, str) else "a value"
+    cause = exc.__cause__
+    errors = cause.errors() if cause is not None and hasattr(cause, "errors") else []
+    if not errors:
+        if isinstance(exc, click_exceptions.MissingParameter):
+            return exc.format_message()
+        return f"{hint}: {exc.message.rstrip('.')}."
+    first = errors[0]
+    value, kind, ctx = first.get("input"), first.get("type", ""), first.get("ctx") or {}
+    shown = repr(value) if isinstance(value, str) else str(value)
+    expected = {
+        "greater_than_equal": f"expected at least {ctx.get('ge')}",
+        "greater_than": f"expected more than {ctx.get('gt')}",
+        "less_than_equal": f"expected at most {ctx.get('le')}",
+        "less_than": f"expected less than {ctx.get('lt')}",
+        "int_parsing": "expected a whole number",
+        "int_from_float": "expected a whole number",
+        "float_parsing": "expected a number",
+        "finite_number": "expected a finite number",
+        "bool_parsing": "expected true or false",
+        "enum": f"expected one of {ctx.get('expected', '')}".rstrip(),
+        "literal_error": f"expected one of {ctx.get('expected', '')}".rstrip(),
+    }.get(kind, first.get("msg", "not valid").rstrip(".").lower())
+    return f"{hint} is {shown}; {expected}."
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; return the exit code (0 ok, 1 runtime failure, 2 usage error, 130 Ctrl-C)."""
+    from typer._click import exceptions as click_exceptions
+
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args or os.environ.get("HW2_DEBUG", "").lower() in ("1", "true", "yes")
     ui.configure(debug=debug, quiet=False)
     command = typer.main.get_command(app)
     try:
-        command.main(args=args, prog_name="hw2", standalone_mode=True)
+        code = command.main(args=args, prog_name="hw2", standalone_mode=False)
+    except click_exceptions.BadParameter as exc:
+        try:
+            message = _describe_bad_parameter(exc)
+        except Exception:  # the error path must never fail: fall back to Typer's own words
+            message = exc.format_message()
+        ui.error(message)
+        return 2
+    except click_exceptions.NoArgsIsHelpError as exc:  # a group called without a command: show its help
+        text = exc.format_message()  # Typer's rich help has already printed itself; plain help is returned
+        if text.strip():
+            ui.err().print(text, markup=False, highlight=False)
+        return 2
+    except click_exceptions.UsageError as exc:
+        where = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
+        ui.error(f"{exc.format_message().rstrip('.')}{where}.")
+        return 2
+    except click_exceptions.ClickException as exc:
+        ui.error(exc.format_message())
+        return exc.exit_code
+    except typer.Abort:
+        ui.error("interrupted.")
+        return 130
     except SystemExit as exc:
         code = exc.code
-        if code == 130:  # Typer turns Ctrl-C into Exit(130) silently
-            ui.error("interrupted.")
         return code if isinstance(code, int) else (0 if code is None else 1)
     except HW2Error as exc:
         if ui.is_debug():
@@ -237,7 +297,9 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         ui.error(f"unexpected {type(exc).__name__}: {exc} (run again with --debug for the traceback).")
         return 1
-    return 0
+    if code == 130:  # Typer turns Ctrl-C into Exit(130) silently
+        ui.error("interrupted.")
+    return code if isinstance(code, int) else 0
 
 
 def run() -> None:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 import torch
@@ -13,6 +16,7 @@ import torch
 from hw2cli.data.synth import synthesize
 from hw2cli.errors import UsageError
 from hw2cli.tasks.train_ddpm import TrainingInterrupted, TrainOptions, train_ddpm
+from hw2cli.tasks.training import load_state
 
 TINY = {"base_channels": 8, "head_dim": 8, "groups": 4, "channel_mult": [1, 2], "attention_levels": [1]}
 CPU = torch.device("cpu")
@@ -46,20 +50,125 @@ def test_resume_is_bit_exact(digits, tmp_path):
     assert (tmp_path / "b" / "model.safetensors").read_bytes() == (tmp_path / "a" / "model.safetensors").read_bytes()
 
 
-def test_interrupt_saves_and_resumes_exactly(digits, tmp_path):
-    straight = train_ddpm(opts(digits, tmp_path / "a"), device=CPU)
+def nested_equal(a, b) -> bool:
+    """Bit-for-bit equality of nested state (tensors, numbers, lists, dicts)."""
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b)
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(nested_equal(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return isinstance(b, (list, tuple)) and len(a) == len(b) and all(map(nested_equal, a, b))
+    return a == b
 
+
+def final_state(folder) -> dict:
+    state = load_state(folder / "train_state.pt")
+    state.pop("options")
+    return state
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_mid_step_finishes_the_step_and_resumes_bit_exactly(digits, tmp_path, monkeypatch, sig):
+    train_ddpm(opts(digits, tmp_path / "a", checkpoint_every=100), device=CPU)
+    from hw2cli.models.digit_unet import DigitUNet
+
+    forward, calls = DigitUNet.forward, []
+
+    def signalled_forward(self, *args, **kwargs):  # the signal lands inside step 4, after its noise is drawn
+        calls.append(1)
+        if len(calls) == 4:
+            os.kill(os.getpid(), sig)
+        return forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(DigitUNet, "forward", signalled_forward)
+    with pytest.raises(TrainingInterrupted, match=f"stopped by {sig.name} after step 4") as info:
+        train_ddpm(opts(digits, tmp_path / "b", checkpoint_every=100), device=CPU)
+    monkeypatch.setattr(DigitUNet, "forward", forward)
+    assert info.value.exit_code == 130
+    assert load_state(tmp_path / "b" / "train_state.pt")["step"] == 4
+    train_ddpm(opts(digits, tmp_path / "b", checkpoint_every=100), device=CPU, resume=True)
+    # model, EMA, optimizer, step and every RNG state equal the uninterrupted run's, bit for bit
+    assert nested_equal(final_state(tmp_path / "a"), final_state(tmp_path / "b"))
+    a_log = (tmp_path / "a" / "log.jsonl").read_text()
+    assert (tmp_path / "b" / "log.jsonl").read_text() == a_log
+
+
+def test_a_second_ctrl_c_stops_at_once_and_keeps_the_last_checkpoint(digits, tmp_path):
     def ctrl_c(step, metrics):
         if step == 4:
-            raise KeyboardInterrupt
+            raise KeyboardInterrupt  # what the handler raises on the second Ctrl-C
 
-    with pytest.raises(TrainingInterrupted, match="interrupted at step 4") as info:
+    with pytest.raises(TrainingInterrupted, match="without saving"):
         train_ddpm(opts(digits, tmp_path / "b"), device=CPU, on_step=ctrl_c)
-    assert info.value.exit_code == 130
-    saved = torch.load(tmp_path / "b" / "train_state.pt", weights_only=False)
-    assert saved["step"] == 4
-    resumed = train_ddpm(opts(digits, tmp_path / "b"), device=CPU, resume=True)
-    assert states_equal(straight.model.state_dict(), resumed.model.state_dict())
+    assert load_state(tmp_path / "b" / "train_state.pt")["step"] == 3
+
+
+def test_a_crafted_state_file_is_refused_without_running(digits, tmp_path, run_cli):
+    marker = tmp_path / "pwned"
+    train_ddpm(opts(digits, tmp_path / "run", steps=3), device=CPU)
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    torch.save({"step": 3, "payload": Payload()}, tmp_path / "run" / "train_state.pt")
+    r = run_cli("ddpm", "train", "--data", digits, "--out", tmp_path / "run", "--resume")
+    assert r.code == 2
+    assert not marker.exists()
+    assert "refused" in r.err and "weights_only" not in r.err and "Traceback" not in r.err
+    (tmp_path / "run" / "train_state.pt").write_bytes(b"PK\x03\x04 truncated")
+    r = run_cli("ddpm", "train", "--data", digits, "--out", tmp_path / "run", "--resume")
+    assert r.code == 2 and "truncated or corrupt" in r.err
+
+
+def dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_resume_after_a_kill_repairs_the_run_folder(digits, tmp_path):
+    train_ddpm(opts(digits, tmp_path / "a"), device=CPU)
+    run = tmp_path / "b"
+    train_ddpm(opts(digits, run, steps=3), device=CPU)
+    # what a SIGKILL in the middle of the next save leaves: a stale temporary, weights of a later
+    # step than the resume state, and log lines of steps that will be redone
+    stale = run / f".model.safetensors.hw2-{dead_pid()}-x1y2z3.tmp"
+    stale.write_bytes(b"")
+    from hw2cli.io.checkpoints import load_checkpoint, save_checkpoint
+
+    net, config = load_checkpoint(tmp_path / "a")
+    save_checkpoint(net, config, run)  # step 6 weights beside a step-3 state
+    with open(run / "log.jsonl", "a") as fh:
+        fh.write('{"step": 5, "loss": 1.0, "lr": 0.1}\n{"step": 6, "lo')
+    resumed = train_ddpm(opts(digits, run, steps=3), device=CPU, resume=True, steps=6)
+    assert resumed.step == 6
+    assert not stale.exists()
+    assert nested_equal(final_state(tmp_path / "a"), final_state(run))
+    assert (run / "model.safetensors").read_bytes() == (tmp_path / "a" / "model.safetensors").read_bytes()
+    logged = [json.loads(line)["step"] for line in (run / "log.jsonl").read_text().splitlines()]
+    assert logged == [3, 6]  # the end of the first run, then the resumed run; step 5 and the cut line are gone
+
+
+def test_sigkill_of_a_real_run_resumes_from_a_consistent_pair(digits, tmp_path):
+    run = tmp_path / "killed"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HW2_")} | {"OMP_NUM_THREADS": "1"}
+    args = [sys.executable, "-m", "hw2cli", "--quiet", "ddpm", "train", "--data", str(digits), "--out", str(run),
+            "--steps", "400", "--batch", "8", "--width", "8", "--checkpoint-every", "2", "--sample-every", "0"]
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (run / "train_state.pt").exists():
+        time.sleep(0.05)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    state = load_state(run / "train_state.pt")
+    r = subprocess.run([*args[:-4], "--steps", str(state["step"] + 2), "--resume"], env=env, capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert not [p.name for p in run.iterdir() if p.name.endswith(".tmp")]
+    steps = [json.loads(line)["step"] for line in (run / "log.jsonl").read_text().splitlines()]
+    assert steps == sorted(set(steps))  # no entries of discarded steps survive
 
 
 def test_run_folder_errors(digits, tmp_path):

@@ -14,7 +14,6 @@ import contextlib
 import io
 import os
 import shutil
-import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -22,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from hw2cli.errors import RunError
-from hw2cli.io.atomic import write_text
+from hw2cli.io.atomic import make_staging_folder, remove_stale_temporaries, write_text
 
 
 def make_folder(path: Path) -> None:
@@ -60,11 +59,9 @@ def write_digit_folder(
     """Write ``folder/data/NNNNN.png`` from ``batches`` (uint8 ``[b, 28, 28, 3]``, in order) and the
     two split CSVs from ``labels`` / ``is_val``; return ``{"train": n, "val": n}``."""
     make_folder(folder)
+    remove_stale_temporaries(folder)
     names = image_names(len(labels))
-    try:
-        staging = Path(tempfile.mkdtemp(prefix=".data.partial-", dir=folder))
-    except OSError as exc:
-        raise RunError(f"cannot write to the folder {folder}: {exc.strerror or exc}.") from exc
+    staging = make_staging_folder(folder / "data")
     writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hw2-digits-writer")
     pending: list[Future[int]] = []
     start = 0
@@ -118,7 +115,7 @@ def _swap_in(staging: Path, data: Path) -> None:
     if data.is_symlink() or data.is_file():
         data.unlink()
     elif data.exists():
-        old = Path(tempfile.mkdtemp(prefix=".data.old-", dir=data.parent))
+        old = make_staging_folder(data)
         os.replace(data, old / "data")
     os.replace(staging, data)
     if old is not None:

@@ -1,22 +1,188 @@
-"""Atomic writes: every file is written under a temporary name in its folder and renamed.
+"""Atomic writes, and the one place that keeps every write inside the folder the user named.
 
-A crash or Ctrl-C therefore never leaves a half-written image, checkpoint or report behind:
-the destination either holds the old content or the complete new one (``os.replace`` is
-atomic on POSIX and Windows when both names are on one file system, which a sibling
-temporary file guarantees).
+Every file is written under a temporary name in its folder and renamed, so a crash, Ctrl-C or
+kill never leaves a half-written image, checkpoint or report behind: the destination holds the
+old content or the complete new one (``os.replace`` is atomic on POSIX and Windows when both
+names are on one file system, which a sibling temporary file guarantees).
+
+Temporary names carry the writer's process id (``.NAME.hw2-PID-XXXX.tmp``), so a later run can
+tell its own stale leftovers (their process is gone, e.g. after ``kill -9``) from a file another
+``hw2`` is writing right now, and :func:`remove_stale_temporaries` deletes only the former.
+
+:func:`confine` names the output folder of the command that runs: while it is active, a write
+whose resolved path lies outside that folder (``..``, an absolute name, a symlink out) is refused
+before anything is written. The commands' own layout code builds paths from names it has
+validated; this is the backstop that holds even if one of them is wrong.
 """
 
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import json
 import os
+import re
 import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from hw2cli.errors import RunError
+from hw2cli.errors import RunError, UsageError
+
+_TMP_RE = re.compile(r"^\.(?P<name>.+)\.hw2-(?P<pid>\d+)-[A-Za-z0-9_]+\.tmp$")
+_STAGING_RE = re.compile(r"^\.(?P<name>.+)\.hw2-(?P<pid>\d+)-[A-Za-z0-9_]+\.partial$")
+_roots: contextvars.ContextVar[tuple[Path, ...]] = contextvars.ContextVar("hw2_output_roots", default=())
+# Pseudo file systems no output belongs in.
+_SYSTEM_TREES = (Path("/proc"), Path("/sys"), Path("/dev"))
+
+
+# --------------------------------------------------------------------------- confinement
+
+
+@contextlib.contextmanager
+def confine(root: str | os.PathLike[str]) -> Iterator[Path]:
+    """Refuse, while active, any write that does not resolve inside ``root``."""
+    resolved = Path(root).resolve()
+    token = _roots.set((*_roots.get(), resolved))
+    try:
+        yield resolved
+    finally:
+        _roots.reset(token)
+
+
+def inside(root: str | os.PathLike[str], *parts: str) -> Path:
+    """``root / parts`` if it resolves inside ``root``; a :class:`UsageError` naming the part otherwise."""
+    base = Path(root)
+    path = base.joinpath(*parts)
+    if not _is_within(path, base.resolve()):
+        raise UsageError(f"{'/'.join(parts)!r} would be written outside the output folder {base}; refusing it.")
+    return path
+
+
+def _is_within(path: Path, root: Path) -> bool:
+    try:
+        path.resolve().relative_to(root)
+    except ValueError:
+        return False
+    return True
+
+
+def _check_confined(path: Path) -> None:
+    roots = _roots.get()
+    if roots and not _is_within(path, roots[-1]):
+        raise RunError(f"refusing to write {path}: it lies outside the output folder {roots[-1]}.")
+
+
+# --------------------------------------------------------------------------- outputs checked up front
+
+
+def _first_existing(path: Path) -> Path:
+    probe = path.absolute()
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    return probe
+
+
+def _in_system_tree(path: Path) -> Path | None:
+    resolved = path.absolute().resolve()
+    for tree in _SYSTEM_TREES:
+        if resolved == tree or tree in resolved.parents:
+            return tree
+    return None
+
+
+def check_output_folder(path: str | os.PathLike[str], what: str = "output folder") -> Path:
+    """Fail now, before any work, if ``path`` cannot become a writable folder."""
+    path = Path(path)
+    tree = _in_system_tree(path)
+    if tree is not None:
+        raise UsageError(f"the {what} {path} lies under {tree}, which holds no real files; choose another folder.")
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"the {what} {path} is an existing file; give a folder.")
+    anchor = _first_existing(path)
+    if not anchor.is_dir():
+        raise UsageError(f"the {what} {path} cannot be made: {anchor} is a file, not a folder.")
+    if not os.access(anchor, os.W_OK | os.X_OK):
+        raise UsageError(f"the {what} {path} cannot be written: {anchor} is not writable.")
+    return path
+
+
+def image_suffixes() -> dict[str, str]:
+    """File suffixes Pillow can write, mapped to their format names."""
+    from PIL import Image
+
+    Image.init()
+    return {ext: fmt for ext, fmt in Image.registered_extensions().items() if fmt in Image.SAVE}
+
+
+def check_output_file(path: str | os.PathLike[str], what: str = "output file", *, image: bool = False) -> Path:
+    """Fail now, before any work, if ``path`` cannot be written as a file (an image, if ``image``)."""
+    path = Path(path)
+    if path.is_dir():
+        raise UsageError(f"the {what} {path} is an existing folder; give a file name.")
+    if image and path.suffix.lower() not in image_suffixes():
+        raise UsageError(
+            f"the {what} {path} does not end in an image format Pillow writes; use .png (or .jpg, .webp, .tiff)."
+        )
+    check_output_folder(path.parent, f"folder of the {what}")
+    return path
+
+
+# --------------------------------------------------------------------------- temporaries
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def is_stale_temporary(path: Path) -> bool:
+    """A temporary file or staging folder of an ``hw2`` process that no longer runs."""
+    match = _TMP_RE.match(path.name) or _STAGING_RE.match(path.name)
+    return match is not None and not _pid_alive(int(match.group("pid")))
+
+
+def is_temporary(path: Path) -> bool:
+    return bool(_TMP_RE.match(path.name) or _STAGING_RE.match(path.name))
+
+
+def remove_stale_temporaries(folder: str | os.PathLike[str]) -> list[str]:
+    """Delete what killed ``hw2`` processes left in ``folder``; return the names removed."""
+    import shutil
+
+    folder = Path(folder)
+    removed = []
+    if not folder.is_dir():
+        return removed
+    for entry in folder.iterdir():
+        if is_stale_temporary(entry):
+            with contextlib.suppress(OSError):
+                if entry.is_dir() and not entry.is_symlink():
+                    shutil.rmtree(entry)
+                else:
+                    entry.unlink()
+                removed.append(entry.name)
+    return removed
+
+
+def temporary_name(path: Path) -> str:
+    return f".{path.name}.hw2-{os.getpid()}-"
+
+
+def make_staging_folder(path: Path) -> Path:
+    """A new empty folder beside ``path``, named so that a later run can clean it up if we die."""
+    _check_confined(path)
+    try:
+        return Path(tempfile.mkdtemp(prefix=temporary_name(path), suffix=".partial", dir=path.parent))
+    except OSError as exc:
+        raise RunError(f"cannot write to the folder {path.parent}: {exc.strerror or exc}.") from exc
 
 
 @contextlib.contextmanager
@@ -27,16 +193,20 @@ def atomic_path(path: str | os.PathLike[str], *, fsync: bool = False) -> Iterato
     a power loss must not leave an empty file under the final name).
     """
     path = Path(path)
+    _check_confined(path)
+    if path.is_dir():
+        raise RunError(f"cannot write the file {path}: a folder of that name is in the way.")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        fd, tmp_name = tempfile.mkstemp(prefix=temporary_name(path), suffix=".tmp", dir=path.parent)
     except OSError as exc:
         raise RunError(f"cannot write to {path.parent}: {exc.strerror or exc}.") from exc
     os.close(fd)
     tmp = Path(tmp_name)
-    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a finished file gets the usual permissions
     try:
         yield tmp
+        # mkstemp makes 0600 and some writers recreate the file: the finished file gets the usual mode
+        os.chmod(tmp, 0o666 & ~_umask())
         if fsync:
             with open(tmp, "rb+") as fh:
                 os.fsync(fh.fileno())
@@ -74,6 +244,9 @@ def save_image(image: Any, path: str | os.PathLike[str], **save_kwargs: Any) -> 
     """
     from PIL import Image
 
+    fmt = image_suffixes().get(Path(path).suffix.lower())
+    if fmt is None:
+        raise UsageError(f"cannot tell the image format of {path}: use a .png or .jpg name.")
     if not isinstance(image, Image.Image):
         array = image
         if hasattr(array, "detach"):  # torch tensor, CxHxW
@@ -84,9 +257,8 @@ def save_image(image: Any, path: str | os.PathLike[str], **save_kwargs: Any) -> 
         if array.ndim == 3 and array.shape[2] == 1:
             array = array[:, :, 0]
         image = Image.fromarray(array)
-    fmt = Image.registered_extensions().get(Path(path).suffix.lower())
-    if fmt is None:
-        raise RunError(f"cannot tell the image format of {path}: use a .png or .jpg name.")
+    if fmt == "JPEG" and image.mode not in ("RGB", "L"):
+        image = image.convert("RGB")
     with atomic_path(path) as tmp:
         image.save(tmp, format=fmt, **save_kwargs)
     return Path(path)
@@ -105,7 +277,7 @@ def save_safetensors(
 
 
 def torch_save(obj: Any, path: str | os.PathLike[str]) -> Path:
-    """``torch.save`` atomically and durably (optimizer state, RNG state, legacy .pt files)."""
+    """``torch.save`` atomically and durably (resume state of plain tensors, numbers and containers)."""
     import torch
 
     with atomic_path(path, fsync=True) as tmp:

@@ -61,6 +61,23 @@ def all_mean(value: torch.Tensor, info: DistInfo) -> torch.Tensor:
     return value
 
 
+def any_rank(flag: bool, info: DistInfo, device: torch.device | None = None) -> bool:
+    """``True`` on every rank if ``flag`` is set on any (a signal may reach ranks at different steps)."""
+    if not info.enabled:
+        return flag
+    import torch.distributed as dist
+
+    value = torch.tensor([1.0 if flag else 0.0], device=device or _collective_device(info))
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())
+
+
+def _collective_device(info: DistInfo) -> torch.device:
+    import torch.distributed as dist
+
+    return torch.device("cuda", info.local_rank) if dist.get_backend() == "nccl" else torch.device("cpu")
+
+
 def shutdown(info: DistInfo) -> None:
     if info.enabled:
         import torch.distributed as dist

@@ -11,37 +11,38 @@ training every rank draws the same global batch and keeps its own slice.
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import json
 import math
-import random
-import signal
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
 from hw2cli.data.tensors import load_digit_tensors
 from hw2cli.diffusion import NoiseSchedule, classifier_free_guidance, sample_dpm
-from hw2cli.errors import HW2Error, UsageError
-from hw2cli.io.atomic import torch_save
+from hw2cli.errors import UsageError
+from hw2cli.io.atomic import remove_stale_temporaries, torch_save
 from hw2cli.io.checkpoints import DiffusionConfig, build_network, save_checkpoint
 from hw2cli.io.images import save_grid, to_uint8
-from hw2cli.tasks.distributed import DistInfo, all_mean, barrier, init_distributed, shutdown
+from hw2cli.tasks.distributed import DistInfo, all_mean, any_rank, barrier, init_distributed, shutdown
+from hw2cli.tasks.training import (
+    StopRequest,
+    TrainingInterrupted,
+    append_log,
+    capture_rng,
+    deferred_interrupts,
+    load_state,
+    restore_rng,
+    truncate_log,
+)
 
 STATE_FILE = "train_state.pt"
 
 
-class TrainingInterrupted(HW2Error):
-    """Ctrl-C during training: the checkpoint was saved; exit code 130."""
-
-    exit_code = 130
+__all__ = ["STATE_FILE", "TrainOptions", "TrainResult", "TrainingInterrupted", "train_ddpm"]
 
 
 @dataclass
@@ -105,23 +106,6 @@ def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> No
         b_ema.copy_(b)
 
 
-def _rng_state(gen: torch.Generator) -> dict[str, Any]:
-    state = {"generator": gen.get_state(), "torch": torch.get_rng_state(), "numpy": np.random.get_state()}
-    state["python"] = random.getstate()
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(gen: torch.Generator, state: dict[str, Any]) -> None:
-    gen.set_state(state["generator"])
-    torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
 def _diffusion_config(opts: TrainOptions, model_cfg: dict[str, Any]) -> DiffusionConfig:
     return DiffusionConfig(
         architecture="DigitUNet",
@@ -156,40 +140,26 @@ def train_ddpm(
         raise UsageError(f"{out} already holds a training run; pass --resume to continue it, or choose another --out.")
     saved: dict[str, Any] | None = None
     if resume:
+        saved = load_state(state_path)
         try:
-            saved = torch.load(state_path, map_location="cpu", weights_only=False)
-        except Exception as exc:
-            raise UsageError(f"cannot read {state_path} to resume: {type(exc).__name__}: {exc}.") from exc
-        saved_opts = {**saved["options"], "data": opts.data, "out": opts.out}
-        saved_opts["datasets"] = tuple(saved_opts["datasets"])
-        opts = TrainOptions(**saved_opts)
+            saved_opts = {**saved["options"], "data": opts.data, "out": opts.out}
+            saved_opts["datasets"] = tuple(saved_opts["datasets"])
+            opts = TrainOptions(**saved_opts)
+            for key in ("model", "ema", "optimizer", "step", "rng"):
+                saved[key]  # noqa: B018 (all must be there)
+        except (KeyError, TypeError) as exc:
+            raise UsageError(f"{state_path} is not a DigitUNet training state ({type(exc).__name__}: {exc}).") from None
     if steps is not None:
         opts.steps = steps
     opts.validate()
+    remove_stale_temporaries(out)
 
     dist, device = init_distributed(device)
     try:
-        with _sigterm_as_interrupt():
-            return _train(opts, saved, device, dist, on_start, on_step)
+        with deferred_interrupts() as stop:
+            return _train(opts, saved, device, dist, stop, on_start, on_step)
     finally:
         shutdown(dist)
-
-
-@contextlib.contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """Treat SIGTERM (cluster pre-emption, ``kill``) like Ctrl-C: save a checkpoint, then stop."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def _train(
@@ -197,6 +167,7 @@ def _train(
     saved: dict[str, Any] | None,
     device: torch.device,
     dist: DistInfo,
+    stop: StopRequest,
     on_start: Callable[[int, int], None] | None,
     on_step: Callable[[int, dict[str, float]], None] | None,
 ) -> TrainResult:
@@ -218,11 +189,21 @@ def _train(
     optimizer = torch.optim.AdamW(model.parameters(), lr=opts.lr, weight_decay=opts.weight_decay)
     step = 0
     if saved is not None:
-        model.load_state_dict(saved["model"])
-        ema.load_state_dict(saved["ema"])
-        optimizer.load_state_dict(saved["optimizer"])
+        try:
+            model.load_state_dict(saved["model"])
+            ema.load_state_dict(saved["ema"])
+            optimizer.load_state_dict(saved["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as exc:
+            reason = str(exc).splitlines()[0]
+            raise UsageError(f"{out / STATE_FILE} does not fit this network ({reason}).") from None
         step = int(saved["step"])
-        _set_rng_state(gen, saved["rng"][dist.rank] if isinstance(saved["rng"], list) else saved["rng"])
+        rng = saved["rng"]
+        if isinstance(rng, list) and len(rng) != dist.world_size:
+            raise UsageError(
+                f"{out / STATE_FILE} was saved by {len(rng)} processes; resume it with {len(rng)}, "
+                f"not {dist.world_size}."
+            )
+        restore_rng(rng[dist.rank] if isinstance(rng, list) else rng, gen)
 
     ddp_model: torch.nn.Module = model
     if dist.enabled:
@@ -242,12 +223,14 @@ def _train(
     perm_epoch = -1
     loss_sum = torch.zeros((), device=device)
     loss_count = 0
+    if saved is not None and "loss_window" in saved:  # the logged mean spans a resume unchanged
+        loss_sum += saved["loss_window"][0].to(device)
+        loss_count = int(saved["loss_window"][1])
     last_loss = float("nan")
 
     def save(step_done: int) -> Path:
-        nonlocal last_loss
         # every rank must take part in the collective before rank 0 writes
-        rng = _rng_state(gen)
+        rng = capture_rng(gen)
         if dist.enabled:
             import torch.distributed as tdist
 
@@ -258,8 +241,8 @@ def _train(
             rng_all = rng
         path = out / "model.safetensors"
         if dist.is_main:
-            config.extra["step"] = step_done
-            path = save_checkpoint(ema, config, out)
+            # the resume state first, then the sampling weights: a kill between the two leaves a
+            # state one save ahead of model.safetensors, which the resume rewrites (never the reverse)
             torch_save(
                 {
                     "options": asdict(opts),
@@ -268,13 +251,21 @@ def _train(
                     "optimizer": optimizer.state_dict(),
                     "step": step_done,
                     "rng": rng_all,
+                    "loss_window": [loss_sum.detach().cpu().clone(), loss_count],
                 },
                 out / STATE_FILE,
             )
+            config.extra["step"] = step_done
+            path = save_checkpoint(ema, config, out)
         barrier(dist)
         return path
 
     checkpoint = out / "model.safetensors"
+    if saved is not None and dist.is_main:
+        truncate_log(out / "log.jsonl", step)  # steps after the saved one will be redone
+        if _saved_step(checkpoint) != step:
+            config.extra["step"] = step
+            save_checkpoint(ema, config, out)
     if on_start is not None and dist.is_main:
         on_start(step, opts.steps)
     try:
@@ -310,12 +301,12 @@ def _train(
             step += 1
             loss_sum += loss.detach()
             loss_count += 1
-            if loss_count == 25 or step == opts.steps:  # one host sync every 25 steps
+            if step % 25 == 0 or step == opts.steps:  # one host sync every 25 steps
                 last_loss = float(all_mean(loss_sum / loss_count, dist))
                 loss_sum.zero_()
                 loss_count = 0
                 if dist.is_main:
-                    _append_log(out / "log.jsonl", {"step": step, "loss": last_loss, "lr": lr_at(step - 1, opts)})
+                    append_log(out / "log.jsonl", {"step": step, "loss": last_loss, "lr": lr_at(step - 1, opts)})
             if on_step is not None and dist.is_main:
                 metrics = {"lr": lr_at(step - 1, opts)}
                 if not math.isnan(last_loss):
@@ -325,18 +316,32 @@ def _train(
                 checkpoint = save(step)
             if opts.sample_every and step % opts.sample_every == 0 and dist.is_main:
                 _sample_grid(ema, schedule, null, device, out / "samples" / f"step_{step:07d}.png")
-    except KeyboardInterrupt:
-        save(step)
+            # 4. a Ctrl-C or SIGTERM that arrived during the step: the step is complete, save and stop
+            if any_rank(bool(stop), dist) and step < opts.steps:
+                if step % opts.checkpoint_every:
+                    save(step)
+                raise TrainingInterrupted(
+                    f"stopped by {stop.signal or 'a signal'} after step {step}; saved in {out}. "
+                    "Continue with the same command and --resume."
+                )
+    except KeyboardInterrupt:  # a second Ctrl-C: stop now; the last checkpoint stays consistent
         raise TrainingInterrupted(
-            f"interrupted at step {step}; checkpoint saved in {out}. Continue with the same command and --resume."
+            f"interrupted twice: stopped at once without saving; --resume continues from the last checkpoint in {out}."
         ) from None
     return TrainResult(step=step, loss=last_loss, out=out, checkpoint=checkpoint, model=model, ema=ema)
 
 
-def _append_log(path: Path, record: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as fh:
-        fh.write(json.dumps(record) + "\n")
+def _saved_step(path: Path) -> int | None:
+    """The training step recorded in a model.safetensors we wrote (``None`` if unreadable)."""
+    import json
+
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            return int(json.loads((fh.metadata() or {})["hw2"])["extra"]["step"])
+    except Exception:
+        return None
 
 
 @torch.no_grad()
