@@ -154,7 +154,7 @@ def test_textual_inversion_changes_only_the_new_rows(run_cli, sd, tmp_path, isol
     assert load_embeddings(third, [tmp_path / "ti"]) == ["<new1>", "<new2>"]
     weight = third.text_encoder.get_input_embeddings().weight.detach()
     assert torch.equal(weight[: before.shape[0]], before)
-    state = torch.load(tmp_path / "ti" / "train_state.pt", weights_only=False)
+    state = torch.load(tmp_path / "ti" / "train_state.pt", weights_only=True)
     assert state["step"] == 3
 
 
@@ -188,6 +188,54 @@ def test_training_run_keeps_other_rows_bit_exact_inside_the_loop(sd, tmp_path, i
     assert not torch.equal(
         captured["weight"][-1], original[load(model).tokenizer.encode("dog", add_special_tokens=False)[0]]
     )
+
+
+def nested_equal(a, b) -> bool:
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b)
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(nested_equal(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return isinstance(b, (list, tuple)) and len(a) == len(b) and all(map(nested_equal, a, b))
+    return a == b
+
+
+@pytest.mark.parametrize("method", ["textual-inversion", "custom-diffusion"])
+def test_a_signal_mid_step_resumes_bit_exactly(sd, tmp_path, monkeypatch, method):
+    import os
+    import signal
+
+    from diffusers import UNet2DConditionModel
+
+    from hw2cli.tasks import personalize as P
+    from hw2cli.tasks.training import TrainingInterrupted, load_state
+
+    model, refs = sd
+
+    def run(out, resume=False):
+        opts = P.PersonalizeOptions(
+            model=str(model), concepts=[f"<new1>={refs / '0'}:dog"], out=str(out), steps=5, resolution=RES,
+            method=method, checkpoint_every=100,
+        )
+        return P.train_personalization(opts, device=torch.device("cpu"), cache=tmp_path / "c", resume=resume)
+
+    run(tmp_path / "a")
+    forward, calls = UNet2DConditionModel.forward, []
+
+    def signalled(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(UNet2DConditionModel, "forward", signalled)
+    with pytest.raises(TrainingInterrupted, match="stopped by SIGTERM after step 3"):
+        run(tmp_path / "b")
+    monkeypatch.setattr(UNet2DConditionModel, "forward", forward)
+    assert load_state(tmp_path / "b" / "train_state.pt")["step"] == 3
+    run(tmp_path / "b", resume=True)
+    a, b = load_state(tmp_path / "a" / "train_state.pt"), load_state(tmp_path / "b" / "train_state.pt")
+    assert nested_equal(a, b)
 
 
 def test_custom_diffusion_changes_only_kv_and_the_new_rows(run_cli, sd, tmp_path, isolated_cache):
@@ -229,7 +277,7 @@ def test_resume_and_run_folder_errors(run_cli, sd, tmp_path, isolated_cache):
     assert r.code == 2 and "already holds a training run" in r.err
     r = run_cli(*train_args(model, refs, out), "--resume", "--steps", "4")
     assert r.code == 0, r.err
-    assert torch.load(out / "train_state.pt", weights_only=False)["step"] == 4
+    assert torch.load(out / "train_state.pt", weights_only=True)["step"] == 4
 
 
 @pytest.mark.parametrize(

@@ -24,8 +24,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from hw2cli.errors import HW2Error, RunError, UsageError
-from hw2cli.io.atomic import save_image, save_safetensors, torch_save, write_json
+from hw2cli.errors import RunError, UsageError
+from hw2cli.io.atomic import remove_stale_temporaries, save_image, save_safetensors, torch_save, write_json
+from hw2cli.tasks.training import TrainingInterrupted, deferred_interrupts, load_state
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
 TOKEN_RE = re.compile(r"<[^<>\s]+>")
@@ -56,10 +57,6 @@ STYLE_TEMPLATES = (
     "an artwork in the style of {}",
     "a bright painting in the style of {}",
 )
-
-
-class TrainingInterrupted(HW2Error):
-    exit_code = 130
 
 
 # ------------------------------------------------------------------------------------ concepts
@@ -191,6 +188,11 @@ def save_embeddings(text_encoder: Any, tokenizer: Any, tokens: Sequence[str], ou
     return paths
 
 
+def _as_lists(value: Any) -> Any:
+    """``random.getstate()`` with its tuples as lists: plain data that loads with ``weights_only``."""
+    return [_as_lists(v) for v in value] if isinstance(value, (tuple, list)) else value
+
+
 def slug(token: str) -> str:
     return re.sub(r"[^A-Za-z0-9_-]+", "", token) or "token"
 
@@ -282,6 +284,7 @@ def train_personalization(
         raise UsageError(f"--resume: {out} holds no train_state.pt; drop --resume to start a new run.")
     if not resume and state_path.exists():
         raise UsageError(f"{out} already holds a training run; pass --resume to continue it, or choose another --out.")
+    remove_stale_temporaries(out)
 
     cuda = device.type == "cuda"
     mixed = opts.mixed_precision or ("bf16" if cuda and torch.cuda.is_bf16_supported() else "no")
@@ -341,7 +344,10 @@ def train_personalization(
     rng = random.Random(opts.seed)
     gen = torch.Generator().manual_seed(opts.seed)
     if resume:
-        saved = torch.load(state_path, map_location="cpu", weights_only=False)
+        saved = load_state(state_path)
+        missing = [k for k in ("rows", "optimizer", "step", "python_rng", "generator") if k not in saved]
+        if missing:
+            raise UsageError(f"{state_path} is not a personalization training state (it has no {missing[0]!r}).")
         with torch.no_grad():
             accelerator.unwrap_model(text_encoder).get_input_embeddings().weight[new_ids] = saved["rows"].to(
                 embeddings.weight.device
@@ -349,8 +355,9 @@ def train_personalization(
             for name, value in saved.get("kv", {}).items():
                 kv[name].copy_(value.to(kv[name].device))
         optimizer.load_state_dict(saved["optimizer"])
-        step = saved["step"]
-        rng.setstate(saved["python_rng"])
+        step = int(saved["step"])
+        version, state, gauss = saved["python_rng"]
+        rng.setstate((version, tuple(state), gauss))
         gen.set_state(saved["generator"])
 
     # a tokenizer built without a config reports an "infinite" model_max_length
@@ -392,7 +399,7 @@ def train_personalization(
                 "kv": {k: v.detach().cpu() for k, v in kv.items()},
                 "optimizer": optimizer.state_dict(),
                 "step": step_done,
-                "python_rng": rng.getstate(),
+                "python_rng": _as_lists(rng.getstate()),
                 "generator": gen.get_state(),
             },
             state_path,
@@ -401,38 +408,48 @@ def train_personalization(
     if on_start is not None:
         on_start(step, opts.steps)
     last = float("nan")
-    try:
-        while step < opts.steps:
-            # 3. a batch of (image, prompt from its concept's templates)
-            batch = [samples[rng.randrange(len(samples))] for _ in range(opts.batch)]
-            prompts = [
-                rng.choice(STYLE_TEMPLATES if c.kind == "style" else OBJECT_TEMPLATES).format(c.token) for c, _ in batch
-            ]
-            pixels = torch.stack([img if rng.random() < 0.5 else img.flip(-1) for _, img in batch])
-            loss = denoising_loss(pixels, prompts)
-            if reg:
-                prompt, image = reg[rng.randrange(len(reg))]
-                loss = loss + opts.prior_weight * denoising_loss(image[None], [prompt])
-            accelerator.backward(loss)
-            if kv:
-                accelerator.clip_grad_norm_(list(kv.values()), 1.0)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            # 4. only the new rows may change
-            with torch.no_grad():
-                weight = accelerator.unwrap_model(text_encoder).get_input_embeddings().weight
-                weight[keep] = original_rows[keep]
-            step += 1
-            last = loss.item()
-            if on_step is not None:
-                on_step(step, {"loss": last})
-            if step % opts.checkpoint_every == 0 or step == opts.steps:
-                save(step)
-    except KeyboardInterrupt:
-        save(step)
-        raise TrainingInterrupted(
-            f"interrupted at step {step}; saved in {out}. Continue with the same command and --resume."
-        ) from None
+    with deferred_interrupts() as stop:
+        try:
+            while step < opts.steps:
+                # 3. a batch of (image, prompt from its concept's templates)
+                batch = [samples[rng.randrange(len(samples))] for _ in range(opts.batch)]
+                prompts = [
+                    rng.choice(STYLE_TEMPLATES if c.kind == "style" else OBJECT_TEMPLATES).format(c.token)
+                    for c, _ in batch
+                ]
+                pixels = torch.stack([img if rng.random() < 0.5 else img.flip(-1) for _, img in batch])
+                loss = denoising_loss(pixels, prompts)
+                if reg:
+                    prompt, image = reg[rng.randrange(len(reg))]
+                    loss = loss + opts.prior_weight * denoising_loss(image[None], [prompt])
+                accelerator.backward(loss)
+                if kv:
+                    accelerator.clip_grad_norm_(list(kv.values()), 1.0)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                # 4. only the new rows may change
+                with torch.no_grad():
+                    weight = accelerator.unwrap_model(text_encoder).get_input_embeddings().weight
+                    weight[keep] = original_rows[keep]
+                step += 1
+                last = loss.item()
+                if on_step is not None:
+                    on_step(step, {"loss": last})
+                if step % opts.checkpoint_every == 0 or step == opts.steps:
+                    save(step)
+                # 5. a Ctrl-C or SIGTERM during the step: it is complete; save and stop
+                if stop and step < opts.steps:
+                    if step % opts.checkpoint_every:
+                        save(step)
+                    raise TrainingInterrupted(
+                        f"stopped by {stop.signal} after step {step}; saved in {out}. "
+                        "Continue with the same command and --resume."
+                    )
+        except KeyboardInterrupt:  # a second Ctrl-C: stop now; the last checkpoint stays consistent
+            raise TrainingInterrupted(
+                f"interrupted twice: stopped at once without saving; --resume continues from the last checkpoint "
+                f"in {out}."
+            ) from None
     return PersonalizeResult(step, last, out, tokens)
 
 
