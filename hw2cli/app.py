@@ -211,6 +211,14 @@ def env_command(as_json: bool = typer.Option(False, "--json", help="Machine-read
 # --------------------------------------------------------------------------- entry point
 
 
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
 def _describe_bad_parameter(exc: Any) -> str:
     """Typer's ``BadParameter`` as one sentence that names the option and the value it got."""
     from typer._click import exceptions as click_exceptions
@@ -232,7 +240,7 @@ def _describe_bad_parameter(exc: Any) -> str:
         return f"{hint}: {exc.message.rstrip('.')}."
     first = errors[0]
     value, kind, ctx = first.get("input"), first.get("type", ""), first.get("ctx") or {}
-    shown = repr(value) if isinstance(value, str) else str(value)
+    shown = repr(value) if isinstance(value, str) and not _is_number(value) else str(value)
     expected = {
         "greater_than_equal": f"expected at least {ctx.get('ge')}",
         "greater_than": f"expected more than {ctx.get('gt')}",
@@ -245,7 +253,11 @@ def _describe_bad_parameter(exc: Any) -> str:
         "bool_parsing": "expected true or false",
         "enum": f"expected one of {ctx.get('expected', '')}".rstrip(),
         "literal_error": f"expected one of {ctx.get('expected', '')}".rstrip(),
-    }.get(kind, first.get("msg", "not valid").rstrip(".").lower())
+    }.get(kind)
+    if expected is None:
+        msg = str(first.get("msg", "not valid")).removeprefix("Value error, ").rstrip(".")
+        _, sep, choices = msg.partition("is not one of ")
+        expected = f"expected one of {choices}" if sep else msg[:1].lower() + msg[1:]
     return f"{hint} is {shown}; {expected}."
 
 

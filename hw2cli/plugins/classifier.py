@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import typer
 
 from hw2cli import ui
+from hw2cli.plugins._options import number
+from hw2cli.plugins._options import seed as seed_option
 
 app = typer.Typer(help="Train the digit classifiers that grade P1.", no_args_is_help=True)
 
@@ -14,13 +17,15 @@ app = typer.Typer(help="Train the digit classifiers that grade P1.", no_args_is_
 @app.command()
 def train(
     data: Path = typer.Option(None, help="Digits folder holding mnistm/ and svhn/ (default: DATA_ROOT/digits)."),
-    dataset: str = typer.Option(..., help="mnistm or svhn."),
-    arch: str = typer.Option("lenet", help="lenet (the official MNIST-M layout) or resnet34 (timm, CIFAR stem)."),
+    dataset: Literal["mnistm", "svhn"] = typer.Option(..., help="mnistm or svhn."),
+    arch: Literal["lenet", "resnet34"] = typer.Option(
+        "lenet", help="lenet (the official MNIST-M layout) or resnet34 (timm, CIFAR stem)."
+    ),
     out: Path = typer.Option(None, help="Output .safetensors [default: runs/classifier_DATASET.safetensors]."),
-    epochs: int = typer.Option(10, help="Epochs."),
-    batch: int = typer.Option(128, help="Batch size."),
-    lr: float = typer.Option(2e-3, help="Peak learning rate (one-cycle)."),
-    seed: int = typer.Option(None, help="Random seed [default: the seed setting]."),
+    epochs: int = typer.Option(10, min=1, max=1000, help="Epochs."),
+    batch: int = typer.Option(128, min=1, max=65_536, help="Batch size."),
+    lr: float = number(2e-3, min=1e-9, max=10.0, help="Peak learning rate (one-cycle)."),
+    seed: int = seed_option(None, "Random seed [default: the seed setting]."),
 ) -> None:
     """Train a digit classifier on one data set and report its validation accuracy.
 
@@ -29,13 +34,15 @@ def train(
     """
     from hw2cli import runtime, settings
     from hw2cli.errors import UsageError
+    from hw2cli.io.atomic import check_output_file
     from hw2cli.tasks.classify import train_classifier
 
-    if dataset not in ("mnistm", "svhn"):
-        raise UsageError(f"--dataset {dataset!r} is not known; expected mnistm or svhn.")
+    out = out or Path("runs") / f"classifier_{dataset}.safetensors"
+    if out.suffix != ".safetensors":
+        raise UsageError(f"--out {out} must end in .safetensors (the classifier is saved in that format).")
+    check_output_file(out, "classifier file")
     device, _ = runtime.setup()
     current = settings.get()
-    out = out or Path("runs") / f"classifier_{dataset}.safetensors"
     with ui.progress(f"train {arch}", None) as bar:
         result = train_classifier(
             data or current.data_root / "digits",

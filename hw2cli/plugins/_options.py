@@ -1,0 +1,57 @@
+"""Option building blocks the plugins share: Typer's own bounds plus what Typer cannot check.
+
+Typer (through pydantic) enforces ``min``/``max`` and ``Literal`` choices, but lets ``nan`` and
+``inf`` through a bound on one side only, and knows nothing of comma-separated lists: those two
+checks live here, at the plugin boundary, so the core only ever sees finite, bounded values.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import typer
+
+MAX_SEED = 2**63 - 1
+
+
+def finite(value: Any) -> Any:
+    """A Typer callback: refuse ``nan`` and ``inf`` (for a float, a list of floats, or ``None``)."""
+    values = value if isinstance(value, (list, tuple)) else [value]
+    for v in values:
+        if isinstance(v, float) and not math.isfinite(v):
+            raise typer.BadParameter(f"{v} is not a finite number")
+    return value
+
+
+def number(default: Any, *decls: str, min: float | None = None, max: float | None = None, help: str = "") -> Any:
+    """A float option: finite, and within ``[min, max]`` where given."""
+    return typer.Option(default, *decls, min=min, max=max, callback=finite, help=help)
+
+
+def seed(default: int | None = 0, help: str = "Random seed.") -> Any:
+    return typer.Option(default, "--seed", min=0, max=MAX_SEED, help=help)
+
+
+def float_list(
+    text: str, option: str, *, low: float | None = None, high: float | None = None, most: int = 1000
+) -> list[float]:
+    """``"0,0.25,1"`` → floats, each finite and within bounds; at most ``most`` of them."""
+    from hw2cli.errors import UsageError
+
+    parts = [p.strip() for p in text.split(",")]
+    if not text.strip() or any(not p for p in parts):
+        raise UsageError(f"{option} {text!r} must be comma-separated numbers, e.g. 0,0.5,1.")
+    try:
+        values = [float(p) for p in parts]
+    except ValueError:
+        raise UsageError(f"{option} {text!r} must be comma-separated numbers, e.g. 0,0.5,1.") from None
+    for raw, v in zip(parts, values, strict=True):
+        if not math.isfinite(v):
+            raise UsageError(f"{option} holds {raw!r}, which is not a finite number.")
+        if (low is not None and v < low) or (high is not None and v > high):
+            bounds = f"{low} to {high}" if high is not None else f"at least {low}"
+            raise UsageError(f"{option} holds {raw}; each value must be {bounds}.")
+    if len(values) > most:
+        raise UsageError(f"{option} lists {len(values)} values; at most {most} are allowed.")
+    return values
