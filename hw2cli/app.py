@@ -240,6 +240,7 @@ def _describe_bad_parameter(exc: Any) -> str:
         return f"{hint}: {exc.message.rstrip('.')}."
     first = errors[0]
     value, kind, ctx = first.get("input"), first.get("type", ""), first.get("ctx") or {}
+    ctx = {k: (f"{v:g}" if isinstance(v, float) else v) for k, v in ctx.items()}
     shown = repr(value) if isinstance(value, str) and not _is_number(value) else str(value)
     expected = {
         "greater_than_equal": f"expected at least {ctx.get('ge')}",

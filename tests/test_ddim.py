@@ -12,7 +12,8 @@ from PIL import Image
 from hw2cli.diffusion import NoiseSchedule, make_timesteps, sample_ddim
 from hw2cli.io.checkpoints import DiffusionConfig, build_network, save_checkpoint
 from hw2cli.models import FaceUNet
-from hw2cli.tasks.ddim import DDIMOptions, EpsSource, lerp, parse_alphas, run_ddim, slerp
+from hw2cli.plugins.ddim import _parse_alphas as parse_alphas
+from hw2cli.tasks.ddim import DDIMOptions, EpsSource, lerp, run_ddim, slerp
 
 SIDE = 32
 
@@ -186,9 +187,9 @@ def test_bad_unet_and_options(run_cli, face, tmp_path):
     r = run_cli("ddim", "sample", root / "noise", tmp_path, "--unet", tmp_path / "cut.pt")
     assert r.code == 2 and "key 'up23.resblocks.conv2.bias' is missing" in r.err
     r = run_cli("ddim", "sample", root / "noise", tmp_path, "--unet", root / "UNet.pt", "--eta", "-1")
-    assert r.code == 2 and "--eta is -1.0" in r.err
+    assert r.code == 2 and "--eta is -1; expected at least 0" in r.err
     r = run_cli("ddim", "sample", root / "noise", tmp_path, "--unet", root / "UNet.pt", "--normalize", "tanh")
-    assert r.code == 2 and "--normalize 'tanh'" in r.err
+    assert r.code == 2 and "--normalize is 'tanh'; expected one of" in r.err
 
 
 def test_eta_grid_and_interpolation_figures_with_the_face_unet(run_cli, face, tmp_path):

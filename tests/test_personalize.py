@@ -489,3 +489,86 @@ def test_sd_config_folder_is_complete_offline(tmp_path):
     with init_empty_weights():
         unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(folder / "unet"))
     assert sum(p.numel() for p in unet.parameters()) == 859_520_964  # SD v1.4's UNet
+
+
+@pytest.mark.parametrize(
+    ("key", "token", "message"),
+    [
+        ("../../evil", "<new1>", "is not a name"),
+        ("/tmp/hw2-escape", "<new1>", "is not a name"),
+        ("a/b", "<new1>", "is not a name"),
+        ("0", "<../new1>", "is not a token name"),
+        ("0", "<a/b>", "is not a token name"),
+        ("0", "<a\\b>", "is not a token name"),
+        ("0", "new1", "is not a token name"),
+    ],
+)
+def test_input_json_keys_and_tokens_cannot_escape_the_output_folder(run_cli, sd, trained, tmp_path, key, token,
+                                                                     message, isolated_cache):
+    model, _ = sd
+    path = tmp_path / "work" / "input.json"
+    path.parent.mkdir()
+    path.write_text(json.dumps({key: {"token_name": token, "prompt": [f"A {token}."]}}))
+    out = tmp_path / "work" / "out"
+    before = set(tmp_path.rglob("*"))
+    r = run_cli("personalize", "generate", path, out, "--model", model, "--embeds", trained, "--steps", "1",
+                "--resolution", str(RES))
+    assert r.code == 2, r.err
+    assert message in r.err and "Traceback" not in r.err
+    assert set(tmp_path.rglob("*")) == before  # refused before any work: nothing written anywhere
+    assert not __import__("pathlib").Path("/tmp/hw2-escape").exists()
+
+
+def test_the_writer_refuses_anything_outside_the_confined_folder(tmp_path):
+    from hw2cli.errors import RunError, UsageError
+    from hw2cli.io.atomic import confine, inside, save_image, write_text
+
+    out = tmp_path / "out"
+    (out).mkdir()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (out / "link").symlink_to(elsewhere)
+    pixels = np.zeros((4, 4, 3), dtype=np.uint8)
+    with confine(out):
+        save_image(pixels, out / "a" / "ok.png")
+        for target in (out / ".." / "x.png", tmp_path / "x.png", out / "link" / "x.png"):
+            with pytest.raises(RunError, match="outside the output folder"):
+                save_image(pixels, target)
+        with pytest.raises(RunError, match="outside the output folder"):
+            write_text(out / "a" / ".." / ".." / "y.txt", "no")
+    assert (out / "a" / "ok.png").exists() and not list(elsewhere.iterdir()) and not (tmp_path / "x.png").exists()
+    with pytest.raises(UsageError, match="outside the output folder"):
+        inside(out, "..", "escape")
+    assert inside(out, "0", "1") == out / "0" / "1"
+
+
+def test_an_interrupted_graded_generation_resumes_to_identical_bytes(sd, trained, tmp_path, monkeypatch,
+                                                                      isolated_cache):
+    from hw2cli.tasks import personalize as P
+
+    model, _ = sd
+    input_json = write_input_json(tmp_path / "input.json", n_prompts=1)
+    common = ["--model", model, "--embeds", trained, "--steps", "1", "--resolution", RES, "--batch", 10]
+    from hw2cli.app import main
+
+    def generate(out):
+        return main([str(a) for a in ["personalize", "generate", input_json, out, *common]])
+
+    assert generate(tmp_path / "a") == 0
+    real, calls = P.save_image, []
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 23:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(P, "save_image", interrupted)
+    assert generate(tmp_path / "b") == 130
+    monkeypatch.setattr(P, "save_image", real)
+    assert generate(tmp_path / "b") == 0
+    a = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*.png"))
+    b = sorted(p.relative_to(tmp_path / "b") for p in (tmp_path / "b").rglob("*.png"))
+    assert a == b and len(a) == 50
+    for rel in a:
+        assert (tmp_path / "a" / rel).read_bytes() == (tmp_path / "b" / rel).read_bytes()

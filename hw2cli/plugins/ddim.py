@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import typer
 
 from hw2cli import ui
+from hw2cli.plugins._options import float_list, number
+from hw2cli.plugins._options import seed as seed_option
 
 app = typer.Typer(
     help="P2: DDIM with eta on the face UNet: graded generation, eta grid, slerp/lerp, MSE.",
@@ -46,7 +49,12 @@ def _source(unet: Path | None, digit: int, dataset: str, checkpoint: Path | None
 
 
 # options shared by every command
-STEPS = typer.Option(50, help="DDIM steps (50: t = 981, 961, …, 1).")
+MAX_ETA = 10.0
+MAX_FRAMES = 1000  # interpolation frames and grid rows: a figure, not a video
+AlphaPrev = Literal["next", "t-1"]
+FinalAlpha = Literal["first", "one"]
+Normalize = Literal["minmax", "clip"]
+STEPS = typer.Option(50, min=1, max=1000, help="DDIM steps (50: t = 981, 961, …, 1).")
 ALPHA_PREV = typer.Option("next", help="ᾱ_prev: next (ᾱ[t−20], the spec's) or t-1 (ᾱ[t−1]).")
 FINAL_ALPHA = typer.Option("first", help="ᾱ after the last step: first (ᾱ[0], the spec's) or one (1.0).")
 CLIP_X0 = typer.Option(
@@ -55,7 +63,7 @@ CLIP_X0 = typer.Option(
     help="Clamp the predicted x0 to [−1, 1] [default: off for the face UNet (the spec's), on for the digit model].",
 )
 NORMALIZE = typer.Option("minmax", help="Saving: minmax (per image, as passing solutions) or clip ([−1, 1]).")
-DIGIT = typer.Option(0, help="Without --unet: which digit the digit model draws.")
+DIGIT = typer.Option(0, min=0, max=9, help="Without --unet: which digit the digit model draws.")
 DATASET = typer.Option("mnistm", help="Without --unet: mnistm or svhn.")
 CHECKPOINT = typer.Option(None, help="Without --unet: a digit model other than the embedded one.")
 
@@ -65,16 +73,16 @@ def sample_command(
     noise_dir: Path = typer.Argument(..., help="Folder of noise files (*.pt, [1,3,H,W] or [3,H,W])."),
     out: Path = typer.Argument(..., help="Output folder: one PNG per noise file, same name."),
     unet: Path = typer.Option(None, "--unet", help=UNET_HELP),
-    eta: float = typer.Option(0.0, help="η: 0 is deterministic DDIM, 1 is DDPM-like."),
+    eta: float = number(0.0, min=0.0, max=MAX_ETA, help="η: 0 is deterministic DDIM, 1 is DDPM-like."),
     steps: int = STEPS,
-    batch: int = typer.Option(10, help="Images per forward batch."),
-    seed: int = typer.Option(0, help="Seed of the per-step noise (η > 0 only)."),
-    alpha_prev: str = ALPHA_PREV,
-    final_alpha: str = FINAL_ALPHA,
+    batch: int = typer.Option(10, min=1, max=1000, help="Images per forward batch."),
+    seed: int = seed_option(0, "Seed of the per-step noise (η > 0 only)."),
+    alpha_prev: AlphaPrev = ALPHA_PREV,
+    final_alpha: FinalAlpha = FINAL_ALPHA,
     clip_x0: bool | None = CLIP_X0,
-    normalize: str = NORMALIZE,
+    normalize: Normalize = NORMALIZE,
     digit: int = DIGIT,
-    dataset: str = DATASET,
+    dataset: Literal["mnistm", "svhn"] = DATASET,
     checkpoint: Path = CHECKPOINT,
     cuda_graph: bool = typer.Option(False, "--cuda-graph", help="CUDA: replay each step from one CUDA graph."),
 ) -> None:
@@ -84,9 +92,11 @@ def sample_command(
       hw2 ddim sample hw2_data/face/noise out/p2 --unet hw2_data/face/UNet.pt
       hw2 ddim eval out/p2 hw2_data/face/GT
     """
+    from hw2cli.io.atomic import check_output_folder
     from hw2cli.tasks.ddim import check_noise, load_noise_dir, run_ddim, save_named, to_images
 
     opts = _options(steps, eta, alpha_prev, final_alpha, clip_x0)
+    check_output_folder(out)
     names, noise = load_noise_dir(noise_dir)
     source = _source(unet, digit, dataset, checkpoint, cuda_graph)
     _clip_default(opts, clip_x0, source)
@@ -100,21 +110,21 @@ def sample_command(
 @app.command("eta-grid")
 def eta_grid_command(
     out: Path = typer.Option(Path("figures/eta_grid.png"), help="Output PNG."),
-    etas: str = typer.Option("0,0.25,0.5,0.75,1", help="Comma-separated η values (rows)."),
+    etas: str = typer.Option("0,0.25,0.5,0.75,1", help="Comma-separated η values (rows), each 0 to 10."),
     noise: list[Path] = typer.Option(None, help="Noise files (columns); repeat or comma-separate."),
     noise_dir: Path = typer.Option(
         None, help="Use the first --count files of this folder [default with --unet: DATA_ROOT/face/noise]."
     ),
-    count: int = typer.Option(4, help="Columns when noise comes from a folder or a seed."),
+    count: int = typer.Option(4, min=1, max=100, help="Columns when noise comes from a folder or a seed."),
     unet: Path = typer.Option(None, "--unet", help=UNET_HELP),
     steps: int = STEPS,
-    seed: int = typer.Option(0, help="Seed of the per-step noise (and of the starting noise without --unet)."),
-    alpha_prev: str = ALPHA_PREV,
-    final_alpha: str = FINAL_ALPHA,
+    seed: int = seed_option(0, "Seed of the per-step noise (and of the starting noise without --unet)."),
+    alpha_prev: AlphaPrev = ALPHA_PREV,
+    final_alpha: FinalAlpha = FINAL_ALPHA,
     clip_x0: bool | None = CLIP_X0,
-    normalize: str = NORMALIZE,
+    normalize: Normalize = NORMALIZE,
     digit: int = DIGIT,
-    dataset: str = DATASET,
+    dataset: Literal["mnistm", "svhn"] = DATASET,
     checkpoint: Path = CHECKPOINT,
 ) -> None:
     """The report's grid: rows η, columns noise (00–03 by default), labelled.
@@ -124,16 +134,12 @@ def eta_grid_command(
       hw2 ddim eta-grid --digit 7        # no face UNet: the embedded digit model
     """
     from hw2cli import settings
-    from hw2cli.errors import UsageError
+    from hw2cli.io.atomic import check_output_file
     from hw2cli.tasks.ddim import check_noise, eta_grid, load_noise_dir, seeded_noise, stack_noise
 
-    try:
-        eta_values = [float(v) for v in etas.split(",") if v.strip()]
-    except ValueError:
-        raise UsageError(f"--etas {etas!r} must be comma-separated numbers, e.g. 0,0.5,1.") from None
+    eta_values = float_list(etas, "--etas", low=0.0, high=MAX_ETA, most=100)
     opts = _options(steps, 0.0, alpha_prev, final_alpha, clip_x0)
-    for eta in eta_values:
-        _options(steps, eta, alpha_prev, final_alpha, clip_x0)
+    check_output_file(out, "figure", image=True)
     source = _source(unet, digit, dataset, checkpoint)
     _clip_default(opts, clip_x0, source)
     files = [Path(p) for item in (noise or []) for p in str(item).split(",") if p]
@@ -156,18 +162,20 @@ def interpolate_command(
     a: Path = typer.Argument(None, help="First noise file [default with --unet: DATA_ROOT/face/noise/00.pt]."),
     b: Path = typer.Argument(None, help="Second noise file [default: .../01.pt]."),
     out: Path = typer.Option(Path("figures/interpolation.png"), help="Output PNG."),
-    mode: str = typer.Option("both", help="slerp, lerp or both (one figure, a row each)."),
-    alphas: str = typer.Option("0:1:0.1", help="start:stop:step (stop included) or a comma list."),
+    mode: Literal["slerp", "lerp", "both"] = typer.Option("both", help="slerp, lerp or both (one figure, a row each)."),
+    alphas: str = typer.Option(
+        "0:1:0.1", help=f"start:stop:step (stop included) or a comma list; at most {MAX_FRAMES} values."
+    ),
     unet: Path = typer.Option(None, "--unet", help=UNET_HELP),
     steps: int = STEPS,
-    eta: float = typer.Option(0.0, help="η of the DDIM runs."),
-    alpha_prev: str = ALPHA_PREV,
-    final_alpha: str = FINAL_ALPHA,
+    eta: float = number(0.0, min=0.0, max=MAX_ETA, help="η of the DDIM runs."),
+    alpha_prev: AlphaPrev = ALPHA_PREV,
+    final_alpha: FinalAlpha = FINAL_ALPHA,
     clip_x0: bool | None = CLIP_X0,
-    normalize: str = NORMALIZE,
-    seed: int = typer.Option(0, help="Without noise files: the seed of the two noises."),
+    normalize: Normalize = NORMALIZE,
+    seed: int = seed_option(0, "Without noise files: the seed of the two noises."),
     digit: int = DIGIT,
-    dataset: str = DATASET,
+    dataset: Literal["mnistm", "svhn"] = DATASET,
     checkpoint: Path = CHECKPOINT,
 ) -> None:
     """Slerp and lerp between two noises, α = 0, 0.1, …, 1: one labelled figure.
@@ -177,13 +185,13 @@ def interpolate_command(
     """
     from hw2cli import settings
     from hw2cli.errors import UsageError
-    from hw2cli.tasks.ddim import check_noise, interpolate, load_noise_file, parse_alphas, seeded_noise
+    from hw2cli.io.atomic import check_output_file
+    from hw2cli.tasks.ddim import check_noise, interpolate, load_noise_file, seeded_noise
 
     opts = _options(steps, eta, alpha_prev, final_alpha, clip_x0)
-    values = parse_alphas(alphas)
+    values = _parse_alphas(alphas)
     modes = ["slerp", "lerp"] if mode == "both" else [mode]
-    if mode not in ("slerp", "lerp", "both"):
-        raise UsageError(f"--mode {mode!r} is not known; expected slerp, lerp or both.")
+    check_output_file(out, "figure", image=True)
     source = _source(unet, digit, dataset, checkpoint)
     _clip_default(opts, clip_x0, source)
     if (a is None) != (b is None):
@@ -204,6 +212,29 @@ def interpolate_command(
     with ui.progress("interpolate", len(values) * len(modes)) as bar:
         path = interpolate(source, xa, xb, values, modes, out, opts, normalize=normalize, on_batch=bar.update)
     ui.result(f"wrote {path}")
+
+
+def _parse_alphas(text: str) -> list[float]:
+    """``0:1:0.1`` (start:stop:step, stop included) or a comma list such as ``0,0.5,1``."""
+    import math
+
+    from hw2cli.errors import UsageError
+
+    if ":" not in text:
+        return float_list(text, "--alphas", most=MAX_FRAMES)
+    parts = text.split(":")
+    try:
+        start, stop, step = (float(v) for v in parts)
+    except ValueError:
+        raise UsageError(f"--alphas {text!r} must be start:stop:step (e.g. 0:1:0.1) or a comma list.") from None
+    if not all(math.isfinite(v) for v in (start, stop, step)):
+        raise UsageError(f"--alphas {text!r} holds a value that is not a finite number.")
+    if step <= 0 or stop < start:
+        raise UsageError(f"--alphas {text!r} needs a positive step and stop >= start.")
+    n = math.floor((stop - start) / step + 1e-9) + 1
+    if n > MAX_FRAMES:
+        raise UsageError(f"--alphas {text!r} makes {n:,} frames; at most {MAX_FRAMES} are allowed (raise the step).")
+    return [round(start + i * step, 10) for i in range(n)]
 
 
 @app.command("eval")

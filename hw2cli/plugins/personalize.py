@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import typer
 
 from hw2cli import ui
+from hw2cli.plugins._options import number
+from hw2cli.plugins._options import seed as seed_option
 
 app = typer.Typer(
     help="P3b: personalise Stable Diffusion (textual inversion, Custom Diffusion); graded generation and CLIP grading.",
@@ -15,6 +18,14 @@ app = typer.Typer(
 )
 
 MODEL_HELP = "Stable Diffusion v1: sd-v1-4.ckpt (offline), a diffusers folder, or a Hub id."
+RESOLUTION = {"min": 8, "max": 2048}
+
+
+def _check_resolution(value: int | None) -> None:
+    from hw2cli.errors import UsageError
+
+    if value is not None and value % 8:
+        raise UsageError(f"--resolution is {value}; expected a multiple of 8 (the VAE downsamples by 8).")
 
 
 def _pipeline(model: Path | str, dtype_name: str | None = None):
@@ -32,16 +43,18 @@ def _pipeline(model: Path | str, dtype_name: str | None = None):
 def train(
     model: str = typer.Option(..., "--model", help=MODEL_HELP),
     concept: list[str] = typer.Option(..., "--concept", help="'<new1>=folder:initword[:object|style]'; repeat."),
-    method: str = typer.Option("textual-inversion", help="textual-inversion or custom-diffusion."),
-    steps: int = typer.Option(3000, help="Optimizer steps."),
-    lr: float = typer.Option(5e-3, help="Learning rate of the new token rows."),
-    kv_lr: float = typer.Option(1e-5, help="Custom Diffusion: learning rate of the K/V projections."),
-    batch: int = typer.Option(1, help="Batch size."),
-    resolution: int = typer.Option(512, help="Training resolution (multiple of 8)."),
+    method: Literal["textual-inversion", "custom-diffusion"] = typer.Option(
+        "textual-inversion", help="textual-inversion or custom-diffusion."
+    ),
+    steps: int = typer.Option(3000, min=1, max=1_000_000, help="Optimizer steps."),
+    lr: float = number(5e-3, min=1e-9, max=1.0, help="Learning rate of the new token rows."),
+    kv_lr: float = number(1e-5, min=1e-12, max=1.0, help="Custom Diffusion: learning rate of the K/V projections."),
+    batch: int = typer.Option(1, min=1, max=256, help="Batch size."),
+    resolution: int = typer.Option(512, **RESOLUTION, help="Training resolution (multiple of 8)."),
     reg: str = typer.Option(None, help="Custom Diffusion regularisation: 'folder:class prompt'."),
     out: Path = typer.Option(Path("runs/personalize"), help="Run folder."),
-    checkpoint_every: int = typer.Option(500, help="Save every N steps."),
-    seed: int = typer.Option(None, help="Random seed [default: the seed setting]."),
+    checkpoint_every: int = typer.Option(500, min=1, help="Save every N steps."),
+    seed: int = seed_option(None, "Random seed [default: the seed setting]."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out."),
 ) -> None:
     """Learn new tokens; saves learned_embeds.safetensors per token (diffusers format).
@@ -52,8 +65,13 @@ def train(
           --concept "<new1>=hw2_data/textual_inversion/0:dog" --concept "<new2>=hw2_data/textual_inversion/1:painting"
     """
     from hw2cli import runtime, settings
-    from hw2cli.tasks.personalize import PersonalizeOptions, train_personalization
+    from hw2cli.io.atomic import check_output_folder
+    from hw2cli.tasks.personalize import PersonalizeOptions, parse_concept, train_personalization
 
+    _check_resolution(resolution)
+    for spec in concept:
+        parse_concept(spec)  # every concept checked before the model loads
+    check_output_folder(out, "run folder")
     current = settings.get()
     opts = PersonalizeOptions(
         model=model,
@@ -86,19 +104,22 @@ def train(
 @app.command()
 def generate(
     input_json: Path = typer.Argument(None, help="The homework's input.json (graded layout)."),
-    out: Path = typer.Argument(Path("outputs/personalize"), help="Output folder."),
+    out: Path = typer.Argument(None, help="Output folder [default: outputs/personalize]."),
     model: str = typer.Option(..., "--model", help=MODEL_HELP),
     embeds: list[Path] = typer.Option(None, help="Learned embeddings (run folder, token folder or .safetensors)."),
     prompt: str = typer.Option(
         None, help="A free prompt instead of input.json, e.g. 'A <new1> in the style of <new2>.'"
     ),
-    n: int = typer.Option(4, "-n", help="With --prompt: how many images."),
-    steps: int = typer.Option(50, help="Sampler steps."),
-    guidance: float = typer.Option(7.5, help="Classifier-free guidance scale."),
-    sampler: str = typer.Option("dpm", help="dpm (DPM-Solver++) or ddim."),
-    seed: int = typer.Option(0, help="Seed: the same images on every run."),
-    batch: int = typer.Option(5, help="Images per batch."),
-    resolution: int = typer.Option(None, help="Image side [default: the model's]."),
+    n: int = typer.Option(4, "-n", min=1, max=1000, help="With --prompt: how many images."),
+    steps: int = typer.Option(50, min=1, max=1000, help="Sampler steps."),
+    guidance: float = number(7.5, min=0.0, max=100.0, help="Classifier-free guidance scale."),
+    sampler: Literal["dpm", "ddim"] = typer.Option("dpm", help="dpm (DPM-Solver++) or ddim."),
+    seed: int = seed_option(0, "Seed: the same images on every run."),
+    batch: int = typer.Option(5, min=1, max=64, help="Images per batch."),
+    resolution: int = typer.Option(None, **RESOLUTION, help="Image side, a multiple of 8 [default: the model's]."),
+    resume: bool = typer.Option(
+        True, "--resume/--no-resume", help="Keep images a previous run with the same settings finished."
+    ),
 ) -> None:
     """The graded hw2_3.sh layout: OUT/<key>/<idx>/source<key>_prompt<idx>_<n>.png, 25 per prompt.
 
@@ -106,69 +127,78 @@ def generate(
       hw2 personalize generate hw2_data/textual_inversion/input.json out/p3 --model sd-v1-4.ckpt
       hw2 personalize generate --prompt "A <new1> in the style of <new2>." -n 4 --model sd-v1-4.ckpt --embeds runs/cd
     """
+    from hw2cli import settings
     from hw2cli.errors import RunError, UsageError
-    from hw2cli.io.atomic import save_image
+    from hw2cli.io.atomic import check_output_folder
+    from hw2cli.io.manifest import fingerprint
     from hw2cli.tasks.personalize import (
         check_prompt_tokens,
         default_embeddings,
         generate_graded,
-        generate_images,
+        generate_prompt,
         load_embeddings,
+        prompt_tokens,
         read_input_json,
         set_sampler,
-        slug,
     )
 
-    if input_json is None and prompt is None:
+    _check_resolution(resolution)
+    entries = None
+    if prompt is not None:
+        if input_json is not None and out is None:  # `--prompt ... OUT`: the one positional is the folder
+            input_json, out = None, input_json
+        elif input_json is not None:
+            raise UsageError("with --prompt, give only the output folder; an input.json is for the graded layout.")
+        prompts = [prompt]
+    elif input_json is None:
         raise UsageError("give the input.json to generate the graded layout, or --prompt for a free prompt.")
-    if prompt is None:
-        read_input_json(input_json)  # fail on a bad file before loading the model
+    else:
+        entries = read_input_json(input_json)  # a bad file fails before the model loads
+        prompts = [p for entry in entries.values() for p in entry["prompt"]]
+    out = check_output_folder(out or Path("outputs/personalize"))
+    needed = prompt_tokens(prompts)
     sources = list(embeds or [])
-    if not sources:
+    if not sources and needed:
         default = default_embeddings()
         if default is None:
             raise RunError(
-                "this install has no trained embeddings for <new1>/<new2> yet; pass --embeds runs/... "
-                "(train them with `hw2 personalize train`)."
+                f"the prompts use {', '.join(needed)}, but this install ships no trained embeddings yet; pass "
+                "--embeds runs/... (train them with `hw2 personalize train`)."
             )
         sources = [default]
+    for source in sources:
+        if not Path(source).exists():
+            raise UsageError(f"--embeds {source} does not exist.")
     pipe = _pipeline(model)
     tokens = load_embeddings(pipe, sources)
+    check_prompt_tokens(pipe, prompts)
     set_sampler(pipe, sampler)
-    ui.info(f"loaded {', '.join(tokens)}")
-    if prompt is not None:
-        check_prompt_tokens(pipe, [prompt])
+    if tokens:
+        ui.info(f"loaded {', '.join(tokens)}")
+    common = {"steps": steps, "guidance": guidance, "seed": seed, "batch": batch, "resolution": resolution}
+    if entries is None:
         with ui.progress("generate", n) as bar:
-            images = generate_images(
-                pipe,
-                prompt,
-                n,
-                steps=steps,
-                guidance=guidance,
-                seed=seed,
-                batch=batch,
-                resolution=resolution,
-                on_batch=bar.update,
-            )
-        name = slug(prompt.replace(" ", "_"))[:60] or "prompt"
-        paths = [save_image(img, out / f"{name}_{i}.png") for i, img in enumerate(images)]
+            paths = generate_prompt(pipe, prompt, n, out, on_batch=bar.update, **common)
         ui.result(f"wrote {len(paths)} images to {out}")
         return
-    data = read_input_json(input_json)
-    total = sum(len(e["prompt"]) for e in data.values()) * 25
+    identity = {
+        "model": fingerprint(model) if Path(model).exists() else str(model),
+        "embeddings": [fingerprint(s) for s in sources],
+    }
+    total = sum(len(e["prompt"]) for e in entries.values()) * 25
     with ui.progress("generate", total) as bar:
-        written = generate_graded(
+        result = generate_graded(
             pipe,
-            input_json,
+            entries,
             out,
-            steps=steps,
-            guidance=guidance,
-            seed=seed,
-            batch=batch,
-            resolution=resolution,
+            identity=identity,
+            state_dir=settings.get().weights_dir,
+            resume=resume,
             on_batch=bar.update,
+            **common,
         )
-    ui.result(f"wrote {written} images under {out}")
+    kept = f"; kept {result['reused']} finished by an earlier run" if result["reused"] else ""
+    ui.result(f"wrote {result['written']} images under {out}{kept}")
 
 
 @app.command("eval")

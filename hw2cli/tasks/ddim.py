@@ -47,13 +47,13 @@ class DDIMOptions:
 
     def validate(self) -> None:
         if not 1 <= self.steps <= 1000:
-            raise UsageError(f"--steps is {self.steps}; expected 1 to 1000.")
-        if self.eta < 0:
-            raise UsageError(f"--eta is {self.eta}; expected a value >= 0 (0 is deterministic DDIM, 1 is DDPM-like).")
+            raise UsageError(f"the number of DDIM steps is {self.steps}; expected 1 to 1000.")
+        if not (math.isfinite(self.eta) and self.eta >= 0):
+            raise UsageError(f"eta is {self.eta}; expected a finite value >= 0 (0 is deterministic DDIM, 1 DDPM-like).")
         if self.alpha_prev not in ("next", "t-1"):
-            raise UsageError(f"--alpha-prev {self.alpha_prev!r} is not known; expected next or t-1.")
+            raise UsageError(f"the alpha-prev rule {self.alpha_prev!r} is not known; expected next or t-1.")
         if self.final_alpha not in ("first", "one"):
-            raise UsageError(f"--final-alpha {self.final_alpha!r} is not known; expected first or one.")
+            raise UsageError(f"the final-alpha rule {self.final_alpha!r} is not known; expected first or one.")
 
 
 # ---------------------------------------------------------------------------- models
@@ -62,8 +62,10 @@ class DDIMOptions:
 def load_face_unet(path: str | Path, device: torch.device) -> FaceUNet:
     """The homework's ``UNet.pt`` (a plain state dict), loaded strictly."""
     path = Path(path)
+    if path.is_dir():
+        raise UsageError(f"the face UNet {path} is a folder; pass the UNet.pt file inside it (hw2_data/face/UNet.pt).")
     if not path.is_file():
-        raise UsageError(f"--unet {path} does not exist; pass the homework's hw2_data/face/UNet.pt.")
+        raise UsageError(f"the face UNet {path} does not exist; pass the homework's hw2_data/face/UNet.pt.")
     state = torch_load(path, "a PyTorch state dict")
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
@@ -133,14 +135,18 @@ def load_noise_file(path: str | Path) -> torch.Tensor:
         raise UsageError(f"{path} has shape {list(obj.shape)}; expected [1, 3, H, W] or [3, H, W].")
     if not obj.is_floating_point():
         raise UsageError(f"{path} holds {obj.dtype} values; expected floating-point noise.")
+    if not torch.isfinite(obj).all():
+        raise UsageError(f"{path} holds NaN or infinite values; noise must be finite.")
     return obj.float()
 
 
 def load_noise_dir(folder: str | Path) -> tuple[list[str], torch.Tensor]:
     """Every ``*.pt`` in ``folder``, sorted by name, stacked to ``[N, 3, H, W]``."""
     folder = Path(folder)
+    if folder.is_file():
+        raise UsageError(f"the noise folder {folder} is a file; pass the folder holding 00.pt, 01.pt, ...")
     if not folder.is_dir():
-        raise UsageError(f"noise folder {folder} does not exist.")
+        raise UsageError(f"the noise folder {folder} does not exist.")
     files = sorted(folder.glob("*.pt"))
     if not files:
         raise UsageError(f"{folder} holds no .pt noise files.")
@@ -188,8 +194,11 @@ def run_ddim(
     """DDIM from ``x_T = noise`` (``[N, 3, H, W]``); returns the final ``x_0`` as float32 on the CPU."""
     opts.validate()
     if batch < 1:
-        raise UsageError(f"--batch is {batch}; expected at least 1.")
-    timesteps = make_timesteps(source.schedule, opts.steps, "leading", opts.offset)
+        raise UsageError(f"the batch size is {batch}; expected at least 1.")
+    try:
+        timesteps = make_timesteps(source.schedule, opts.steps, "leading", opts.offset)
+    except ValueError as exc:
+        raise UsageError(f"{opts.steps} DDIM steps do not fit this model's schedule: {exc}.") from None
     out = []
     for k, start in enumerate(range(0, noise.shape[0], batch)):
         x = noise[start : start + batch].to(source.device)
@@ -217,7 +226,7 @@ NORMALIZE = ("minmax", "clip")
 def to_images(x: torch.Tensor, normalize: str = "minmax") -> torch.Tensor:
     """Per-image min–max to [0, 1] (what passing solutions saved) or clipping [−1, 1] → uint8."""
     if normalize not in NORMALIZE:
-        raise UsageError(f"--normalize {normalize!r} is not known; expected minmax or clip.")
+        raise UsageError(f"the normalization {normalize!r} is not known; expected minmax or clip.")
     return to_uint8(x, (-1.0, 1.0), mode=normalize)
 
 
@@ -274,24 +283,6 @@ def lerp(a: torch.Tensor, b: torch.Tensor, alpha: float) -> torch.Tensor:
     return (1 - alpha) * a + alpha * b
 
 
-def parse_alphas(text: str) -> list[float]:
-    """``0:1:0.1`` (start:stop:step, stop included) or a comma list such as ``0,0.5,1``."""
-    try:
-        if ":" in text:
-            start, stop, step = (float(v) for v in text.split(":"))
-            if step <= 0 or stop < start:
-                raise ValueError
-            n = int(math.floor((stop - start) / step + 1e-9)) + 1
-            values = [round(start + i * step, 10) for i in range(n)]
-        else:
-            values = [float(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise UsageError(f"--alphas {text!r} must be start:stop:step (e.g. 0:1:0.1) or a comma list.") from None
-    if not values:
-        raise UsageError(f"--alphas {text!r} gives no values.")
-    return values
-
-
 def interpolate(
     source: EpsSource,
     a: torch.Tensor,
@@ -309,7 +300,7 @@ def interpolate(
     rows = []
     for mode in modes:
         if mode not in ("slerp", "lerp"):
-            raise UsageError(f"--mode {mode!r} is not known; expected slerp, lerp or both.")
+            raise UsageError(f"the interpolation {mode!r} is not known; expected slerp or lerp.")
         mix = slerp if mode == "slerp" else lerp
         noise = torch.cat([mix(a, b, alpha) for alpha in alphas])
         rows.append(to_images(run_ddim(source, noise, opts, batch=batch, on_batch=on_batch), normalize))

@@ -17,7 +17,7 @@ import json
 import math
 import random
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,7 +27,16 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, RootModel, ValidationError, field_validator, model_validator
 
 from hw2cli.errors import RunError, UsageError
-from hw2cli.io.atomic import remove_stale_temporaries, save_image, save_safetensors, torch_save, write_json
+from hw2cli.io.atomic import (
+    confine,
+    inside,
+    remove_stale_temporaries,
+    save_image,
+    save_safetensors,
+    torch_save,
+    write_json,
+)
+from hw2cli.io.manifest import prepare_outputs
 from hw2cli.tasks.training import TrainingInterrupted, deferred_interrupts, load_state
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
@@ -586,7 +595,16 @@ def set_sampler(pipe: Any, sampler: str) -> None:
         raise UsageError(f"--sampler {sampler!r} is not known; expected dpm or ddim.")
 
 
-def generate_images(
+def prompt_tokens(prompts: Sequence[str]) -> list[str]:
+    """The ``<token>`` names the prompts use, in order of first use."""
+    return list(dict.fromkeys(t for p in prompts for t in TOKEN_RE.findall(p)))
+
+
+def _generator_seed(seed: int, index: int) -> int:
+    return seed * 10_007 + index
+
+
+def iter_images(
     pipe: Any,
     prompt: str,
     n: int,
@@ -596,24 +614,61 @@ def generate_images(
     seed: int,
     batch: int,
     resolution: int | None = None,
+    skip: Callable[[int, int], bool] | None = None,
     on_batch: Callable[[int], None] | None = None,
-) -> list[Any]:
-    """``n`` PIL images of one prompt; image ``i`` always comes from the generator seeded ``(seed, i)``."""
-    images = []
+) -> Iterator[tuple[int, list[Any]]]:
+    """Yield ``(start, PIL images)`` per batch of one prompt; image ``i`` always comes from the
+    generator seeded ``(seed, i)`` and batches always cover the same images, so a batch that
+    ``skip(start, stop)`` leaves out changes nothing in the others."""
+    if not math.isfinite(guidance):
+        raise UsageError(f"the guidance scale must be a finite number, got {guidance}.")
     for start in range(0, n, batch):
         count = min(batch, n - start)
-        gens = [torch.Generator(pipe.device).manual_seed(seed * 10_007 + start + i) for i in range(count)]
+        if skip is not None and skip(start, start + count):
+            if on_batch is not None:
+                on_batch(count)
+            continue
+        gens = [torch.Generator(pipe.device).manual_seed(_generator_seed(seed, start + i)) for i in range(count)]
         kwargs = {"height": resolution, "width": resolution} if resolution else {}
         result = pipe([prompt] * count, num_inference_steps=steps, guidance_scale=guidance, generator=gens, **kwargs)
-        images.extend(result.images)
+        yield start, list(result.images)
         if on_batch is not None:
             on_batch(count)
-    return images
+
+
+def generate_images(pipe: Any, prompt: str, n: int, **kwargs: Any) -> list[Any]:
+    """``n`` PIL images of one prompt (see :func:`iter_images` for the keyword arguments)."""
+    return [image for _, images in iter_images(pipe, prompt, n, **kwargs) for image in images]
+
+
+def prompt_file_stem(prompt: str) -> str:
+    return slug(prompt.replace(" ", "_"))[:60] or "prompt"
+
+
+def generate_prompt(pipe: Any, prompt: str, n: int, out: Path, **kwargs: Any) -> list[Path]:
+    """A free prompt: ``out/<prompt words>_<i>.png`` for ``i`` in ``0..n-1``."""
+    stem = prompt_file_stem(prompt)
+    paths = []
+    with confine(out):
+        for start, images in iter_images(pipe, prompt, n, **kwargs):
+            paths += [save_image(img, out / f"{stem}_{start + i}.png") for i, img in enumerate(images)]
+    return paths
+
+
+def graded_paths(
+    entries: dict[str, dict[str, Any]], out: Path, per_prompt: int = 25
+) -> dict[tuple[str, int], list[Path]]:
+    """``out/<key>/<idx>/source<key>_prompt<idx>_<n>.png`` for every prompt of every concept."""
+    return {
+        (key, idx): [inside(out, key, str(idx), f"source{key}_prompt{idx}_{n}.png") for n in range(per_prompt)]
+        for key, entry in entries.items()
+        for idx in range(len(entry["prompt"]))
+    }
 
 
 def generate_graded(
     pipe: Any,
-    input_json: str | Path,
+    entries: dict[str, dict[str, Any]],
     out: Path,
     *,
     per_prompt: int = 25,
@@ -622,15 +677,49 @@ def generate_graded(
     seed: int = 0,
     batch: int = 5,
     resolution: int | None = None,
+    identity: dict[str, Any] | None = None,
+    state_dir: Path | None = None,
+    resume: bool = True,
     on_batch: Callable[[int], None] | None = None,
-) -> int:
-    """The ``hw2_3.sh`` layout: ``out/<key>/<idx>/source<key>_prompt<idx>_<n>.png``, 25 per prompt."""
-    data = read_input_json(input_json)
-    check_prompt_tokens(pipe, [p for entry in data.values() for p in entry["prompt"]])
+) -> dict[str, int]:
+    """The ``hw2_3.sh`` layout: ``out/<key>/<idx>/source<key>_prompt<idx>_<n>.png``, 25 per prompt.
+
+    ``identity`` names the model and embeddings (what the plugin knows of them); with ``resume`` a
+    rerun with the same identity and settings keeps finished images and makes only missing
+    batches. Returns ``{"written": n, "reused": n}``.
+    """
+    check_prompt_tokens(pipe, [p for entry in entries.values() for p in entry["prompt"]])
+    layout = graded_paths(entries, out, per_prompt)
+    for paths in layout.values():
+        folder = paths[0].parent
+        if folder.is_dir():
+            remove_stale_temporaries(folder)
+            stray = sorted(p.name for p in folder.iterdir() if p not in set(paths))
+            if stray:
+                raise UsageError(
+                    f"{folder} already holds {stray[0]} (and {len(stray) - 1} more); the grader needs exactly "
+                    f"{per_prompt} images there, so use an empty output folder."
+                )
+    settings = {
+        "command": "personalize generate",
+        **(identity or {}),
+        "prompts": {key: entry["prompt"] for key, entry in entries.items()},
+        "per_prompt": per_prompt,
+        "steps": steps,
+        "guidance": guidance,
+        "seed": seed,
+        "batch": batch,
+        "resolution": resolution,
+        "scheduler": type(pipe.scheduler).__name__,
+        "device": str(pipe.device.type),
+    }
+    files = [p for paths in layout.values() for p in paths]
+    done = prepare_outputs(out, settings, files, state_dir=state_dir or out.parent, resume=resume)
     written = 0
-    for key, entry in data.items():
-        for idx, prompt in enumerate(entry["prompt"]):
-            images = generate_images(
+    with confine(out):
+        for (key, idx), paths in layout.items():
+            prompt = entries[key]["prompt"][idx]
+            for start, images in iter_images(
                 pipe,
                 prompt,
                 per_prompt,
@@ -639,12 +728,13 @@ def generate_graded(
                 seed=seed + 1000 * idx + hash_key(key),
                 batch=batch,
                 resolution=resolution,
+                skip=lambda a, b, paths=paths: all(p in done for p in paths[a:b]),
                 on_batch=on_batch,
-            )
-            for n, image in enumerate(images):
-                save_image(image, out / key / str(idx) / f"source{key}_prompt{idx}_{n}.png")
-                written += 1
-    return written
+            ):
+                for i, image in enumerate(images):
+                    save_image(image, paths[start + i])
+                    written += 1
+    return {"written": written, "reused": len(done)}
 
 
 def hash_key(key: str) -> int:
