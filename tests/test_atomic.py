@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from hw2cli.errors import RunError
+from hw2cli.errors import RunError, UsageError
 from hw2cli.io import atomic_path, save_image, save_safetensors, torch_save, write_json
+from hw2cli.io.atomic import check_output_file, check_output_folder, remove_stale_temporaries
 
 
 def test_crash_keeps_the_old_content_and_leaves_no_temporary(tmp_path):
@@ -39,7 +43,7 @@ def test_image_formats_roundtrip(tmp_path):
     save_image(Image.fromarray(hwc), tmp_path / "c.png")
     for name in "abc":
         assert np.array_equal(np.asarray(Image.open(tmp_path / f"{name}.png")), hwc)
-    with pytest.raises(RunError, match="cannot tell the image format"):
+    with pytest.raises(UsageError, match="cannot tell the image format"):
         save_image(hwc, tmp_path / "a.unknownext")
 
 
@@ -59,3 +63,58 @@ def test_unwritable_folder_is_a_clear_error(tmp_path):
     blocker.write_text("x")
     with pytest.raises(RunError, match="cannot write to"):
         write_json(blocker / "out.json", {})
+
+
+def test_every_output_respects_the_umask(tmp_path):
+    old = os.umask(0o022)
+    try:
+        save_safetensors({"w": torch.zeros(2)}, tmp_path / "m.safetensors")
+        save_image(np.zeros((2, 2, 3), dtype=np.uint8), tmp_path / "i.png")
+        torch_save({"step": 1}, tmp_path / "s.pt")
+        write_json(tmp_path / "j.json", {})
+    finally:
+        os.umask(old)
+    for name in ("m.safetensors", "i.png", "s.pt", "j.json"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o644, name
+
+
+def test_stale_temporaries_of_dead_processes_are_removed_and_live_ones_kept(tmp_path):
+    import subprocess
+    import sys
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = tmp_path / f".0_001.png.hw2-{dead.pid}-a1b2c3.tmp"
+    stale.write_bytes(b"")
+    staging = tmp_path / f".data.hw2-{dead.pid}-x9.partial"
+    staging.mkdir()
+    live = tmp_path / f".0_002.png.hw2-{os.getpid()}-zz.tmp"
+    live.write_bytes(b"")
+    other = tmp_path / ".notes.tmp"
+    other.write_bytes(b"")
+    assert sorted(remove_stale_temporaries(tmp_path)) == sorted([stale.name, staging.name])
+    assert live.exists() and other.exists() and not stale.exists() and not staging.exists()
+
+
+def test_output_paths_are_checked_before_any_work(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    for bad, message in (
+        (blocker, "is an existing file"),
+        (blocker / "sub", "is a file, not a folder"),
+        (Path("/proc/hw2-out"), "lies under /proc"),
+    ):
+        with pytest.raises(UsageError, match=message):
+            check_output_folder(bad)
+    check_output_folder(tmp_path / "new" / "deeper")  # not made yet, but it can be
+    assert not (tmp_path / "new").exists()
+    with pytest.raises(UsageError, match="does not end in an image format"):
+        check_output_file(tmp_path / "traj.txt", image=True)
+    with pytest.raises(UsageError, match="is an existing folder"):
+        check_output_file(tmp_path, image=True)
+    check_output_file(tmp_path / "fig.webp", image=True)
+    if os.geteuid() != 0:  # root may write anywhere
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o500)
+        with pytest.raises(UsageError, match="is not writable"):
+            check_output_folder(locked / "out")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import shutil
 
 import numpy as np
@@ -230,7 +231,7 @@ def _write(path, data: bytes | str):
         ("unreadable", "cannot read image"),
         ("bad-name", "is not named <classid>_<idx>.png"),
         ("templates", "line 2: template 'a photo' has no {} where the class name goes"),
-        ("backend", "--backend 'tensorflow' is not known; expected open_clip or transformers"),
+        ("backend", "--backend is 'tensorflow'; expected one of 'open_clip', 'transformers'"),
         ("no-labels", "no id2label.json beside or inside"),
         ("parent", "holds no images and one sub-folder, val; pass --data"),
         ("csv-missing", "image nope.png does not exist"),
@@ -300,13 +301,41 @@ def test_openai_named_checkpoint_uses_quick_gelu(run_cli, tiny, homework, tmp_pa
     assert not clip.notes
 
 
+def test_an_unreachable_hub_fails_in_seconds_not_after_retries(run_cli, homework, tmp_path, monkeypatch):
+    import socket
+    import time
+
+    from hw2cli.pretrained import hub
+
+    with socket.socket() as s:  # a loopback port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")  # recorded, so the switch to "1" is undone after the test
+    hub._reachable.cache_clear()
+    import huggingface_hub.constants as constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    start = time.perf_counter()
+    r = run_cli("clip", "eval", "--data", homework, "--model", "ViT-B-32", "--pretrained", "openai", "--out", tmp_path)
+    seconds = time.perf_counter() - start
+    assert r.code == 1, r.err
+    err = " ".join(r.err.split())
+    assert "cannot be reached from here" in err and "--pretrained PATH" in err, err
+    assert seconds < 10, seconds
+    r = run_cli("clip", "eval", "--data", homework, "--backend", "transformers", "--out", tmp_path)
+    assert r.code == 1 and "cannot be reached from here" in " ".join(r.err.split())
+    assert os.environ.get("HF_HUB_OFFLINE") == "1"  # the hub library was switched to its offline mode
+    hub._reachable.cache_clear()
+
+
 def test_no_weights_offline_is_a_run_error_with_the_how_to(run_cli, homework, tmp_path, monkeypatch):
     monkeypatch.setenv("HW2_OFFLINE", "1")
     r = run_cli("clip", "eval", "--data", homework, "--model", "ViT-B-32", "--pretrained", "openai", "--out", tmp_path)
     assert r.code == 1, r.err
     err = " ".join(r.err.split())
-    assert "could not download ViT-B-32/openai (offline?)" in err and "--pretrained PATH" in err
-    assert "the cache is" in err and "Traceback" not in r.err
+    assert "the ViT-B-32/openai weights are not in the cache and offline mode is on" in err
+    assert "--pretrained PATH" in err and "the cache is" in err and "Traceback" not in r.err
     r = run_cli("clip", "eval", "--data", homework, "--backend", "transformers", "--out", tmp_path)
     assert r.code == 1 and "could not download openai/clip-vit-base-patch32 (offline?)" in " ".join(r.err.split())
 

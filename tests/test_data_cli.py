@@ -14,7 +14,7 @@ def test_synth_and_check(run_cli, tmp_path):
 
 def test_synth_bad_values_exit_2(run_cli, tmp_path):
     r = run_cli("data", "synth", tmp_path, "--per-class", "0")
-    assert (r.code, r.err.strip()) == (2, "Error: --per-class must be at least 1, got 0.")
+    assert (r.code, r.err.strip()) == (2, "Error: --per-class is 0; expected at least 1.")
     r = run_cli("data", "synth", tmp_path, "--val-fraction", "1.5")
     assert r.code == 2 and "--val-fraction" in r.err and "1.5" in r.err
     r = run_cli("data", "synth", tmp_path, "--datasets", "cifar")
@@ -44,3 +44,19 @@ def test_check_names_a_corrupt_image(run_cli, tmp_path):
 def test_check_missing_folder(run_cli, tmp_path):
     r = run_cli("data", "check", tmp_path / "nothing")
     assert r.code == 2 and "nothing" in r.err
+
+
+def test_check_counts_images_that_are_not_28x28_rgb(run_cli, tmp_path):
+    from PIL import Image
+
+    run_cli("data", "synth", tmp_path, "--per-class", "2", "--datasets", "mnistm")
+    data = tmp_path / "digits" / "mnistm" / "data"
+    first, second = sorted(data.iterdir())[:2]
+    Image.new("RGB", (32, 32)).save(first)
+    Image.new("L", (28, 28)).save(second)
+    r = run_cli("data", "check", tmp_path / "digits" / "mnistm")
+    assert r.code == 0, r.err
+    assert "are not 28x28 RGB" in r.err
+    assert ("32x32 RGB" in r.err) or ("28x28 L" in r.err)
+    rows = [line for line in r.out.splitlines() if "mnistm" in line and ("train" in line or "val" in line)]
+    assert sum(int(line.split("│")[4]) for line in rows) == 2

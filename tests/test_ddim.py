@@ -152,7 +152,7 @@ def test_eval_names_missing_extra_and_mismatched_files(run_cli, tmp_path):
         (lambda d: torch.save({"noise": torch.zeros(1)}, d / "00.pt"), "00.pt holds a dict, not a tensor"),
         (lambda d: torch.save(torch.zeros(1, 4, 32, 32), d / "00.pt"), "00.pt has shape [1, 4, 32, 32]"),
         (lambda d: torch.save(torch.zeros(32, 32), d / "00.pt"), "00.pt has shape [32, 32]"),
-        (lambda d: (d / "00.pt").write_bytes(b"garbage"), "cannot read"),
+        (lambda d: (d / "00.pt").write_bytes(b"garbage"), "cannot be read as a tensor file (truncated or corrupt"),
         (lambda d: None, "holds no .pt noise files"),
         (
             lambda d: [

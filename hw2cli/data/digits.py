@@ -188,13 +188,25 @@ class DigitsDataset(Dataset):
     def verify(self, on_progress: Callable[[int], None] | None = None) -> int:
         """Open and decode every image; raise :class:`UsageError` at the first bad one.
 
-        Returns the number of images checked; ``on_progress(1)`` is called after each.
+        Images that decode but are not the homework's 28×28 RGB are listed in ``off_spec`` as
+        ``(name, "WxH MODE")`` (training and grading resize and convert them, so they are not an
+        error, but they are a sign of the wrong data). Returns the number of images checked;
+        ``on_progress(1)`` is called after each.
         """
-        for path, line in zip(self.paths, self._lines, strict=True):
+        from PIL import Image
+
+        self.off_spec: list[tuple[str, str]] = []
+        for name, path, line in zip(self.names, self.paths, self._lines, strict=True):
             try:
-                load_image(path)
-            except UsageError as exc:
-                raise UsageError(f"{self.csv_path}, line {line}: {exc}") from exc
+                with Image.open(path) as im:
+                    size, mode = im.size, im.mode
+                    im.load()
+            except FileNotFoundError:
+                raise UsageError(f"{self.csv_path}, line {line}: the image {path} does not exist.") from None
+            except Exception as exc:  # not an image, truncated, corrupt
+                raise UsageError(f"{self.csv_path}, line {line}: {path} is not a readable image ({exc}).") from None
+            if size != (28, 28) or mode != "RGB":
+                self.off_spec.append((name, f"{size[0]}x{size[1]} {mode}"))
             if on_progress is not None:
                 on_progress(1)
         return len(self.paths)

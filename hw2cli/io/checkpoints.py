@@ -10,6 +10,8 @@ their shapes.
 from __future__ import annotations
 
 import json
+import pickle
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -123,13 +125,36 @@ def load_state_into(module: nn.Module, state: dict[str, torch.Tensor], source: s
     return module
 
 
+_GLOBAL_RE = re.compile(r"unsupported (?:global: )?GLOBAL ([\w.]+)", re.IGNORECASE)
+
+
+def load_error(path: str | Path, what: str, exc: BaseException) -> UsageError:
+    """One sentence for a file ``torch.load(weights_only=True)`` (or safetensors) could not read:
+    refused Python objects, or a truncated/corrupt file. Never PyTorch's advice to turn the
+    protection off."""
+    text = str(exc).strip()
+    found = _GLOBAL_RE.search(text)
+    if isinstance(exc, pickle.UnpicklingError) and found:
+        return UsageError(
+            f"{path} is not {what}: it holds Python objects ({found.group(1)}) that loading would have to run, so "
+            "it was refused without running them."
+        )
+    detail = text.splitlines()[0] if text else type(exc).__name__
+    detail = detail.split(". ")[0].removeprefix("Weights only load failed").strip(" .:") or type(exc).__name__
+    return UsageError(f"{path} cannot be read as {what} (truncated or corrupt: {detail[:160]}).")
+
+
 def torch_load(path: str | Path, what: str = "a PyTorch checkpoint") -> Any:
     """``torch.load`` with ``weights_only=True`` onto the CPU; a file it cannot read is one clear
     error naming the file and what it should have been."""
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise UsageError(f"{path} does not exist; expected {what}.") from None
+    except IsADirectoryError:
+        raise UsageError(f"{path} is a folder; expected {what}.") from None
     except Exception as exc:
-        raise UsageError(f"cannot read {path} as {what}: {type(exc).__name__}: {exc}.") from exc
+        raise load_error(path, what, exc) from None
 
 
 def _read_torch_file(path: Path) -> dict[str, torch.Tensor]:
@@ -154,7 +179,7 @@ def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, An
             meta = fh.metadata() or {}
             state = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118 (safe_open has no __iter__)
     except Exception as exc:
-        raise UsageError(f"cannot read {path} as safetensors: {exc}.") from exc
+        raise load_error(path, "a safetensors checkpoint", exc) from None
     config = json.loads(meta["hw2"]) if "hw2" in meta else None
     return state, config
 

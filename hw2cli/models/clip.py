@@ -32,6 +32,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hw2cli.errors import RunError, UsageError
+from hw2cli.io.checkpoints import load_error
+from hw2cli.pretrained.hub import ensure_offline_if_unreachable, unreachable_hint
 
 if TYPE_CHECKING:
     import torch
@@ -319,8 +321,12 @@ def _load_open_clip(
         cfg = open_clip.get_pretrained_cfg(name, tag)
         what = f"{name}/{tag}"
         checkpoint = _cached_tag_file(cfg, cache)
-        if checkpoint is None and offline:
-            raise RunError(_how_to(what, cache, "pass --pretrained PATH to a local checkpoint"))
+        if checkpoint is None and (offline or ensure_offline_if_unreachable(offline)):
+            reason = "offline mode is on" if offline else unreachable_hint()
+            raise RunError(
+                f"the {what} weights are not in the cache and {reason}; pass --pretrained PATH to a local "
+                f"checkpoint (.pt, .bin, .safetensors), or run once online; the cache is {cache}."
+            )
         if checkpoint is None:
             try:
                 checkpoint = open_clip.download_pretrained(cfg, cache_dir=str(cache))
@@ -391,11 +397,13 @@ def _load_open_clip_weights(module: Any, checkpoint: Path, what: str, name: str,
         else:
             open_clip.load_checkpoint(module, str(checkpoint), strict=True)
     except RuntimeError as exc:
-        first = str(exc).strip().splitlines()
-        detail = " ".join(line.strip() for line in first[:2])[:300]
-        raise UsageError(f"--pretrained {what} does not fit {name}: {detail}.") from exc
+        text = str(exc).strip()
+        if "loading state_dict" in text or "size mismatch" in text:
+            detail = " ".join(line.strip() for line in text.splitlines()[:2])[:300]
+            raise UsageError(f"--pretrained {what} does not fit {name}: {detail}.") from exc
+        raise load_error(what, "a CLIP checkpoint", exc) from None
     except Exception as exc:
-        raise UsageError(f"cannot read {what} as a CLIP checkpoint: {type(exc).__name__}: {exc}.") from exc
+        raise load_error(what, "a CLIP checkpoint", exc) from None
 
 
 def _load_open_clip_schema(name: str, device: torch.device, cache: Path) -> ClipModel:
@@ -472,10 +480,14 @@ def _load_transformers(name: str, device: torch.device, cache_root: Path, offlin
     if local and not (path / "config.json").is_file():
         raise UsageError(f"--model {path} has no config.json; pass a folder written by CLIPModel.save_pretrained.")
     source = str(path) if local else name
+    if not local and not offline and ensure_offline_if_unreachable(offline):
+        offline = True  # cached files still load; missing ones fail at once instead of retrying
+        hint = f"{unreachable_hint()}; pass --model FOLDER holding a saved CLIP (CLIPModel.save_pretrained)"
+    else:
+        hint = "pass --model FOLDER holding a saved CLIP (CLIPModel.save_pretrained)"
     common: dict[str, Any] = (
         {"local_files_only": True} if local else {"cache_dir": str(cache), "local_files_only": offline}
     )
-    hint = "pass --model FOLDER holding a saved CLIP (CLIPModel.save_pretrained)"
     try:
         with _no_progress_bars():
             module = CLIPModel.from_pretrained(source, **common)

@@ -56,7 +56,7 @@ def load_pipeline(
 
     quiet_libraries()
     path = Path(model)
-    common: dict[str, Any] = {"safety_checker": None, "requires_safety_checker": False, "torch_dtype": dtype}
+    common: dict[str, Any] = {"safety_checker": None, "requires_safety_checker": False, **_dtype_kwarg(dtype)}
     try:
         if path.is_dir():
             if not (path / "model_index.json").exists():
@@ -93,6 +93,15 @@ def load_pipeline(
         ) from exc
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
+
+
+def _dtype_kwarg(dtype: torch.dtype) -> dict[str, torch.dtype]:
+    """diffusers renamed ``torch_dtype`` to ``dtype`` (and warns about the old name); older ones know only it."""
+    from diffusers.utils import deprecation_utils
+
+    return (
+        {"dtype": dtype} if hasattr(deprecation_utils, "_TORCH_DTYPE_DEPRECATION_MESSAGE") else {"torch_dtype": dtype}
+    )
 
 
 def quiet_libraries() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import typer
 
@@ -13,19 +14,15 @@ app = typer.Typer(
 )
 
 DTYPE_HELP = "fp32, bf16 or fp16 [default: bf16 on CUDA, fp32 on CPU]."
+Dtype = Literal["fp32", "bf16", "fp16"]
 
 
 def _dtype(name: str | None, device):
     import torch
 
-    from hw2cli.errors import UsageError
-
     if name is None:
         return torch.bfloat16 if device.type == "cuda" else torch.float32
-    table = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-    if name not in table:
-        raise UsageError(f"--dtype {name!r} is not known; expected fp32, bf16 or fp16.")
-    return table[name]
+    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
 
 
 def _show(report, out: Path, name: str, as_json: bool) -> None:
@@ -62,8 +59,8 @@ def _show(report, out: Path, name: str, as_json: bool) -> None:
 
 @app.command()
 def kernels(
-    dtype: str = typer.Option(None, help=DTYPE_HELP),
-    repeats: int = typer.Option(20, help="Timed repeats per case (median)."),
+    dtype: Dtype = typer.Option(None, help=DTYPE_HELP),
+    repeats: int = typer.Option(20, min=1, max=10_000, help="Timed repeats per case (median)."),
     compile: bool = typer.Option(True, "--compile/--no-compile", help="Also time torch.compile of the eager op."),
     quick: bool = typer.Option(False, "--quick", help="One small case each (a smoke run)."),
     out: Path = typer.Option(Path("benchmarks/results"), help="Folder for the JSON result."),
@@ -80,11 +77,13 @@ def kernels(
 
 @app.command()
 def sample(
-    model: str = typer.Option("digit", help="digit, face (official size, 256²) or sd (SD v1 UNet, 64² latents)."),
-    batch: int = typer.Option(None, help="Images per batch [default: digit 500, face 10, sd 2]."),
-    steps: int = typer.Option(50, help="DDIM steps."),
-    dtype: str = typer.Option(None, help=DTYPE_HELP),
-    repeats: int = typer.Option(3, help="Timed repeats (median)."),
+    model: Literal["digit", "face", "sd"] = typer.Option(
+        "digit", help="digit, face (official size, 256²) or sd (SD v1 UNet, 64² latents)."
+    ),
+    batch: int = typer.Option(None, min=1, max=100_000, help="Images per batch [default: digit 500, face 10, sd 2]."),
+    steps: int = typer.Option(50, min=1, max=1000, help="DDIM steps."),
+    dtype: Dtype = typer.Option(None, help=DTYPE_HELP),
+    repeats: int = typer.Option(3, min=1, max=1000, help="Timed repeats (median)."),
     compile: bool = typer.Option(True, "--compile/--no-compile", help="Also time torch.compile of the network."),
     checkpoint: str = typer.Option(None, help="Real weights (digit checkpoint or face UNet.pt); random otherwise."),
     out: Path = typer.Option(Path("benchmarks/results"), help="Folder for the JSON result."),

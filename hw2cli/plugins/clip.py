@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Literal
 
 import typer
 
@@ -14,8 +15,6 @@ app = typer.Typer(
     no_args_is_help=True,
     rich_markup_mode="rich",
 )
-
-PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 
 
 def _default_workers() -> int:
@@ -43,23 +42,27 @@ def eval_command(
         help="open_clip weights: a tag (openai, laion2b_s34b_b79k, …) or a checkpoint file "
         "(.pt, .bin, .safetensors) \\[default: openai].",
     ),
-    backend: str = typer.Option("open_clip", "--backend", help="open_clip or transformers."),
+    backend: Literal["open_clip", "transformers"] = typer.Option(
+        "open_clip", "--backend", help="open_clip or transformers."
+    ),
     templates: str = typer.Option(
         "single",
         "--templates",
         help="single ('a photo of a {}.'), cifar (18), imagenet (80) or a file: "
         "one template with {} per line, ensembled.",
     ),
-    batch: int = typer.Option(256, "--batch", help="Images per forward pass."),
+    batch: int = typer.Option(256, "--batch", min=1, max=65_536, help="Images per forward pass."),
     workers: int = typer.Option(
         None,
         "--workers",
         "--num-workers",
+        min=0,
+        max=256,
         help="DataLoader processes decoding images (0: in this process) \\[default: CPU count, at most 8].",
     ),
     out: Path = typer.Option(None, "--out", help="Report folder \\[default: OUTPUT_ROOT/clip]."),
-    examples: int = typer.Option(5, help="Correct and incorrect examples in the figure (each)."),
-    precision: str = typer.Option(
+    examples: int = typer.Option(5, min=1, max=100, help="Correct and incorrect examples in the figure (each)."),
+    precision: Literal["auto", "fp32", "fp16", "bf16"] = typer.Option(
         "auto", help="auto (fp16 autocast on CUDA, bf16 with --dtype bf16; fp32 on CPU), fp32, fp16 or bf16."
     ),
     quick_gelu: bool = typer.Option(
@@ -70,7 +73,7 @@ def eval_command(
     text_cache: bool = typer.Option(
         True, "--text-cache/--no-text-cache", help="Reuse the class text features cached under WEIGHTS_DIR."
     ),
-    show_classes: int = typer.Option(10, help="Rows of the per-class table, worst first (0: all)."),
+    show_classes: int = typer.Option(10, min=0, help="Rows of the per-class table, worst first (0: all)."),
     as_json: bool = typer.Option(False, "--json", help="Print the metrics as JSON."),
 ) -> None:
     """Zero-shot accuracy (top-1, top-5), per-class table, confusions, an example figure, predictions.csv.
@@ -82,24 +85,14 @@ def eval_command(
       hw2 clip eval --data val --pretrained ~/.cache/clip/ViT-B-32.pt      # a local checkpoint, offline
     """
     from hw2cli import runtime, settings
-    from hw2cli.errors import UsageError
-    from hw2cli.models.clip import BACKENDS, load_clip
+    from hw2cli.io.atomic import check_output_folder
+    from hw2cli.models.clip import load_clip
     from hw2cli.tasks.clip import TEXT_CACHE_DIR, load_dataset, resolve_templates, write_outputs, zero_shot
 
-    if backend not in BACKENDS:
-        raise UsageError(f"--backend {backend!r} is not known; expected {' or '.join(BACKENDS)}.")
-    if batch < 1:
-        raise UsageError(f"--batch is {batch}; expected at least 1.")
     workers = _default_workers() if workers is None else workers
-    if workers < 0:
-        raise UsageError(f"--workers is {workers}; expected 0 or more.")
-    if examples < 1:
-        raise UsageError(f"--examples is {examples}; expected 1 or more.")
-    if precision not in PRECISIONS:
-        raise UsageError(f"--precision {precision!r} is not known; expected {', '.join(PRECISIONS)}.")
     current = settings.get()
     data = data if data is not None else current.data_root / "clip_zeroshot" / "val"
-    out = out if out is not None else current.output_root / "clip"
+    out = check_output_folder(out if out is not None else current.output_root / "clip", "report folder")
     template_name, template_list = resolve_templates(templates)
     dataset = load_dataset(data, labels)
 

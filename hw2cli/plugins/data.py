@@ -12,6 +12,8 @@ import typer
 
 from hw2cli import ui
 from hw2cli.errors import UsageError
+from hw2cli.plugins._options import number
+from hw2cli.plugins._options import seed as seed_option
 
 app = typer.Typer(
     help="Synthetic MNIST-M / SVHN look-alikes in the homework layout; check a data folder.",
@@ -32,10 +34,10 @@ def _parse_datasets(value: str) -> list[str]:
 @app.command("synth")
 def synth(
     out: Path = typer.Argument(..., help="Output folder; the images go to OUT/digits/<dataset>/."),
-    per_class: int = typer.Option(500, "--per-class", help="Images of each digit per dataset."),
-    seed: int = typer.Option(0, "--seed", help="Random seed; the same seed gives byte-identical files."),
-    val_fraction: float = typer.Option(
-        0.1, "--val-fraction", help="Share of each class listed in val.csv (0 <= F < 1)."
+    per_class: int = typer.Option(500, "--per-class", min=1, max=1_000_000, help="Images of each digit per dataset."),
+    seed: int = seed_option(0, "Random seed; the same seed gives byte-identical files."),
+    val_fraction: float = number(
+        0.1, "--val-fraction", min=0.0, max=0.99, help="Share of each class listed in val.csv (0 <= F < 1)."
     ),
     datasets: str = typer.Option("mnistm,svhn", "--datasets", help="Comma-separated: mnistm, svhn."),
 ) -> None:
@@ -102,12 +104,19 @@ def check(
         for ds in loaded:
             ds.verify(on_progress=lambda n: bar.update(n))
 
-    rows = [[ds.root.name, ds.split, len(ds), *ds.class_counts()] for ds in loaded]
+    for ds in loaded:
+        if ds.off_spec:
+            name, what = ds.off_spec[0]
+            ui.warn(
+                f"{len(ds.off_spec)} of {len(ds)} images in {ds.root.name}/{ds.split} are not 28x28 RGB "
+                f"(e.g. {name} is {what}); the homework's are, so check where these came from."
+            )
+    rows = [[ds.root.name, ds.split, len(ds), len(ds.off_spec), *ds.class_counts()] for ds in loaded]
     ui.print_table(
-        ["dataset", "split", "images", *(str(d) for d in range(10))],
+        ["dataset", "split", "images", "not 28x28 RGB", *(str(d) for d in range(10))],
         rows,
         title=f"digits in {root}",
-        justify="ll" + "r" * 11,
+        justify="ll" + "r" * 12,
     )
     ui.result(f"ok: {sum(len(ds) for ds in loaded)} images in {len(loaded)} splits are readable")
 
@@ -140,8 +149,8 @@ def mnistm(
     per_digit: int = typer.Option(
         1, "--per-digit", min=1, max=100, help="Images per source digit, each on a new crop."
     ),
-    seed: int = typer.Option(0, "--seed", min=0, help="Random seed; the same seed gives byte-identical files."),
-    val_fraction: float = typer.Option(
+    seed: int = seed_option(0, "Random seed; the same seed gives byte-identical files."),
+    val_fraction: float = number(
         0.1, "--val-fraction", min=0.0, max=0.99, help="Share of each class's source digits listed in val.csv."
     ),
     digit_split: str = typer.Option(
@@ -215,8 +224,8 @@ def svhn(
     per_class: int | None = typer.Option(
         None, "--per-class", min=1, help="At most N images per digit (default: all real ones; 1,000 look-alikes)."
     ),
-    seed: int = typer.Option(0, "--seed", min=0, help="Random seed; the same seed gives byte-identical files."),
-    val_fraction: float = typer.Option(
+    seed: int = seed_option(0, "Random seed; the same seed gives byte-identical files."),
+    val_fraction: float = number(
         0.1, "--val-fraction", min=0.0, max=0.99, help="Share of each class listed in val.csv."
     ),
 ) -> None:

@@ -212,9 +212,9 @@ def eval_command(
     """The P3 grader: image and text CLIP scores of the best 5 of 25, pass/fail per prompt."""
     from hw2cli import runtime, settings
     from hw2cli.models.clip import load_clip
-    from hw2cli.tasks.personalize import grade, read_input_json
+    from hw2cli.tasks.personalize import grade, grading_plan, read_input_json
 
-    read_input_json(input_json, need_eval=True)
+    grading_plan(out, read_input_json(input_json, need_eval=True), refs)  # every folder checked first
     device, _ = runtime.setup()
     clip = load_clip(clip_model, None, "transformers", device, settings.get().weights_dir)
     scores = grade(out, input_json, refs, clip)

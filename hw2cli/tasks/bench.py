@@ -270,4 +270,4 @@ def _bench_model(model: str, device: torch.device, batch: int, checkpoint: str |
         accelerate_unet(unet)
         context = torch.randn(batch, 77, 768, device=device)
         return (lambda x, t, c: unet(x, t, encoder_hidden_states=context).sample), (4, 64, 64), None
-    raise UsageError(f"--model {model!r} is not known; expected digit, face or sd.")
+    raise UsageError(f"the benchmark model {model!r} is not known; expected digit, face or sd.")

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from hw2cli.data.tensors import load_digit_tensors
 from hw2cli.errors import RunError, UsageError
 from hw2cli.io.atomic import save_safetensors, write_json
-from hw2cli.io.checkpoints import load_state_into, torch_load
+from hw2cli.io.checkpoints import load_error, load_state_into, torch_load
 from hw2cli.models.classifiers import ARCHITECTURES, build_classifier
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp"}
@@ -46,11 +46,16 @@ def load_classifier(path: str | Path | None, dataset: str, arch: str | None = No
             )
     path = Path(path)
     if not path.exists():
-        raise UsageError(f"classifier checkpoint {path} does not exist.")
+        raise UsageError(f"the classifier checkpoint {path} does not exist.")
+    if path.is_dir():
+        raise UsageError(f"the classifier checkpoint {path} is a folder; pass the .safetensors or .pth file.")
     if path.suffix == ".safetensors":
-        with safe_open(str(path), framework="pt") as fh:
-            meta = fh.metadata() or {}
-            state = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118
+        try:
+            with safe_open(str(path), framework="pt") as fh:
+                meta = fh.metadata() or {}
+                state = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118
+        except Exception as exc:
+            raise load_error(path, "a classifier checkpoint", exc) from None
         arch = arch or meta.get("arch")
     else:
         obj = torch_load(path)

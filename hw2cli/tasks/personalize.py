@@ -296,6 +296,12 @@ def train_personalization(
     if not resume and state_path.exists():
         raise UsageError(f"{out} already holds a training run; pass --resume to continue it, or choose another --out.")
     remove_stale_temporaries(out)
+    saved = None
+    if resume:  # read and check the state before the model loads: a bad file fails in a second
+        saved = load_state(state_path)
+        missing = [k for k in ("rows", "optimizer", "step", "python_rng", "generator") if k not in saved]
+        if missing:
+            raise UsageError(f"{state_path} is not a personalization training state (it has no {missing[0]!r}).")
 
     cuda = device.type == "cuda"
     mixed = opts.mixed_precision or ("bf16" if cuda and torch.cuda.is_bf16_supported() else "no")
@@ -354,11 +360,7 @@ def train_personalization(
     step = 0
     rng = random.Random(opts.seed)
     gen = torch.Generator().manual_seed(opts.seed)
-    if resume:
-        saved = load_state(state_path)
-        missing = [k for k in ("rows", "optimizer", "step", "python_rng", "generator") if k not in saved]
-        if missing:
-            raise UsageError(f"{state_path} is not a personalization training state (it has no {missing[0]!r}).")
+    if saved is not None:
         with torch.no_grad():
             accelerator.unwrap_model(text_encoder).get_input_embeddings().weight[new_ids] = saved["rows"].to(
                 embeddings.weight.device
@@ -760,14 +762,54 @@ class PromptScore:
 
 
 def reference_folder(refs: Path, key: str, entry: dict[str, Any]) -> Path:
-    for candidate in (refs / key, refs / str(entry.get("src_image", ""))):
-        if candidate.is_dir():
+    """``refs/<key>``, or ``refs/<src_image>`` (never a folder outside ``refs``)."""
+    if not refs.is_dir():
+        raise UsageError(f"the reference folder {refs} does not exist; pass hw2_data/textual_inversion.")
+    root = refs.resolve()
+    for name in (key, str(entry.get("src_image") or "")):
+        candidate = refs / name
+        if name and candidate.is_dir() and (candidate.resolve() == root or root in candidate.resolve().parents):
             return candidate
     raise UsageError(f"no reference images for concept {key!r} under {refs} (looked for {refs / key}).")
 
 
 def list_images(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+@dataclass
+class GradingJob:
+    key: str
+    index: int
+    prompt: str
+    eval_prompt: str
+    files: list[Path]
+    references: list[Path]
+    baseline: tuple[float, float]
+
+
+def grading_plan(
+    out: str | Path, entries: dict[str, dict[str, Any]], refs: str | Path, *, per_prompt: int = 25
+) -> list[GradingJob]:
+    """Every folder the grader reads, checked before any model loads: the references of each
+    concept and exactly ``per_prompt`` images per prompt."""
+    out, refs = Path(out), Path(refs)
+    if not out.is_dir():
+        raise UsageError(f"the generated folder {out} does not exist.")
+    jobs = []
+    for key, entry in entries.items():
+        ref_folder = reference_folder(refs, key, entry)
+        references = list_images(ref_folder)
+        if not references:
+            raise UsageError(f"{ref_folder} holds no reference images ({', '.join(sorted(IMAGE_SUFFIXES))}).")
+        for idx, prompt in enumerate(entry["prompt_4_clip_eval"]):
+            folder = out / key / str(idx)
+            files = list_images(folder) if folder.is_dir() else []
+            if len(files) != per_prompt:
+                raise UsageError(f"{folder} holds {len(files)} images; the grader needs exactly {per_prompt}.")
+            baseline = tuple(entry["baseline"][idx])
+            jobs.append(GradingJob(key, idx, entry["prompt"][idx], prompt, files, references, baseline))  # type: ignore[arg-type]
+    return jobs
 
 
 @torch.inference_mode()
@@ -785,34 +827,29 @@ def grade(
     ``image + 2.5·text``; average each score; pass when both reach the baseline."""
     from PIL import Image
 
-    out, refs = Path(out), Path(refs)
-    data = read_input_json(input_json, need_eval=True)
+    jobs = grading_plan(out, read_input_json(input_json, need_eval=True), refs, per_prompt=per_prompt)
     scores = []
-    for key, entry in data.items():
-        ref_images = list_images(reference_folder(refs, key, entry))
-        if not ref_images:
-            raise UsageError(f"{reference_folder(refs, key, entry)} holds no reference images.")
-        ref_feats = clip.encode_images([Image.open(p).convert("RGB") for p in ref_images])
-        for idx, prompt in enumerate(entry["prompt_4_clip_eval"]):
-            folder = out / key / str(idx)
-            files = list_images(folder) if folder.is_dir() else []
-            if len(files) != per_prompt:
-                raise UsageError(f"{folder} holds {len(files)} images; the grader needs exactly {per_prompt}.")
-            feats = clip.encode_images([Image.open(p).convert("RGB") for p in files])
-            text = clip.encode_texts([prompt])
-            image_score = 100.0 * (feats @ ref_feats.T).mean(dim=1)
-            text_score = clip.logit_scale * (feats @ text.T)[:, 0]
-            best = torch.topk(image_score + 2.5 * text_score, keep).indices
-            scores.append(
-                PromptScore(
-                    key,
-                    idx,
-                    entry["prompt"][idx],
-                    float(image_score[best].mean()),
-                    float(text_score[best].mean()),
-                    tuple(entry["baseline"][idx]),  # type: ignore[arg-type]
-                )
+    ref_cache: dict[tuple[Path, ...], torch.Tensor] = {}
+    for job in jobs:
+        refs_key = tuple(job.references)
+        if refs_key not in ref_cache:
+            ref_cache[refs_key] = clip.encode_images([Image.open(p).convert("RGB") for p in job.references])
+        ref_feats = ref_cache[refs_key]
+        feats = clip.encode_images([Image.open(p).convert("RGB") for p in job.files])
+        text = clip.encode_texts([job.eval_prompt])
+        image_score = 100.0 * (feats @ ref_feats.T).mean(dim=1)
+        text_score = clip.logit_scale * (feats @ text.T)[:, 0]
+        best = torch.topk(image_score + 2.5 * text_score, keep).indices
+        scores.append(
+            PromptScore(
+                job.key,
+                job.index,
+                job.prompt,
+                float(image_score[best].mean()),
+                float(text_score[best].mean()),
+                job.baseline,
             )
+        )
     return scores
 
 

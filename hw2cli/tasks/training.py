@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-import pickle
 import random
-import re
 import signal
 import threading
 from collections.abc import Iterator
@@ -110,24 +108,15 @@ def restore_rng(state: dict[str, Any], generator: torch.Generator | None = None)
 
 # --------------------------------------------------------------------------- reading state safely
 
-_GLOBAL_RE = re.compile(r"(?:Unsupported global|GLOBAL)\W+([\w.]+)")
-
 
 def load_state(path: str | Path, what: str = "a resume state written by hw2") -> Any:
     """``torch.load(path, weights_only=True)`` on the CPU, with one clear sentence for any failure."""
-    path = Path(path)
+    from hw2cli.io.checkpoints import torch_load
+
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        found = _GLOBAL_RE.search(str(exc))
-        named = f" ({found.group(1)})" if found else ""
-        raise UsageError(
-            f"{path} is not {what}: it holds Python objects{named} that loading would have to run, so it was "
-            "refused without opening them. Delete it, or start a new run without --resume."
-        ) from None
-    except (RuntimeError, EOFError, OSError, ValueError, KeyError) as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise UsageError(f"{path} cannot be read as {what} (truncated or corrupt: {reason}).") from None
+        return torch_load(path, what)
+    except UsageError as exc:
+        raise UsageError(f"{exc} Delete it, or start a new run without --resume.") from None
 
 
 # --------------------------------------------------------------------------- logs

@@ -1,0 +1,1 @@
+"""Loading other people's weights: the Hugging Face Hub, CLIP, Stable Diffusion."""
