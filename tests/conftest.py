@@ -98,3 +98,20 @@ def install_plugin(tmp_path, monkeypatch):
     for module in modules:
         sys.modules.pop(module, None)
     registry.reset()
+
+
+def nested_equal(a, b) -> bool:
+    """Bit-for-bit equality of nested state (tensors, numbers, lists, dicts)."""
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b)
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(nested_equal(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return isinstance(b, (list, tuple)) and len(a) == len(b) and all(map(nested_equal, a, b))
+    return a == b
+
+
+@pytest.fixture
+def bit_equal():
+    """``bit_equal(a, b)``: nested state equal bit for bit (see :func:`nested_equal`)."""
+    return nested_equal

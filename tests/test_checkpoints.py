@@ -79,9 +79,12 @@ def test_wrong_architecture_names_the_first_mismatched_key(tmp_path):
         load_checkpoint(tmp_path)
 
 
+CORRUPT = "cannot be read as .* \\(truncated or corrupt"
+
+
 @pytest.mark.parametrize(
     ("content", "message"),
-    [(b"not a checkpoint", "cannot be read as .* \\(truncated or corrupt"), (b"", "cannot be read as .* \\(truncated or corrupt")],
+    [(b"not a checkpoint", CORRUPT), (b"", CORRUPT)],
 )
 def test_corrupt_files(tmp_path, content, message):
     for name in ("a.safetensors", "a.pth"):

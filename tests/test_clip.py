@@ -289,6 +289,24 @@ def test_checkpoint_that_does_not_fit(run_cli, tiny, homework, tmp_path):
     assert r.code == 2 and "does not fit hw2-tiny-clip" in r.err, r.err
 
 
+@pytest.mark.parametrize("kind", ["truncated-pt", "truncated-safetensors", "garbage-pt"])
+def test_a_corrupt_checkpoint_is_called_corrupt_not_a_misfit(run_cli, tiny, homework, tmp_path, kind):
+    if kind == "truncated-pt":
+        data = _pt(tiny, tmp_path).read_bytes()
+        bad = tmp_path / "cut.pt"
+    elif kind == "truncated-safetensors":
+        data = tiny["weights"].read_bytes()
+        bad = tmp_path / "cut.safetensors"
+    else:
+        data, bad = b"\x80\x04garbage" * 50, tmp_path / "garbage.pt"
+    bad.write_bytes(data[: len(data) // 2] if kind.startswith("truncated") else data)
+    args = _args(tiny, homework, tmp_path / "o")
+    args[args.index("--pretrained") + 1] = bad
+    r = run_cli(*args)
+    assert r.code == 2, r.err
+    assert "truncated or corrupt" in r.err and "does not fit" not in r.err and "weights_only" not in r.err, r.err
+
+
 def test_openai_named_checkpoint_uses_quick_gelu(run_cli, tiny, homework, tmp_path):
     openai = shutil.copy(_pt(tiny, tmp_path), tmp_path / "tiny-openai.pt")
     r = run_cli(*_args(tiny, homework, tmp_path / "o"))

@@ -50,17 +50,6 @@ def test_resume_is_bit_exact(digits, tmp_path):
     assert (tmp_path / "b" / "model.safetensors").read_bytes() == (tmp_path / "a" / "model.safetensors").read_bytes()
 
 
-def nested_equal(a, b) -> bool:
-    """Bit-for-bit equality of nested state (tensors, numbers, lists, dicts)."""
-    if isinstance(a, torch.Tensor):
-        return isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b)
-    if isinstance(a, dict):
-        return isinstance(b, dict) and a.keys() == b.keys() and all(nested_equal(a[k], b[k]) for k in a)
-    if isinstance(a, (list, tuple)):
-        return isinstance(b, (list, tuple)) and len(a) == len(b) and all(map(nested_equal, a, b))
-    return a == b
-
-
 def final_state(folder) -> dict:
     state = load_state(folder / "train_state.pt")
     state.pop("options")
@@ -68,7 +57,7 @@ def final_state(folder) -> dict:
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
-def test_a_signal_mid_step_finishes_the_step_and_resumes_bit_exactly(digits, tmp_path, monkeypatch, sig):
+def test_a_signal_mid_step_finishes_the_step_and_resumes_bit_exactly(digits, tmp_path, monkeypatch, sig, bit_equal):
     train_ddpm(opts(digits, tmp_path / "a", checkpoint_every=100), device=CPU)
     from hw2cli.models.digit_unet import DigitUNet
 
@@ -88,7 +77,7 @@ def test_a_signal_mid_step_finishes_the_step_and_resumes_bit_exactly(digits, tmp
     assert load_state(tmp_path / "b" / "train_state.pt")["step"] == 4
     train_ddpm(opts(digits, tmp_path / "b", checkpoint_every=100), device=CPU, resume=True)
     # model, EMA, optimizer, step and every RNG state equal the uninterrupted run's, bit for bit
-    assert nested_equal(final_state(tmp_path / "a"), final_state(tmp_path / "b"))
+    assert bit_equal(final_state(tmp_path / "a"), final_state(tmp_path / "b"))
     a_log = (tmp_path / "a" / "log.jsonl").read_text()
     assert (tmp_path / "b" / "log.jsonl").read_text() == a_log
 
@@ -127,7 +116,7 @@ def dead_pid() -> int:
     return proc.pid
 
 
-def test_resume_after_a_kill_repairs_the_run_folder(digits, tmp_path):
+def test_resume_after_a_kill_repairs_the_run_folder(digits, tmp_path, bit_equal):
     train_ddpm(opts(digits, tmp_path / "a"), device=CPU)
     run = tmp_path / "b"
     train_ddpm(opts(digits, run, steps=3), device=CPU)
@@ -144,7 +133,7 @@ def test_resume_after_a_kill_repairs_the_run_folder(digits, tmp_path):
     resumed = train_ddpm(opts(digits, run, steps=3), device=CPU, resume=True, steps=6)
     assert resumed.step == 6
     assert not stale.exists()
-    assert nested_equal(final_state(tmp_path / "a"), final_state(run))
+    assert bit_equal(final_state(tmp_path / "a"), final_state(run))
     assert (run / "model.safetensors").read_bytes() == (tmp_path / "a" / "model.safetensors").read_bytes()
     logged = [json.loads(line)["step"] for line in (run / "log.jsonl").read_text().splitlines()]
     assert logged == [3, 6]  # the end of the first run, then the resumed run; step 5 and the cut line are gone

@@ -37,7 +37,7 @@ from hw2cli.io.atomic import (
     write_json,
 )
 from hw2cli.io.manifest import prepare_outputs
-from hw2cli.tasks.training import TrainingInterrupted, deferred_interrupts, load_state
+from hw2cli.tasks.training import deferred_interrupts, interrupted_twice, load_state, stop_here
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
 TOKEN_RE = re.compile(r"<[^<>\s]+>")
@@ -448,21 +448,13 @@ def train_personalization(
                 last = loss.item()
                 if on_step is not None:
                     on_step(step, {"loss": last})
-                if step % opts.checkpoint_every == 0 or step == opts.steps:
+                saved_now = step % opts.checkpoint_every == 0 or step == opts.steps
+                if saved_now:
                     save(step)
                 # 5. a Ctrl-C or SIGTERM during the step: it is complete; save and stop
-                if stop and step < opts.steps:
-                    if step % opts.checkpoint_every:
-                        save(step)
-                    raise TrainingInterrupted(
-                        f"stopped by {stop.signal} after step {step}; saved in {out}. "
-                        "Continue with the same command and --resume."
-                    )
+                stop_here(bool(stop), stop, step, opts.steps, saved_now, save, out)
         except KeyboardInterrupt:  # a second Ctrl-C: stop now; the last checkpoint stays consistent
-            raise TrainingInterrupted(
-                f"interrupted twice: stopped at once without saving; --resume continues from the last checkpoint "
-                f"in {out}."
-            ) from None
+            raise interrupted_twice(out) from None
     return PersonalizeResult(step, last, out, tokens)
 
 

@@ -34,8 +34,10 @@ from hw2cli.tasks.training import (
     append_log,
     capture_rng,
     deferred_interrupts,
+    interrupted_twice,
     load_state,
     restore_rng,
+    stop_here,
     truncate_log,
 )
 
@@ -312,22 +314,15 @@ def _train(
                 if not math.isnan(last_loss):
                     metrics["loss"] = last_loss
                 on_step(step, metrics)
-            if step % opts.checkpoint_every == 0 or step == opts.steps:
+            saved_now = step % opts.checkpoint_every == 0 or step == opts.steps
+            if saved_now:
                 checkpoint = save(step)
             if opts.sample_every and step % opts.sample_every == 0 and dist.is_main:
                 _sample_grid(ema, schedule, null, device, out / "samples" / f"step_{step:07d}.png")
             # 4. a Ctrl-C or SIGTERM that arrived during the step: the step is complete, save and stop
-            if any_rank(bool(stop), dist) and step < opts.steps:
-                if step % opts.checkpoint_every:
-                    save(step)
-                raise TrainingInterrupted(
-                    f"stopped by {stop.signal or 'a signal'} after step {step}; saved in {out}. "
-                    "Continue with the same command and --resume."
-                )
+            stop_here(any_rank(bool(stop), dist), stop, step, opts.steps, saved_now, save, out)
     except KeyboardInterrupt:  # a second Ctrl-C: stop now; the last checkpoint stays consistent
-        raise TrainingInterrupted(
-            f"interrupted twice: stopped at once without saving; --resume continues from the last checkpoint in {out}."
-        ) from None
+        raise interrupted_twice(out) from None
     return TrainResult(step=step, loss=last_loss, out=out, checkpoint=checkpoint, model=model, ema=ema)
 
 

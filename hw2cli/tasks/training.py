@@ -20,7 +20,7 @@ import json
 import random
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +66,26 @@ def deferred_interrupts() -> Iterator[StopRequest]:
     finally:
         for sig, old in previous.items():
             signal.signal(sig, old)
+
+
+def stop_here(
+    requested: bool, stop: StopRequest, step: int, total: int, saved_now: bool, save: Callable[[int], object], out: Path
+) -> None:
+    """End of a step: if a stop was requested and the run is not over, save (unless this step
+    already did) and raise :class:`TrainingInterrupted`."""
+    if requested and step < total:
+        if not saved_now:
+            save(step)
+        raise TrainingInterrupted(
+            f"stopped by {stop.signal or 'a signal'} after step {step}; saved in {out}. "
+            "Continue with the same command and --resume."
+        )
+
+
+def interrupted_twice(out: Path) -> TrainingInterrupted:
+    return TrainingInterrupted(
+        f"interrupted twice: stopped at once without saving; --resume continues from the last checkpoint in {out}."
+    )
 
 
 # --------------------------------------------------------------------------- random-number state
