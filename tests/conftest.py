@@ -21,6 +21,8 @@ import torch
 
 from hw2cli import registry, settings, ui
 
+sys.path.insert(0, str(Path(__file__).parent))  # test helpers (ldm_layout) import by name
+
 # The suite's models are tiny: one thread avoids OpenMP spin-wait overhead (and catastrophic
 # slow-downs when another process shares the cores).
 torch.set_num_threads(1)

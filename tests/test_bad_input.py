@@ -73,10 +73,14 @@ def env(tmp_path_factory):
     Image.new("RGB", (28, 28)).save(badname / "mnistm" / "x_001.png")
     paths["gen_badname"] = badname
     # run folders holding a crafted resume state
-    for name in ("run_evil", "p3_evil"):
-        (root / name).mkdir()
-        torch.save({"step": 1, "payload": Payload(paths["marker"])}, root / name / "train_state.pt")
-        paths[name] = root / name
+    (root / "run_evil").mkdir()
+    torch.save({"step": 1, "payload": Payload(paths["marker"])}, root / "run_evil" / "train_state.pt")
+    paths["run_evil"] = root / "run_evil"
+    state = root / "p3_evil" / "state-0000001"  # an accelerate state folder with a crafted optimizer file
+    state.mkdir(parents=True)
+    torch.save({"state": Payload(paths["marker"])}, state / "optimizer.bin")
+    (state / "hw2_state.json").write_text(json.dumps({"step": 1, "rng": []}))
+    paths["p3_evil"] = root / "p3_evil"
     refs = root / "refs" / "0"
     refs.mkdir(parents=True)
     Image.new("RGB", (16, 16), (200, 100, 0)).save(refs / "a.png")
@@ -301,7 +305,7 @@ ROWS = [
     (["personalize", "train", "--model", "{root}/sd.ckpt", "--concept", "<new1>={missing}:dog"], 2, "does-not-exist"),
     (["personalize", "train", "--model", "{root}/sd.ckpt", "--concept", "<new1>={refs}/0"], 2, "initialiser"),
     (["personalize", "train", "--model", "{root}/sd.ckpt", "--concept", "<new1>={empty}:dog"], 2, "holds no images"),
-    ([*PT, "--out", "{root}/p3run", "--resume"], 2, "holds no train_state.pt"),
+    ([*PT, "--out", "{root}/p3run", "--resume"], 2, "holds no saved training state"),
     ([*PT, "--out", "{p3_evil}", "--resume"], 2, "refused"),
     ([*PT[:4]], 2, "--concept"),
     # --- personalize generate

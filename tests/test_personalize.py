@@ -19,7 +19,7 @@ def tiny_pipeline_folder(root):
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
     from hw2cli.models.clip import write_clip_tokenizer_files
-    from hw2cli.models.sd import shipped_config_dir
+    from hw2cli.pretrained.sd import shipped_config_dir
 
     torch.manual_seed(0)
     tok_dir = write_clip_tokenizer_files(root / "tok")
@@ -101,7 +101,7 @@ def isolated_cache(monkeypatch, tmp_path):
 
 
 def load(model):
-    from hw2cli.models.sd import load_pipeline
+    from hw2cli.pretrained.sd import load_pipeline
 
     return load_pipeline(model, device=torch.device("cpu"), cache=torch.hub.get_dir and __import__("pathlib").Path("."))
 
@@ -154,40 +154,48 @@ def test_textual_inversion_changes_only_the_new_rows(run_cli, sd, tmp_path, isol
     assert load_embeddings(third, [tmp_path / "ti"]) == ["<new1>", "<new2>"]
     weight = third.text_encoder.get_input_embeddings().weight.detach()
     assert torch.equal(weight[: before.shape[0]], before)
-    state = torch.load(tmp_path / "ti" / "train_state.pt", weights_only=True)
-    assert state["step"] == 3
+    assert saved_step(tmp_path / "ti") == 3
 
 
-def test_training_run_keeps_other_rows_bit_exact_inside_the_loop(sd, tmp_path, isolated_cache):
-    """Run the core directly and compare the trained text encoder's rows with the original ones."""
+def saved_state(run):
+    """The newest saved training state of a run folder: hw2's JSON, the trained parameters, the optimizer."""
+    from safetensors.torch import load_file
+
+    (folder,) = sorted(run.glob("state-*"))
+    return (
+        json.loads((folder / "hw2_state.json").read_text()),
+        load_file(folder / "model.safetensors"),
+        torch.load(folder / "optimizer.bin", weights_only=True),
+    )
+
+
+def saved_step(run) -> int:
+    return saved_state(run)[0]["step"]
+
+
+def test_only_the_new_rows_are_trained_and_kept_in_the_optimizer(sd, tmp_path, isolated_cache):
+    """Run the core directly: the trained parameters and the optimizer state are the new rows only
+    (the 49,409-row matrix stays frozen), and they moved away from the initialiser word."""
     from hw2cli.tasks import personalize as P
 
     model, refs = sd
-    captured = {}
-    real_save = P.save_embeddings
-
-    def spy(text_encoder, tokenizer, tokens, out):
-        captured["weight"] = text_encoder.get_input_embeddings().weight.detach().clone()
-        return real_save(text_encoder, tokenizer, tokens, out)
-
-    P.save_embeddings = spy
-    try:
-        opts = P.PersonalizeOptions(
-            model=str(model),
-            concepts=[f"<new1>={refs / '0'}:dog"],
-            out=str(tmp_path / "r"),
-            steps=2,
-            resolution=RES,
-            lr=1e-1,
-        )
-        P.train_personalization(opts, device=torch.device("cpu"), cache=tmp_path / "c")
-    finally:
-        P.save_embeddings = real_save
-    original = load(model).text_encoder.get_input_embeddings().weight.detach()
-    assert torch.equal(captured["weight"][:-1], original)
-    assert not torch.equal(
-        captured["weight"][-1], original[load(model).tokenizer.encode("dog", add_special_tokens=False)[0]]
+    opts = P.PersonalizeOptions(
+        model=str(model),
+        concepts=[f"<new1>={refs / '0'}:dog", f"<new2>={refs / '1'}:painting"],
+        out=str(tmp_path / "r"),
+        steps=2,
+        resolution=RES,
+        lr=1e-1,
     )
+    result = P.train_personalization(opts, device=torch.device("cpu"), cache=tmp_path / "c")
+    _, params, optimizer = saved_state(tmp_path / "r")
+    assert list(params) == ["rows"] and params["rows"].shape == (2, 32)
+    moments = [t for st in optimizer["state"].values() for t in st.values() if isinstance(t, torch.Tensor)]
+    assert sum(t.numel() for t in moments if t.ndim) == 2 * 2 * 32  # exp_avg and exp_avg_sq of 2 rows
+    original = load(model)
+    dog = original.tokenizer.encode("dog", add_special_tokens=False)[0]
+    assert not torch.equal(result.rows[0], original.text_encoder.get_input_embeddings().weight[dog])
+    assert torch.equal(params["rows"], result.rows)
 
 
 @pytest.mark.parametrize("method", ["textual-inversion", "custom-diffusion"])
@@ -198,7 +206,7 @@ def test_a_signal_mid_step_resumes_bit_exactly(sd, tmp_path, monkeypatch, method
     from diffusers import UNet2DConditionModel
 
     from hw2cli.tasks import personalize as P
-    from hw2cli.tasks.training import TrainingInterrupted, load_state
+    from hw2cli.tasks.training import TrainingInterrupted
 
     model, refs = sd
 
@@ -222,10 +230,9 @@ def test_a_signal_mid_step_resumes_bit_exactly(sd, tmp_path, monkeypatch, method
     with pytest.raises(TrainingInterrupted, match="stopped by SIGTERM after step 3"):
         run(tmp_path / "b")
     monkeypatch.setattr(UNet2DConditionModel, "forward", forward)
-    assert load_state(tmp_path / "b" / "train_state.pt")["step"] == 3
+    assert saved_step(tmp_path / "b") == 3
     run(tmp_path / "b", resume=True)
-    a, b = load_state(tmp_path / "a" / "train_state.pt"), load_state(tmp_path / "b" / "train_state.pt")
-    assert bit_equal(a, b)
+    assert bit_equal(saved_state(tmp_path / "a"), saved_state(tmp_path / "b"))
 
 
 def test_custom_diffusion_changes_only_kv_and_the_new_rows(run_cli, sd, tmp_path, isolated_cache):
@@ -267,7 +274,7 @@ def test_resume_and_run_folder_errors(run_cli, sd, tmp_path, isolated_cache):
     assert r.code == 2 and "already holds a training run" in r.err
     r = run_cli(*train_args(model, refs, out), "--resume", "--steps", "4")
     assert r.code == 0, r.err
-    assert torch.load(out / "train_state.pt", weights_only=True)["step"] == 4
+    assert saved_step(out) == 4
 
 
 @pytest.mark.parametrize(
@@ -435,7 +442,8 @@ def test_eval_equals_a_hand_computation(run_cli, generated, sd, tmp_path, isolat
     out, input_json = generated
     _, refs = sd
     clip_dir = tiny_clip_folder(tmp_path / "clip")
-    r = run_cli("personalize", "eval", out, "--json", input_json, "--refs", refs, "--clip-model", clip_dir, "--as-json")
+    r = run_cli("personalize", "eval", out, "--json", input_json, "--refs", refs, "--clip-model", clip_dir, "--as-json",
+                "--preprocess", "model")  # fmt: skip
     assert r.code == 0, r.err
     report = {(row["key"], row["prompt_index"]): row for row in json.loads(r.out)}
     clip = load_clip(str(clip_dir), None, "transformers", torch.device("cpu"), tmp_path / "c")
@@ -474,7 +482,7 @@ def test_sd_config_folder_is_complete_offline(tmp_path):
     from diffusers import UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTokenizer
 
-    from hw2cli.models.sd import sd_config_dir
+    from hw2cli.pretrained.sd import sd_config_dir
 
     folder = sd_config_dir(tmp_path)
     assert sd_config_dir(tmp_path) == folder  # built once
@@ -567,3 +575,137 @@ def test_an_interrupted_graded_generation_resumes_to_identical_bytes(sd, trained
     assert a == b and len(a) == 50
     for rel in a:
         assert (tmp_path / "a" / rel).read_bytes() == (tmp_path / "b" / rel).read_bytes()
+
+
+MEAN64 = np.array([0.48145466, 0.4578275, 0.40821073], dtype=np.float64)
+STD64 = np.array([0.26862954, 0.26130258, 0.27577711], dtype=np.float64)
+
+
+def grader_pixels_float64(image, size=224):
+    """The homework grader's preprocessing (transformers 4.19.2 CLIPFeatureExtractor), re-stated
+    from HW2_SPEC.md in float64 numpy: an independent reference for hw2's version."""
+    image = image.convert("RGB")
+    w, h = image.size
+    if min(w, h) != size:
+        if w <= h:
+            image = image.resize((size, int(size * h / w)), Image.BICUBIC)
+        else:
+            image = image.resize((int(size * w / h), size), Image.BICUBIC)
+    w, h = image.size
+    top, left = int((h - size + 1) * 0.5), int((w - size + 1) * 0.5)
+    pixels = np.asarray(image, dtype=np.float64)[top : top + size, left : left + size] / 255.0
+    return ((pixels - MEAN64) / STD64).transpose(2, 0, 1)
+
+
+@pytest.mark.parametrize(
+    ("size", "mode", "fmt"),
+    [((256, 256), "RGB", "PNG"), ((301, 225), "RGB", "JPEG"), ((225, 301), "RGBA", "PNG"), ((500, 333), "L", "PNG"),
+     ((224, 399), "RGB", "PNG"), ((223, 223), "RGB", "JPEG"), ((640, 427), "P", "PNG"), ((1000, 225), "RGB", "PNG")],
+)  # fmt: skip
+def test_homework_preprocessing_equals_the_graders_arithmetic(tmp_path, size, mode, fmt):
+    from hw2cli.tasks.personalize import homework_clip_preprocess
+
+    rng = np.random.default_rng(sum(size))
+    pixels = rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    image = Image.fromarray(pixels).convert(mode)
+    path = tmp_path / f"x.{fmt.lower()}"
+    image.save(path, format=fmt)
+    with Image.open(path) as im:
+        ours = homework_clip_preprocess(im).double().numpy()
+        reference = grader_pixels_float64(im)
+    assert ours.shape == (3, 224, 224)
+    assert np.abs(ours - reference).max() < 1e-5
+
+
+def test_homework_preprocessing_differs_from_transformers_5_where_the_crop_is_odd():
+    from transformers import CLIPImageProcessor
+
+    from hw2cli.tasks.personalize import homework_clip_preprocess
+
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (225, 301, 3), dtype=np.uint8))
+    new = CLIPImageProcessor(size={"shortest_edge": 224}, crop_size={"height": 224, "width": 224})
+    theirs = new(images=image, return_tensors="pt")["pixel_values"][0].numpy()
+    ours = homework_clip_preprocess(image).numpy()
+    assert np.abs(ours - grader_pixels_float64(image)).max() < 1e-5
+    assert np.abs(theirs - ours).max() > 1e-2  # the reason the default is the homework's arithmetic
+
+
+def test_eval_with_the_homework_preprocessing_equals_a_hand_computation(run_cli, generated, sd, tmp_path,
+                                                                        isolated_cache):
+    from hw2cli.models.clip import load_clip
+
+    out, input_json = generated
+    _, refs = sd
+    (refs / "0" / "notes.txt").write_text("not an image")
+    try:
+        clip_dir = tiny_clip_folder(tmp_path / "clip")
+        r = run_cli("personalize", "eval", out, "--json", input_json, "--refs", refs, "--clip-model", clip_dir,
+                    "--as-json")  # fmt: skip
+    finally:
+        (refs / "0" / "notes.txt").unlink()
+    assert r.code == 0, r.err
+    assert "skipped 1 non-image file(s) (notes.txt)" in r.err
+    report = {(row["key"], row["prompt_index"]): row for row in json.loads(r.out)}
+    clip = load_clip(str(clip_dir), None, "transformers", torch.device("cpu"), tmp_path / "c")
+
+    def features(paths):
+        x = np.stack([grader_pixels_float64(Image.open(p), clip.image_size) for p in paths])
+        return clip.encode_images(torch.from_numpy(x).float()).double().numpy()
+
+    for key, entry in json.loads(input_json.read_text()).items():
+        ref = features(sorted(p for p in (refs / key).iterdir() if p.suffix == ".png"))
+        for idx, text in enumerate(entry["prompt_4_clip_eval"]):
+            feats = features(sorted((out / key / str(idx)).iterdir()))
+            t = clip.encode_texts([text]).double().numpy()[0]
+            image_scores = (100 * feats @ ref.T).mean(axis=1)
+            text_scores = clip.logit_scale * feats @ t
+            order = np.argsort(-(image_scores + 2.5 * text_scores), kind="stable")[:5]
+            assert report[(key, idx)]["image_score"] == pytest.approx(image_scores[order].mean(), abs=1e-4)
+            assert report[(key, idx)]["text_score"] == pytest.approx(text_scores[order].mean(), abs=1e-4)
+
+
+WORKER = """
+import os, sys, torch
+from hw2cli.tasks.personalize import PersonalizeOptions, train_personalization
+model, refs, out, dump, cache = sys.argv[1:6]
+opts = PersonalizeOptions(model=model, concepts=[f"<new1>={refs}/0:dog", f"<new2>={refs}/1:painting"], out=out,
+                          steps=4, resolution=32, checkpoint_every=2, batch=1, lr=0.05)
+r = train_personalization(opts, device=torch.device("cpu"), cache=__import__("pathlib").Path(cache))
+torch.save({"rows": r.rows, "seen": r.seen}, f"{dump}/rank{os.environ.get('RANK', 'single')}.pt")
+"""
+
+
+def test_two_gloo_processes_see_different_images_and_end_identical(sd, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    model, refs = sd
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HW2_")} | {"OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29541"]
+    proc = subprocess.run([*cmd, str(script), str(model), str(refs), str(tmp_path / "run"), str(tmp_path),
+                           str(tmp_path / "cache")], env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    assert torch.equal(rank0["rows"], rank1["rows"])  # one model, trained on both shards
+    assert len(rank0["seen"]) == len(rank1["seen"]) == 4
+    assert all(a != b for a, b in zip(rank0["seen"], rank1["seen"], strict=True))  # a shard each, per step
+    state, params, _ = saved_state(tmp_path / "run")
+    assert state["step"] == 4 and len(state["rng"]) == 2  # each process's own random state
+    assert torch.equal(params["rows"], rank0["rows"])
+
+
+def test_a_prompt_without_new_tokens_needs_no_embeddings_and_one_positional_is_the_folder(run_cli, sd, tmp_path,
+                                                                                        isolated_cache):
+    model, _ = sd
+    out = tmp_path / "dogs"
+    r = run_cli("personalize", "generate", "--prompt", "A photo of a dog.", out, "--model", model, "--steps", "1",
+                "--resolution", RES, "-n", "1")  # fmt: skip
+    assert r.code == 0, r.err
+    assert [p.name for p in out.iterdir()] == ["A_photo_of_a_dog_0.png"]
+    assert not (tmp_path / "outputs").exists() and not __import__("pathlib").Path("outputs").exists()
+    r = run_cli("personalize", "generate", "--prompt", "A <new1> on a bench.", tmp_path / "x", "--model", model,
+                "--steps", "1", "--resolution", RES)  # fmt: skip
+    assert r.code == 1 and "the prompts use <new1>" in r.err  # a new token still needs its embedding

@@ -30,13 +30,15 @@ def _check_resolution(value: int | None) -> None:
 
 def _pipeline(model: Path | str, dtype_name: str | None = None):
     from hw2cli import runtime, settings
-    from hw2cli.models.sd import load_pipeline
+    from hw2cli.pretrained.sd import load_pipeline
 
     device, dtype = runtime.setup()
     if device.type == "cpu":
         dtype = __import__("torch").float32  # half precision on CPU is slow and lossy
     current = settings.get()
-    return load_pipeline(model, device=device, dtype=dtype, cache=current.weights_dir, offline=current.offline)
+    return load_pipeline(
+        model, device=device, dtype=dtype, cache=current.weights_dir, offline=current.offline, note=ui.info
+    )
 
 
 @app.command()
@@ -95,6 +97,7 @@ def train(
             cache=current.weights_dir,
             offline=current.offline,
             resume=resume,
+            note=ui.info,
             on_start=lambda first, total: bar.reset(total, first),
             on_step=lambda step, metrics: bar.update(1, **metrics),
         )
@@ -207,17 +210,30 @@ def eval_command(
     input_json: Path = typer.Option(..., "--json", help="The input.json with prompt_4_clip_eval and baselines."),
     refs: Path = typer.Option(..., "--refs", help="Reference images: hw2_data/textual_inversion (one folder per key)."),
     clip_model: str = typer.Option("openai/clip-vit-base-patch32", help="The grader's CLIP (Hub id or local folder)."),
+    preprocess: Literal["homework", "model"] = typer.Option(
+        "homework",
+        help="homework: the TA's grader's image preprocessing (transformers 4.19.2's CLIP arithmetic); "
+        "model: the loaded CLIP's own processor.",
+    ),
     as_json: bool = typer.Option(False, "--as-json", help="Machine-readable output."),
 ) -> None:
-    """The P3 grader: image and text CLIP scores of the best 5 of 25, pass/fail per prompt."""
+    """The P3 grader: image and text CLIP scores of the best 5 of 25, pass/fail per prompt.
+
+    Images are preprocessed as the homework's grader does (transformers 4.19.2: bicubic resize
+    of the short side to 224 with the long side truncated, centre crop at int((side-224+1)/2)),
+    which moves scores by up to 0.01 per image against transformers 5's processor. Files in a
+    reference folder that are not images (.png, .jpg, .jpeg, .webp, .bmp) are skipped with a
+    warning; the TA's grader would try to open them and fail."""
     from hw2cli import runtime, settings
     from hw2cli.models.clip import load_clip
     from hw2cli.tasks.personalize import grade, grading_plan, read_input_json
 
-    grading_plan(out, read_input_json(input_json, need_eval=True), refs)  # every folder checked first
+    jobs = grading_plan(out, read_input_json(input_json, need_eval=True), refs)  # every folder checked first
+    for folder, ignored in {j.references[0].parent: j.ignored for j in jobs if j.ignored}.items():
+        ui.warn(f"{folder}: skipped {len(ignored)} non-image file(s) ({', '.join(p.name for p in ignored[:3])}).")
     device, _ = runtime.setup()
     clip = load_clip(clip_model, None, "transformers", device, settings.get().weights_dir)
-    scores = grade(out, input_json, refs, clip)
+    scores = grade(out, input_json, refs, clip, preprocess=preprocess)
     if as_json:
         ui.print_json(
             [

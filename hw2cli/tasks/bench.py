@@ -261,7 +261,7 @@ def _bench_model(model: str, device: torch.device, batch: int, checkpoint: str |
     if model == "sd":
         from diffusers import UNet2DConditionModel
 
-        from hw2cli.models.sd import shipped_config_dir
+        from hw2cli.pretrained.sd import shipped_config_dir
 
         unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(shipped_config_dir() / "unet"))
         unet = unet.to(device).eval()
