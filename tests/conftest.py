@@ -41,6 +41,16 @@ def isolated(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("COLUMNS", "200")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("cache")))
     monkeypatch.chdir(tmp_path_factory.mktemp("cwd"))
+    # what an offline run switches on for its process must not leak into the next test
+    for key in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_ENDPOINT"):
+        monkeypatch.setenv(key, "")  # records the original (usually unset), restored after the test
+        monkeypatch.delenv(key)
+    import huggingface_hub.constants as hub_constants
+
+    from hw2cli.pretrained import hub
+
+    monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", False)
+    hub._reachable.cache_clear()
     registry.reset()
     from hw2cli.app import PluginGroup
 

@@ -40,7 +40,8 @@ def _check(path: Path, size: int | None, sha256: str | None, md5: str | None, ur
     for algorithm, expected in (("sha256", sha256), ("md5", md5)):
         if expected is not None and file_digest(path, algorithm) != expected.lower():
             raise RunError(
-                f"{path} (from {url}) does not match its {algorithm.upper()} checksum; delete it and try again."
+                f"{path} (from {url}) does not match its {'SHA-256' if algorithm == 'sha256' else 'MD5'} checksum; "
+                "delete it and try again."
             )
 
 

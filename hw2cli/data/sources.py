@@ -240,7 +240,7 @@ def _builtin_photos() -> Photos:
 
 def _bsds500(cache: Path, offline: bool, on_progress: Progress | None) -> Photos:
     folder = cache / "BSDS500" / "train"
-    if not (folder.is_dir() and len(list(folder.glob("*.jpg"))) >= 200):
+    if not (folder / ".complete").is_file():
         archive = fetch(
             BSDS500_URL, cache / "BSR_bsds500.tgz", offline=offline, on_progress=on_progress, what="the BSDS500 archive"
         )
@@ -260,6 +260,7 @@ def _bsds500(cache: Path, offline: bool, on_progress: Progress | None) -> Photos
         if not any(staging.iterdir()):
             shutil.rmtree(staging, ignore_errors=True)
             raise RunError(f"{archive} holds no {BSDS500_TRAIN}*.jpg; it is not the BSDS500 archive.")
+        (staging / ".complete").write_text("extracted from BSR_bsds500.tgz\n")
         shutil.rmtree(folder, ignore_errors=True)
         os.replace(staging, folder)
         archive.unlink()
@@ -269,7 +270,11 @@ def _bsds500(cache: Path, offline: bool, on_progress: Progress | None) -> Photos
 
 
 def _folder_photos(folder: Path) -> Photos:
-    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    files = sorted(
+        p
+        for p in folder.rglob("*")
+        if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
+    )
     if not files:
         raise UsageError(f"the backgrounds folder {folder} holds no images ({', '.join(IMAGE_SUFFIXES)}).")
     images = [_read_photo(p) for p in files]

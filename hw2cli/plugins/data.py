@@ -290,3 +290,49 @@ def _choice(option: str, value: str, allowed: tuple[str, ...]) -> None:
 def _output_folder(out: Path) -> None:
     if out.exists() and not out.is_dir():
         raise UsageError(f"the output folder {out} is an existing file; give a folder.")
+
+
+@app.command("fetch")
+def fetch(
+    dest: Path = typer.Argument(Path("."), help="Where hw2_data.zip is saved and hw2_data/ is unpacked."),
+    url: str = typer.Option(None, "--url", help="A mirror of hw2_data.zip (http/https) instead of Google Drive."),
+    sha256: str = typer.Option(None, "--sha256", help="Check the archive against this SHA-256."),
+) -> None:
+    """The homework's data archive: download (resumable), verify, unpack, check every part.
+
+    Fetches [bold]hw2_data.zip[/] from the course's Google Drive file with gdown, as the course's
+    script does (or from [bold]--url[/]); an interrupted download continues where it stopped.
+    Every member's CRC is tested, the archive is unpacked into a staging folder and renamed to
+    [bold]DEST/hw2_data[/], and each part is opened the way the commands read it.
+
+    [bold]Examples:[/]
+
+      hw2 data fetch
+
+      hw2 data fetch ~/data --url https://example.org/mirror/hw2_data.zip
+    """
+    from hw2cli.data.homework import check_homework, fetch_homework
+    from hw2cli.io.atomic import check_output_folder
+
+    check_output_folder(dest, "destination folder")
+    if sha256 is not None and (len(sha256) != 64 or any(c not in "0123456789abcdefABCDEF" for c in sha256)):
+        raise UsageError(f"--sha256 {sha256!r} is not a SHA-256 (64 hexadecimal digits).")
+    _, offline = _data_cache()
+    with ui.progress("download", None) as bar, ui.progress("unpack", None) as unpack:
+
+        def extracted(done: int, total: int) -> None:
+            if unpack.total != total:
+                unpack.reset(total, 0)
+            unpack.update(done - unpack.done)
+
+        root = fetch_homework(dest, url=url, sha256=sha256, offline=offline, on_progress=_download_bar(bar),
+                              on_extract=extracted)  # fmt: skip
+    checks = check_homework(root)
+    ui.print_table(["part", "status", "detail"], [[c.part, "ok" if c.ok else "PROBLEM", c.detail] for c in checks],
+                   title=f"{root}")  # fmt: skip
+    bad = [c for c in checks if not c.ok]
+    if bad:
+        from hw2cli.errors import RunError
+
+        raise RunError(f"{root} is unpacked, but {bad[0].part} is not usable: {bad[0].detail}")
+    ui.result(f"ready: {root}")

@@ -286,12 +286,35 @@ def eval_command(
     out: Path = typer.Argument(..., help="The generated folder holding mnistm/ and svhn/."),
     mnistm_checkpoint: Path = typer.Option(None, help="MNIST-M classifier (official Classifier.pth loads)."),
     svhn_checkpoint: Path = typer.Option(None, help="SVHN classifier: a local ResNet-34 (timm) state dict."),
+    svhn_classifier: Literal["embedded", "detectors"] = typer.Option(
+        "embedded",
+        help="Without --svhn-checkpoint: the embedded LeNet, or detectors: the homework's own grader "
+        "(timm resnet34_svhn, weights downloaded once from the Hub).",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
-    """Grade a generated folder as the P1 grader does: per data set accuracy and their mean."""
-    from hw2cli import runtime
-    from hw2cli.tasks.classify import evaluate_generated
+    """Grade a generated folder as the P1 grader does: per data set accuracy and their mean.
 
+    Examples:
+      hw2 ddpm eval out/p1
+      hw2 ddpm eval out/p1 --mnistm-checkpoint Classifier.pth --svhn-classifier detectors
+    """
+    from hw2cli import runtime, settings
+    from hw2cli.errors import UsageError
+    from hw2cli.tasks.classify import evaluate_generated, official_svhn_checkpoint
+
+    if svhn_classifier == "detectors":
+        if svhn_checkpoint is not None:
+            raise UsageError("give --svhn-checkpoint or --svhn-classifier detectors, not both.")
+        current = settings.get()
+        with ui.progress("SVHN grader", None) as bar:
+
+            def report(done: int, total: int | None) -> None:
+                if total is not None and bar.total != total:
+                    bar.reset(total, done)
+                bar.update(done - bar.done)
+
+            svhn_checkpoint = official_svhn_checkpoint(Path(current.weights_dir), current.offline, report)
     device, _ = runtime.setup()
     result = evaluate_generated(out, device, {"mnistm": mnistm_checkpoint, "svhn": svhn_checkpoint})
     scores = result["scores"]

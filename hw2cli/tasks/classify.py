@@ -32,6 +32,31 @@ def default_classifier_path(dataset: str) -> Path:
     return Path(str(resources.files("hw2cli.assets").joinpath(f"classifier_{dataset}.safetensors")))
 
 
+# The homework's SVHN grader: timm's ResNet-34 with a CIFAR stem, the `resnet34_svhn` of the
+# `detectors` package, whose weights live on the Hub (the URL `detectors` itself downloads).
+OFFICIAL_SVHN = ("edadaltocg/resnet34_svhn", "pytorch_model.bin")
+
+
+def official_svhn_checkpoint(cache: Path, offline: bool = False, on_progress: Any = None) -> Path:
+    """The official SVHN grader's weights, downloaded once into ``cache`` (read later with
+    ``weights_only=True``; ``detectors`` itself would load them with ``weights_only=False``)."""
+    from hw2cli.data.download import fetch
+    from hw2cli.pretrained.hub import endpoint, ensure_offline_if_unreachable, unreachable_hint
+
+    repo, name = OFFICIAL_SVHN
+    target = cache / "graders" / repo.replace("/", "--") / name
+    if target.is_file():
+        return target
+    if offline or ensure_offline_if_unreachable(offline):
+        reason = "offline mode is on" if offline else unreachable_hint()
+        raise RunError(
+            f"the official SVHN grader ({repo}) is not in the cache and {reason}; pass --svhn-checkpoint PATH to a "
+            "local ResNet-34 state dict instead."
+        )
+    return fetch(f"{endpoint()}/{repo}/resolve/main/{name}", target, on_progress=on_progress,
+                 what=f"the SVHN grader {repo}")  # fmt: skip
+
+
 def load_classifier(path: str | Path | None, dataset: str, arch: str | None = None) -> tuple[torch.nn.Module, str]:
     """A classifier from a file (ours: safetensors with metadata; official: ``{"state_dict": ...}``
     ``.pth``), or the embedded default for ``dataset``. Returns ``(model, description)``."""

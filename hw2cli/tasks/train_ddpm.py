@@ -341,10 +341,10 @@ def _saved_step(path: Path) -> int | None:
 
 @torch.no_grad()
 def _sample_grid(ema: torch.nn.Module, schedule: NoiseSchedule, null: int, device: torch.device, path: Path) -> None:
-    """One sample per condition (rows: data sets, columns: digits), DPM-Solver++ 20 steps, w = 2."""
+    """One sample per condition (rows: data sets, columns: digits), DPM-Solver++ 20 steps, w = 2, x0 clipped."""
     gen = torch.Generator().manual_seed(1234)
     cond = torch.arange(20, device=device)
     x = torch.randn((20, 3, 28, 28), generator=gen).to(device)
     eps = classifier_free_guidance(ema, 2.0, torch.tensor([null], device=device))
-    images = sample_dpm(eps, x, schedule, 20, cond=cond)
+    images = sample_dpm(eps, x, schedule, 20, cond=cond, clip_x0=True)  # as `hw2 ddpm sample` does by default
     save_grid(to_uint8(images), path, nrow=10)
