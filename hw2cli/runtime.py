@@ -94,7 +94,15 @@ def environment_report() -> dict[str, Any]:
     ok, reason = hw2kernels.triton_status()
     report["kernels setting"] = current.kernels
     report["triton kernels"] = "can run" if ok else f"cannot run ({reason})"
-    report["kernel backend in use"] = hw2kernels.resolve_backend(None, device_type=report["device"].split(":")[0])
+    device_type = report["device"].split(":")[0]
+    report["kernel backend in use"] = hw2kernels.resolve_backend(current.kernels, device_type=device_type)
+    if current.kernels == "auto" and device_type == "cuda" and ok:
+        for v in hw2kernels.self_check(report["device"]):  # the first-call check, made now for each op
+            key = f"auto: {v['op']} {v['dtype']} ({v['shape_class']})"
+            report[key] = v["path"] + (f" ({v['reason']})" if v["reason"] else "")
+    else:
+        for op in ("group_norm", "attention"):
+            report[f"auto: {op}"] = "PyTorch reference" + ("" if device_type == "cuda" else " (no CUDA device)")
     return report
 
 
@@ -109,6 +117,12 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def _kernel_warning(message: str) -> None:
+    from hw2cli import ui
+
+    ui.warn(message)
+
+
 def setup(device: str | None = None) -> tuple[torch.device, torch.dtype]:
     """What every torch-using command does first: pick the device and dtype from the settings and
     point ``hw2kernels`` at the configured backend."""
@@ -118,6 +132,7 @@ def setup(device: str | None = None) -> tuple[torch.device, torch.dtype]:
 
     current = settings.get()
     hw2kernels.set_default_backend(current.kernels)
+    hw2kernels.set_warning_handler(_kernel_warning)
     if current.kernels == "triton":
         ok, reason = hw2kernels.triton_status()
         if not ok:

@@ -184,6 +184,7 @@ def generate(
         "--resume/--no-resume",
         help="Keep the images a previous run with the same settings finished (an interrupted run continues).",
     ),
+    cuda_graph: bool = typer.Option(False, "--cuda-graph", help="CUDA: replay each step from one CUDA graph."),
 ) -> None:
     """The graded hw2_1.sh contract: OUT/mnistm and OUT/svhn with 0_001.png … 9_050.png each.
 
@@ -200,6 +201,10 @@ def generate(
 
     check_output_folder(out)
     model, dtype = _model(checkpoint, data_range, cond_layout)
+    if cuda_graph and model.device.type != "cuda":
+        from hw2cli.errors import RunError
+
+        raise RunError("--cuda-graph needs a CUDA device; drop it on this machine.")
     with ui.progress("generate", 2 * 10 * per_digit) as bar:
         written = generate_graded(
             model,
@@ -212,6 +217,7 @@ def generate(
             batch=batch,
             dtype=dtype,
             clip_x0=clip_x0,
+            cuda_graph=cuda_graph,
             resume=resume,
             state_dir=settings.get().weights_dir,
             on_batch=bar.update,

@@ -112,12 +112,14 @@ def iter_samples(
     batch: int | None = None,
     dtype: torch.dtype = torch.float32,
     clip_x0: bool = True,
+    cuda_graph: bool = False,
     skip: Callable[[int, int], bool] | None = None,
     on_batch: Callable[[int], None] | None = None,
     callback: Callable[[dict[str, Any]], None] | None = None,
 ) -> Iterator[tuple[int, torch.Tensor]]:
     """Yield ``(start, uint8 images)`` batch by batch; ``skip(start, stop)`` true leaves a batch out
-    (it is then not sampled at all, and the others are unchanged)."""
+    (it is then not sampled at all, and the others are unchanged). ``cuda_graph`` replays each
+    guided network evaluation from one CUDA graph."""
     if sampler not in DEFAULT_STEPS:
         raise UsageError(f"the sampler {sampler!r} is not known; expected ddpm, ddim or dpm.")
     if len(digits) != len(datasets):
@@ -139,6 +141,10 @@ def iter_samples(
     device = model.device
     null = torch.tensor([model.null_condition], device=device)
     eps_model = classifier_free_guidance(autocast_eps(model.net, device, dtype), guidance, null)
+    if cuda_graph:
+        from hw2cli.models.cuda_graph import GraphedEps
+
+        eps_model = GraphedEps(eps_model)
     lo, hi = model.config.data_range
     shape = (3, 28, 28)
     x_all = torch.randn((len(digits), *shape), generator=torch.Generator().manual_seed(seed))
@@ -180,6 +186,7 @@ def generate_graded(
     batch: int | None = None,
     dtype: torch.dtype = torch.float32,
     clip_x0: bool = True,
+    cuda_graph: bool = False,
     resume: bool = True,
     state_dir: Path | None = None,
     on_batch: Callable[[int], None] | None = None,
@@ -241,6 +248,7 @@ def generate_graded(
                 batch=batch,
                 dtype=dtype,
                 clip_x0=clip_x0,
+                cuda_graph=cuda_graph,
                 skip=lambda a, b, paths=paths: all(p in done for p in paths[a:b]),
                 on_batch=on_batch,
             ):
