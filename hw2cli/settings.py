@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator
 from pydantic_settings import (
     BaseSettings,
     DotEnvSettingsSource,
@@ -55,15 +55,13 @@ def _default_cache() -> Path:
     return Path(base) / "hw2"
 
 
-class Settings(BaseSettings):
-    """Every setting ``hw2`` reads. Commands may override some per call (e.g. ``--seed``)."""
+class Settings(BaseModel):
+    """Every setting ``hw2`` reads. Commands may override some per call (e.g. ``--seed``).
 
-    model_config = SettingsConfigDict(
-        env_prefix=ENV_PREFIX,
-        extra="ignore",
-        pyproject_toml_table_header=("tool", "hw2"),
-        validate_default=True,
-    )
+    A plain model: :func:`load` reads each source once (through pydantic-settings' own sources)
+    and validates the merged values here, once."""
+
+    model_config = ConfigDict(extra="ignore", validate_default=True)
 
     device: str = "auto"
     """Where models run: ``auto`` picks CUDA when present, else CPU."""
@@ -94,19 +92,19 @@ class Settings(BaseSettings):
             raise ValueError("negative seed")
         return value
 
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return tuple(make() for _, make in _sources(settings_cls, init_settings, _config_file))
 
 
-_config_file: Path | None = None
+# pydantic-settings' sources read from a BaseSettings class: one with Settings' field names, every
+# value taken raw (``Any``), so the sources only find values and Settings alone validates them.
+_SourceFields = create_model(
+    "_SourceFields",
+    __base__=BaseSettings,
+    __config__=None,
+    **{name: (Any, None) for name in Settings.model_fields},
+)
+_SourceFields.model_config = SettingsConfigDict(
+    env_prefix=ENV_PREFIX, extra="ignore", pyproject_toml_table_header=("tool", "hw2")
+)
 
 
 def _sources(
@@ -154,15 +152,14 @@ def load(
 
     Raises :class:`UsageError` naming the variable (or option, or file key) of an invalid value.
     """
-    global _config_file
     cfg = Path(config_file) if config_file is not None else None
     if cfg is not None and not cfg.is_file():
         raise UsageError(f"--config {cfg}: no such file; pass a TOML file such as hw2.toml.")
     fields = set(Settings.model_fields)
-    init = InitSettingsSource(Settings, init_kwargs={k: v for k, v in (cli or {}).items() if v is not None})
+    init = InitSettingsSource(_SourceFields, init_kwargs={k: v for k, v in (cli or {}).items() if v is not None})
     merged: dict[str, Any] = {}
     origin = dict.fromkeys(fields, "default")
-    for label, make_source in reversed(_sources(Settings, init, cfg)):
+    for label, make_source in reversed(_sources(_SourceFields, init, cfg)):
         try:
             data = make_source()()
         except Exception as exc:  # a malformed TOML file
@@ -174,11 +171,10 @@ def load(
                     f"unknown setting {unknown[0]!r} in {label}; known settings: {', '.join(sorted(fields))}."
                 )
         for key, value in data.items():
-            if key in fields:
+            if key in fields and value is not None:
                 merged[key] = value
                 origin[key] = label
     try:
-        _config_file = cfg
         settings = Settings.model_validate(merged)
     except ValidationError as exc:
         first = exc.errors()[0]
@@ -188,8 +184,6 @@ def load(
         raise UsageError(
             f"{where} is {value!r}, which is not a valid {field}: expected {ALLOWED.get(field, 'a valid value')}."
         ) from exc
-    finally:
-        _config_file = None
     return settings, origin
 
 

@@ -128,31 +128,56 @@ def test_grid_and_trajectory_figures(run_cli, checkpoint, tmp_path):
     assert Image.open(tmp_path / "t.png").size[0] > Image.open(tmp_path / "t.png").size[1]
 
 
-def grader_accuracy(folder, model) -> float:
+def grader_predictions(folder, model) -> dict[str, int]:
     """The grader's own pipeline, with torchvision transforms, independent of hw2's loader."""
     from torchvision import transforms
 
     tf = transforms.Compose([transforms.Resize((28, 28)), transforms.ToTensor(), transforms.Normalize(0.5, 0.5)])
-    correct = total = 0
-    for path in sorted(folder.iterdir()):
-        x = tf(Image.open(path).convert("RGB"))[None]
-        correct += int(model(x).argmax(1).item() == int(path.name[0]))
-        total += 1
-    return correct / total
+    return {path.name: int(model(tf(Image.open(path).convert("RGB"))[None]).argmax(1).item())
+            for path in sorted(folder.iterdir())}  # fmt: skip
+
+
+def grader_accuracy(predictions: dict[str, int]) -> float:
+    return sum(p == int(name[0]) for name, p in predictions.items()) / len(predictions)
+
+
+def input_dependent_lenet() -> LeNet:
+    """A LeNet whose answer depends on its input (a freshly initialised one answers one class for
+    every image, which would let a wrong preprocessing pass unnoticed)."""
+    torch.manual_seed(5)
+    lenet = LeNet().eval()
+    with torch.no_grad():
+        for p in lenet.parameters():
+            p.mul_(6.0)
+    return lenet
 
 
 def test_eval_matches_the_grader_pipeline(run_cli, checkpoint, tmp_path):
-    out = tmp_path / "gen"
-    assert run_cli("ddpm", "generate", out, "--checkpoint", checkpoint, "--steps", "1", "--per-digit", "3").code == 0
-    torch.manual_seed(5)
-    lenet = LeNet().eval()
+    out = tmp_path / "gen"  # images of very different colours and contrasts, named as the graded ones
+    rng = np.random.default_rng(0)
+    for d in ("mnistm", "svhn"):
+        (out / d).mkdir(parents=True)
+        for digit in range(10):
+            for i in range(1, 4):
+                base = rng.integers(0, 256, 3)
+                pixels = np.clip(base + rng.normal(0, rng.uniform(5, 90), (28, 28, 3)), 0, 255).astype(np.uint8)
+                Image.fromarray(pixels).save(out / d / f"{digit}_{i:03d}.png")
+    lenet = input_dependent_lenet()
     torch.save({"state_dict": lenet.state_dict()}, tmp_path / "Classifier.pth")  # the official format
     args = ["--mnistm-checkpoint", tmp_path / "Classifier.pth", "--svhn-checkpoint", tmp_path / "Classifier.pth"]
     r = run_cli("ddpm", "eval", out, *args, "--json")
     assert r.code == 0, r.err
     report = json.loads(r.out)
     with torch.no_grad():
-        expected = {d: grader_accuracy(out / d, lenet) for d in ("mnistm", "svhn")}
+        predictions = {d: grader_predictions(out / d, lenet) for d in ("mnistm", "svhn")}
+    assert all(len(set(p.values())) >= 4 for p in predictions.values())  # the answers depend on the pixels
+    expected = {d: grader_accuracy(p) for d, p in predictions.items()}
+    for d in ("mnistm", "svhn"):
+        per_digit = {str(k): v for k, v in report[d]["per_digit"].items()}
+        for digit in range(10):
+            names = [n for n in predictions[d] if n[0] == str(digit)]
+            want = sum(predictions[d][n] == digit for n in names) / len(names)
+            assert per_digit[str(digit)] == pytest.approx(want)
     assert report["mnistm"]["accuracy"] == pytest.approx(expected["mnistm"])
     assert report["svhn"]["accuracy"] == pytest.approx(expected["svhn"])
     assert report["mean_accuracy"] == pytest.approx((expected["mnistm"] + expected["svhn"]) / 2)

@@ -124,3 +124,27 @@ def test_offline_sets_hub_variables(monkeypatch):
 def test_cache_default_follows_xdg_cache_home_at_run_time(monkeypatch, tmp_path):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     assert settings.load()[0].weights_dir == tmp_path / "xdg" / "hw2"
+
+
+def test_every_source_is_read_once_and_validated_once(monkeypatch, tmp_path):
+    import hw2cli.settings as S
+
+    (tmp_path / "hw2.toml").write_text('seed = 3\n')
+    monkeypatch.chdir(tmp_path)
+    calls = {"toml": 0, "env": 0}
+    real_toml, real_env = S.TomlConfigSettingsSource.__call__, S.EnvSettingsSource.__call__
+
+    def toml(self):  # (the pyproject source is a subclass: count the hw2.toml one)
+        calls["toml"] += type(self) is S.TomlConfigSettingsSource
+        return real_toml(self)
+
+    def env(self):  # (the .env source is a subclass: count the environment one)
+        calls["env"] += type(self) is S.EnvSettingsSource
+        return real_env(self)
+
+    monkeypatch.setattr(S.TomlConfigSettingsSource, "__call__", toml)
+    monkeypatch.setattr(S.EnvSettingsSource, "__call__", env)
+    monkeypatch.setenv("HW2_DTYPE", "bf16")
+    settings, origin = S.load()
+    assert (settings.seed, settings.dtype) == (3, "bf16") and origin["seed"] == "hw2.toml"
+    assert calls == {"toml": 1, "env": 1}
