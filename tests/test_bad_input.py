@@ -16,7 +16,8 @@ import pytest
 import torch
 
 from hw2cli.data.synth import synthesize
-from hw2cli.io.checkpoints import DiffusionConfig, build_network, save_checkpoint
+from hw2cli.diffusion.wrappers import build_network
+from hw2cli.io.checkpoints import DiffusionConfig, save_checkpoint
 
 TINY = {"base_channels": 8, "head_dim": 8, "groups": 4, "channel_mult": [1, 2], "attention_levels": [1]}
 

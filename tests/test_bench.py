@@ -7,7 +7,8 @@ import json
 import pytest
 import torch
 
-from hw2cli.io.checkpoints import DiffusionConfig, build_network, save_checkpoint
+from hw2cli.diffusion.wrappers import build_network
+from hw2cli.io.checkpoints import DiffusionConfig, save_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -56,8 +57,8 @@ def test_bench_bad_input(run_cli, tmp_path, args, message):
 
 
 def test_cuda_graph_needs_cuda(run_cli, tmp_path):
+    from hw2cli.diffusion.wrappers import GraphedEps
     from hw2cli.errors import RunError
-    from hw2cli.models.cuda_graph import GraphedEps
 
     if torch.cuda.is_available():
         pytest.skip("this check is about machines without CUDA")

@@ -7,8 +7,9 @@ import json
 import pytest
 import torch
 
+from hw2cli.diffusion.wrappers import build_network
 from hw2cli.errors import UsageError
-from hw2cli.io.checkpoints import DiffusionConfig, build_network, load_checkpoint, save_checkpoint
+from hw2cli.io.checkpoints import DiffusionConfig, load_checkpoint, save_checkpoint
 from hw2cli.models import ContextUnet
 
 SMALL = {"base_channels": 8, "head_dim": 8, "groups": 4, "channel_mult": [1, 2], "attention_levels": [1]}

@@ -140,7 +140,8 @@ def test_auto_checks_each_class_once_and_agrees_on_this_gpu():
 
 
 def _digit():
-    from hw2cli.io.checkpoints import DiffusionConfig, build_network
+    from hw2cli.diffusion.wrappers import build_network
+    from hw2cli.io.checkpoints import DiffusionConfig
 
     torch.manual_seed(0)
     net = build_network(DiffusionConfig()).cuda().eval()
@@ -185,7 +186,7 @@ MODEL_TOL = {"fp32": (2e-3, 2e-3), "bf16": (8e-2, 8e-2)}
 def test_models_are_equal_through_eager_triton_and_a_cuda_graph(model, dtype):
     import hw2kernels
 
-    from hw2cli.models.cuda_graph import GraphedEps
+    from hw2cli.diffusion.wrappers import GraphedEps
 
     fn, (x, t, c) = MODELS[model]()
     results = {}

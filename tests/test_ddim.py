@@ -10,7 +10,8 @@ import torch
 from PIL import Image
 
 from hw2cli.diffusion import NoiseSchedule, make_timesteps, sample_ddim
-from hw2cli.io.checkpoints import DiffusionConfig, build_network, save_checkpoint
+from hw2cli.diffusion.wrappers import build_network
+from hw2cli.io.checkpoints import DiffusionConfig, save_checkpoint
 from hw2cli.models import FaceUNet
 from hw2cli.plugins.ddim import _parse_alphas as parse_alphas
 from hw2cli.tasks.ddim import DDIMOptions, EpsSource, lerp, run_ddim, slerp

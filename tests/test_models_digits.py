@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from hw2cli.models import ContextUnet, ContextUnetEps, DigitUNet, DigitUNetConfig
+from hw2cli.diffusion.wrappers import ContextUnetEps
+from hw2cli.models import ContextUnet, DigitUNet, DigitUNetConfig
 
 
 # The public TeaPearce network's parameter keys for n_feat=F, n_classes=K, in_channels=C, written out

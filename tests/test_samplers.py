@@ -243,7 +243,7 @@ def test_dpm_with_clipping_keeps_a_far_data_mean_in_range():
 
 
 def test_autocast_eps_returns_fp32_and_is_identity_in_fp32():
-    from hw2cli.diffusion.guidance import autocast_eps
+    from hw2cli.diffusion.wrappers import autocast_eps
 
     net = torch.nn.Conv2d(3, 3, 3, padding=1)
     model = lambda x, t, c: net(x)  # noqa: E731

@@ -21,8 +21,8 @@ from typing import Any
 import torch
 
 from hw2cli.diffusion.schedules import NoiseSchedule
+from hw2cli.diffusion.wrappers import EpsModel
 
-EpsModel = Callable[[torch.Tensor, torch.Tensor, Any], torch.Tensor]
 NoiseFn = Callable[[int, torch.Size], torch.Tensor]
 
 
@@ -36,7 +36,7 @@ def make_timesteps(
     ``linspace``: evenly spaced over the valid range, rounded. The default offset is the first
     valid timestep (0, or 1 for the TeaPearce schedule, whose entry 0 is unused).
     """
-    t_min = 1 if schedule.kind == "teapearce" else 0
+    t_min = schedule.first_timestep
     total = schedule.num_steps
     if offset is None:
         offset = t_min
@@ -60,7 +60,7 @@ def _timesteps(
     schedule: NoiseSchedule, steps: int | Sequence[int] | None, spacing: str, offset: int | None = None
 ) -> list[int]:
     if steps is None:
-        t_min = 1 if schedule.kind == "teapearce" else 0
+        t_min = schedule.first_timestep
         return list(range(schedule.num_steps - 1, t_min - 1, -1))
     if isinstance(steps, int):
         return make_timesteps(schedule, steps, spacing, offset)

@@ -79,6 +79,17 @@ class NoiseSchedule:
         return int(self.betas.shape[0])
 
     @property
+    def first_timestep(self) -> int:
+        """The smallest timestep a network was trained on: 1 for TeaPearce's schedule (its entry 0
+        is never used), else 0."""
+        return 1 if self.kind == "teapearce" else 0
+
+    @property
+    def max_sampler_steps(self) -> int:
+        """How many distinct timesteps a sampler can visit."""
+        return self.num_steps - self.first_timestep
+
+    @property
     def alpha_bar(self) -> torch.Tensor:
         return self._tables["alpha_bar"]  # type: ignore[attr-defined]
 

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from hw2cli.diffusion.wrappers import build_network
 from hw2cli.errors import UsageError
 from hw2cli.io.atomic import save_safetensors, write_json
 
@@ -78,18 +79,6 @@ class DiffusionConfig:
         if self.condition_layout == "digit-major":
             return 2 * digit + dataset
         return 10 * dataset + digit
-
-
-def build_network(config: DiffusionConfig) -> nn.Module:
-    """The ``eps = f(x, t, cond)`` module a config describes."""
-    from hw2cli.models import ContextUnet, ContextUnetEps, DigitUNet, DigitUNetConfig
-
-    if config.architecture == "DigitUNet":
-        return DigitUNet(DigitUNetConfig.from_dict(config.model))
-    m = config.model
-    net = ContextUnet(m.get("in_channels", 3), m.get("n_feat", 128), m.get("n_classes", 20))
-    n_T = int(config.schedule.get("n_T", 400))
-    return ContextUnetEps(net, n_T)
 
 
 def save_checkpoint(model: nn.Module, config: DiffusionConfig, folder: str | Path, *, half: bool = False) -> Path:

@@ -8,7 +8,7 @@ time enters as the float ``t / n_T``; the label enters as a one-hot multiplied b
 ``−(1 − mask)``, so a kept label is a *negated* one-hot and a dropped one is all zeros. Inputs
 must be 28×28.
 
-:class:`ContextUnetEps` adapts it to the samplers' ``eps = f(x, t, cond)`` interface.
+``hw2cli.diffusion.wrappers.ContextUnetEps`` adapts it to the samplers' ``eps = f(x, t, cond)``.
 """
 
 from __future__ import annotations
@@ -119,22 +119,3 @@ class ContextUnet(nn.Module):
         up2 = self.up1(cemb1 * up1 + temb1, down2)
         up3 = self.up2(cemb2 * up2 + temb2, down1)
         return self.out(torch.cat((up3, x), 1))
-
-
-class ContextUnetEps(nn.Module):
-    """``eps = f(x, t, cond)`` over a :class:`ContextUnet`: integer ``t`` becomes ``t / n_T``;
-    ``cond == n_classes`` is the null condition (context mask 1)."""
-
-    def __init__(self, net: ContextUnet, n_T: int) -> None:
-        super().__init__()
-        self.net = net
-        self.n_T = n_T
-
-    @property
-    def null_condition(self) -> int:
-        return self.net.n_classes
-
-    def forward(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        mask = (cond == self.net.n_classes).to(x.dtype)
-        label = torch.where(cond == self.net.n_classes, torch.zeros_like(cond), cond)
-        return self.net(x, label, t.to(x.dtype) / self.n_T, mask)

@@ -336,7 +336,7 @@ def bench_sample(
         if device.type != "cuda":
             paths.append(("cuda graph", None, "not measured: needs CUDA"))
         else:
-            from hw2cli.models.cuda_graph import GraphedEps
+            from hw2cli.diffusion.wrappers import GraphedEps
 
             paths.append(("cuda graph", loop(GraphedEps(eps_of(net)), "torch"), ""))
             if not triton_note:

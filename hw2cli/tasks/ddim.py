@@ -13,21 +13,19 @@ import numpy as np
 import torch
 
 from hw2cli.diffusion import NoiseSchedule, classifier_free_guidance, make_timesteps, sample_ddim
-from hw2cli.diffusion.guidance import autocast_eps
+from hw2cli.diffusion.wrappers import EpsModel, autocast_eps
 from hw2cli.errors import UsageError
 from hw2cli.io.atomic import save_image
 from hw2cli.io.checkpoints import load_state_into, torch_load
 from hw2cli.io.images import labelled_grid, load_rgb, to_uint8
 from hw2cli.models import FaceUNet
 
-EpsFn = Callable[[torch.Tensor, torch.Tensor, Any], torch.Tensor]
-
 
 @dataclass
 class EpsSource:
     """A network ready for the sampler: ``eps(x, t, None)``, its schedule and its image size."""
 
-    eps: EpsFn
+    eps: EpsModel
     schedule: NoiseSchedule
     side: int | None  # None: any multiple of 32 (the face UNet)
     description: str
@@ -88,7 +86,7 @@ def face_source(
         model = model.to(memory_format=torch.channels_last)
     eps = autocast_eps(model, device, dtype)
     if cuda_graph:
-        from hw2cli.models.cuda_graph import GraphedEps
+        from hw2cli.diffusion.wrappers import GraphedEps
 
         eps = GraphedEps(eps)
     return EpsSource(eps, NoiseSchedule.linear(), None, f"face UNet ({unet})", device)

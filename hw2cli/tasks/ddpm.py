@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from hw2cli.diffusion import NoiseSchedule, classifier_free_guidance, sample
-from hw2cli.diffusion.guidance import autocast_eps
+from hw2cli.diffusion.wrappers import autocast_eps
 from hw2cli.errors import RunError, UsageError
 from hw2cli.io.atomic import check_output_folder, confine, remove_stale_temporaries, save_image
 from hw2cli.io.checkpoints import DiffusionConfig, load_checkpoint
@@ -132,7 +132,7 @@ def iter_samples(
     batch = batch or default_batch(model.device)
     if batch < 1:
         raise UsageError(f"the batch size must be at least 1, got {batch}.")
-    most = model.schedule.num_steps - (1 if model.schedule.kind == "teapearce" else 0)
+    most = model.schedule.max_sampler_steps
     if steps is not None and not 1 <= steps <= most:
         raise UsageError(f"this model's schedule allows 1 to {most} sampler steps, not {steps}.")
     cond_all = torch.tensor(
@@ -142,7 +142,7 @@ def iter_samples(
     null = torch.tensor([model.null_condition], device=device)
     eps_model = classifier_free_guidance(autocast_eps(model.net, device, dtype), guidance, null)
     if cuda_graph:
-        from hw2cli.models.cuda_graph import GraphedEps
+        from hw2cli.diffusion.wrappers import GraphedEps
 
         eps_model = GraphedEps(eps_model)
     lo, hi = model.config.data_range

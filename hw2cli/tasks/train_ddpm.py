@@ -23,9 +23,10 @@ import torch.nn.functional as F
 
 from hw2cli.data.tensors import load_digit_tensors
 from hw2cli.diffusion import NoiseSchedule, classifier_free_guidance, sample_dpm
+from hw2cli.diffusion.wrappers import build_network
 from hw2cli.errors import UsageError
 from hw2cli.io.atomic import remove_stale_temporaries, torch_save
-from hw2cli.io.checkpoints import DiffusionConfig, build_network, save_checkpoint
+from hw2cli.io.checkpoints import DiffusionConfig, save_checkpoint
 from hw2cli.io.images import save_grid, to_uint8
 from hw2cli.tasks.distributed import DistInfo, all_mean, any_rank, barrier, init_distributed, shutdown
 from hw2cli.tasks.training import (
@@ -180,7 +181,7 @@ def _train(
     if len(data) < opts.batch:
         raise UsageError(f"--batch {opts.batch} is larger than the {len(data)} training images.")
     schedule = NoiseSchedule.from_config(opts.schedule)
-    t_min = 1 if schedule.kind == "teapearce" else 0
+    t_min = schedule.first_timestep
 
     torch.manual_seed(opts.seed + dist.rank)  # dropout masks differ per rank, like any DDP run
     gen = torch.Generator().manual_seed(opts.seed)
