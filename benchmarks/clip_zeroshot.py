@@ -49,7 +49,7 @@ def main() -> None:
     from PIL import Image
     from safetensors.torch import save_file
 
-    from hw2cli.models.clip import load_clip
+    from hw2cli.pretrained.clip import load_clip
     from hw2cli.tasks.clip import CIFAR_TEMPLATES, class_text_features, encode_image_files
 
     if args.threads:

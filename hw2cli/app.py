@@ -91,6 +91,22 @@ def _version(value: bool) -> None:
         raise typer.Exit()
 
 
+def quiet_libraries(*, debug: bool) -> None:
+    """The one place library logging is set, for the whole process and before any library loads:
+    diffusers' and transformers' progress bars and advice would interleave with hw2's own
+    progress and errors, and open_clip reports on the root logger ("initialized randomly" before
+    hw2 loads the weights). ``--debug`` leaves all of it on. Sets environment variables only, so
+    nothing heavy is imported here."""
+    if debug:
+        return
+    import logging
+
+    for name, value in (("HF_HUB_DISABLE_PROGRESS_BARS", "1"), ("TRANSFORMERS_VERBOSITY", "error"),
+                        ("DIFFUSERS_VERBOSITY", "error"), ("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")):  # fmt: skip
+        os.environ.setdefault(name, value)
+    logging.getLogger().setLevel(logging.ERROR)
+
+
 @app.callback()
 def root(
     device: str | None = typer.Option(None, help="auto, cpu, cuda, cuda:N or mps \\[env: HW2_DEVICE]."),
@@ -113,6 +129,7 @@ def root(
     from hw2cli import settings as settings_mod
 
     ui.configure(quiet=quiet, debug=debug or ui.is_debug())
+    quiet_libraries(debug=ui.is_debug())
     cli = {
         "device": device,
         "dtype": dtype,

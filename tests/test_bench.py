@@ -75,7 +75,7 @@ def test_accelerate_unet_keeps_the_function_and_the_state_dict():
     from diffusers import UNet2DConditionModel
 
     from hw2cli.models.layers import GroupNorm
-    from hw2cli.models.sd_accel import KernelAttnProcessor, accelerate_unet
+    from hw2cli.pretrained.sd_accel import KernelAttnProcessor, accelerate_unet
 
     torch.manual_seed(0)
     unet = UNet2DConditionModel(

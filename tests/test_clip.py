@@ -12,7 +12,8 @@ import pytest
 import torch
 from PIL import Image
 
-from hw2cli.models.clip import load_clip, write_clip_tokenizer_files
+from hw2cli.pretrained.clip import load_clip
+from hw2cli.pretrained.tokenizer import write_clip_tokenizer_files
 from hw2cli.tasks.clip import (
     CIFAR_TEMPLATES,
     ensemble_text_features,
@@ -161,7 +162,7 @@ def test_ensemble_is_normalise_mean_renormalise(tiny, tmp_path):
 
 
 def test_text_features_are_cached(run_cli, tiny, homework, tmp_path, monkeypatch):
-    from hw2cli.models.clip import ClipModel
+    from hw2cli.pretrained.clip import ClipModel
 
     r = run_cli(*_args(tiny, homework, tmp_path / "a", "--json"))
     assert r.code == 0, r.err

@@ -164,7 +164,7 @@ def _face():
 def _sd():
     from diffusers import UNet2DConditionModel
 
-    from hw2cli.models.sd_accel import accelerate_unet
+    from hw2cli.pretrained.sd_accel import accelerate_unet
     from hw2cli.pretrained.sd import shipped_config_dir
 
     torch.manual_seed(0)

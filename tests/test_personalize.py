@@ -18,7 +18,7 @@ def tiny_pipeline_folder(root):
     from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-    from hw2cli.models.clip import write_clip_tokenizer_files
+    from hw2cli.pretrained.tokenizer import write_clip_tokenizer_files
     from hw2cli.pretrained.sd import shipped_config_dir
 
     torch.manual_seed(0)
@@ -407,7 +407,7 @@ def test_generate_free_prompt_and_errors(run_cli, sd, trained, tmp_path, isolate
 def tiny_clip_folder(root):
     from transformers import CLIPConfig, CLIPModel
 
-    from hw2cli.models.clip import write_clip_tokenizer_files
+    from hw2cli.pretrained.tokenizer import write_clip_tokenizer_files
 
     torch.manual_seed(1)
     config = CLIPConfig(
@@ -437,7 +437,7 @@ def tiny_clip_folder(root):
 
 
 def test_eval_equals_a_hand_computation(run_cli, generated, sd, tmp_path, isolated_cache):
-    from hw2cli.models.clip import load_clip
+    from hw2cli.pretrained.clip import load_clip
 
     out, input_json = generated
     _, refs = sd
@@ -632,7 +632,7 @@ def test_homework_preprocessing_differs_from_transformers_5_where_the_crop_is_od
 
 def test_eval_with_the_homework_preprocessing_equals_a_hand_computation(run_cli, generated, sd, tmp_path,
                                                                         isolated_cache):
-    from hw2cli.models.clip import load_clip
+    from hw2cli.pretrained.clip import load_clip
 
     out, input_json = generated
     _, refs = sd

@@ -86,7 +86,7 @@ def eval_command(
     """
     from hw2cli import runtime, settings
     from hw2cli.io.atomic import check_output_folder
-    from hw2cli.models.clip import load_clip
+    from hw2cli.pretrained.clip import load_clip
     from hw2cli.tasks.clip import TEXT_CACHE_DIR, load_dataset, resolve_templates, write_outputs, zero_shot
 
     workers = _default_workers() if workers is None else workers
@@ -97,7 +97,9 @@ def eval_command(
     dataset = load_dataset(data, labels)
 
     device, dtype = runtime.setup()
-    clip = load_clip(model, pretrained, backend, device, current.weights_dir, quick_gelu=quick_gelu)
+    clip = load_clip(
+        model, pretrained, backend, device, current.weights_dir, offline=current.offline, quick_gelu=quick_gelu
+    )
     clip.set_precision(_autocast_dtype(precision, device, dtype))
     for note in clip.notes:
         ui.info(f"note: {note}")

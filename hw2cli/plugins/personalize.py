@@ -225,14 +225,15 @@ def eval_command(
     reference folder that are not images (.png, .jpg, .jpeg, .webp, .bmp) are skipped with a
     warning; the TA's grader would try to open them and fail."""
     from hw2cli import runtime, settings
-    from hw2cli.models.clip import load_clip
+    from hw2cli.pretrained.clip import load_clip
     from hw2cli.tasks.personalize import grade, grading_plan, read_input_json
 
     jobs = grading_plan(out, read_input_json(input_json, need_eval=True), refs)  # every folder checked first
     for folder, ignored in {j.references[0].parent: j.ignored for j in jobs if j.ignored}.items():
         ui.warn(f"{folder}: skipped {len(ignored)} non-image file(s) ({', '.join(p.name for p in ignored[:3])}).")
     device, _ = runtime.setup()
-    clip = load_clip(clip_model, None, "transformers", device, settings.get().weights_dir)
+    current = settings.get()
+    clip = load_clip(clip_model, None, "transformers", device, current.weights_dir, offline=current.offline)
     scores = grade(out, input_json, refs, clip, preprocess=preprocess)
     if as_json:
         ui.print_json(

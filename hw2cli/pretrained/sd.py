@@ -57,7 +57,7 @@ def shipped_config_dir() -> Path:
 
 def sd_config_dir(cache: Path) -> Path:
     """A complete diffusers config folder for SD v1 (shipped JSON + derived tokenizer files)."""
-    from hw2cli.models.clip import write_clip_tokenizer_files
+    from hw2cli.pretrained.tokenizer import write_clip_tokenizer_files
 
     target = cache / "sd_v1_config"
     marker = target / "tokenizer" / "merges.txt"
@@ -246,7 +246,6 @@ def load_pipeline(
 
     from hw2cli.pretrained.hub import ensure_offline_if_unreachable, unreachable_hint
 
-    quiet_libraries()
     path = Path(model)
     common = pipeline_arguments(dtype)
     try:
@@ -289,16 +288,3 @@ def load_pipeline(
         raise RunError(f"cannot load Stable Diffusion from {model}: {exc}.") from exc
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
-
-
-def quiet_libraries() -> None:
-    """diffusers/transformers progress bars and advice would interleave with ours; hw2 reports itself."""
-    from diffusers.utils import logging as diffusers_logging
-    from transformers.utils import logging as transformers_logging
-
-    from hw2cli import ui
-
-    for lib in (diffusers_logging, transformers_logging):
-        lib.disable_progress_bar()
-        if not ui.is_debug():
-            lib.set_verbosity_error()

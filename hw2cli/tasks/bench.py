@@ -382,7 +382,7 @@ def _bench_model(
 
         unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(shipped_config_dir() / "unet"))
         unet = unet.to(device).eval()
-        from hw2cli.models.sd_accel import accelerate_unet
+        from hw2cli.pretrained.sd_accel import accelerate_unet
 
         accelerate_unet(unet)
         context = torch.randn(batch, 77, 768, device=device)

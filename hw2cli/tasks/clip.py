@@ -28,7 +28,7 @@ import torch
 
 from hw2cli.errors import UsageError
 from hw2cli.io.atomic import atomic_path, save_safetensors, write_json, write_text
-from hw2cli.models.clip import ClipModel
+from hw2cli.pretrained.clip import ClipModel
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff"})
 LABELS_FILE = "id2label.json"

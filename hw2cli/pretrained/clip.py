@@ -21,10 +21,7 @@ Features come back L2-normalised, in float32; ``logit_scale`` is the model's
 from __future__ import annotations
 
 import contextlib
-import gzip
-import hashlib
 import json
-import logging
 import os
 import zipfile
 from collections.abc import Callable, Iterator, Sequence
@@ -34,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 from hw2cli.errors import RunError, UsageError
 from hw2cli.io.checkpoints import load_error
 from hw2cli.pretrained.hub import ensure_offline_if_unreachable, unreachable_hint
+from hw2cli.pretrained.tokenizer import write_clip_tokenizer_files
 
 if TYPE_CHECKING:
     import torch
@@ -43,9 +41,6 @@ BACKENDS = ("open_clip", "transformers")
 DEFAULT_MODEL = {"open_clip": "ViT-B-32", "transformers": "openai/clip-vit-base-patch32"}
 DEFAULT_PRETRAINED = "openai"
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
-# The tokenizer files OpenAI's Hub repos name their special tokens with (open_clip's BPE file
-# calls them <start_of_text>/<end_of_text>, with the same ids).
-START_TOKEN, END_TOKEN = "<|startoftext|>", "<|endoftext|>"
 
 
 class ClipModel:
@@ -155,7 +150,7 @@ def load_clip(
     device: torch.device | str,
     cache_dir: str | os.PathLike[str],
     *,
-    offline: bool | None = None,
+    offline: bool = False,
     quick_gelu: bool | None = None,
 ) -> ClipModel:
     """Load CLIP for inference (eval mode, on ``device``).
@@ -163,8 +158,9 @@ def load_clip(
     ``model`` ``None`` takes the backend's default (ViT-B-32 / openai/clip-vit-base-patch32).
     ``pretrained`` (open_clip only) is a tag or a checkpoint path; ``None`` means ``openai``.
     ``cache_dir`` is the weights cache (``settings.weights_dir``): downloads go to
-    ``cache_dir/open_clip`` and ``cache_dir/hub``. ``offline`` (default: ``settings.offline``)
-    never touches the network. ``quick_gelu`` forces QuickGELU on or off for a checkpoint file.
+    ``cache_dir/open_clip`` and ``cache_dir/hub``. ``offline`` never touches the network (and a Hub
+    that cannot be reached is treated as offline at once). ``quick_gelu`` forces QuickGELU on or
+    off for a checkpoint file.
 
     Raises :class:`UsageError` for a bad name, path or checkpoint, and :class:`RunError` (one
     sentence saying how to provide the weights) when weights cannot be downloaded.
@@ -173,49 +169,17 @@ def load_clip(
 
     if backend not in BACKENDS:
         raise UsageError(f"--backend {backend!r} is not known; expected {' or '.join(BACKENDS)}.")
-    if offline is None:
-        from hw2cli import settings
-
-        offline = settings.get().offline
     device = torch.device(device)
     cache = Path(cache_dir)
     name = str(model) if model is not None else DEFAULT_MODEL[backend]
-    with _quiet_logs():
-        if backend == "open_clip":
-            clip = _load_open_clip(name, pretrained, device, cache, offline, quick_gelu)
-        else:
-            if pretrained is not None:
-                raise UsageError(
-                    f"--pretrained {pretrained} applies to --backend open_clip; with transformers pass the "
-                    "Hub id or folder as --model."
-                )
-            clip = _load_transformers(name, device, cache, offline)
-    return clip
-
-
-@contextlib.contextmanager
-def _quiet_logs() -> Iterator[None]:
-    """open_clip reports on the root logger ("initialized randomly" before we load the weights)."""
-    previous = logging.root.manager.disable
-    logging.disable(logging.WARNING)
-    try:
-        yield
-    finally:
-        logging.disable(previous)
-
-
-@contextlib.contextmanager
-def _no_progress_bars() -> Iterator[None]:
-    """transformers 5 draws a "Loading weights" bar on stderr; the CLI has its own progress display."""
-    from transformers.utils import logging as hf_logging
-
-    enabled = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if enabled:
-            hf_logging.enable_progress_bar()
+    if backend == "open_clip":
+        return _load_open_clip(name, pretrained, device, cache, offline, quick_gelu)
+    if pretrained is not None:
+        raise UsageError(
+            f"the weights {pretrained} apply to the open_clip backend; with transformers give the Hub id or "
+            "folder as the model."
+        )
+    return _load_transformers(name, device, cache, offline)
 
 
 def file_identity(path: str | os.PathLike[str]) -> str:
@@ -489,8 +453,7 @@ def _load_transformers(name: str, device: torch.device, cache_root: Path, offlin
         {"local_files_only": True} if local else {"cache_dir": str(cache), "local_files_only": offline}
     )
     try:
-        with _no_progress_bars():
-            module = CLIPModel.from_pretrained(source, **common)
+        module = CLIPModel.from_pretrained(source, **common)
     except Exception as exc:
         if local:
             raise UsageError(f"cannot load a CLIP model from {path}: {type(exc).__name__}: {exc}.") from exc
@@ -553,40 +516,3 @@ def _features(output: Any) -> torch.Tensor:
     import torch
 
     return output if isinstance(output, torch.Tensor) else output.pooler_output
-
-
-# --------------------------------------------------------------------------- tokenizer files
-
-
-def write_clip_tokenizer_files(folder: str | os.PathLike[str]) -> Path:
-    """Write ``vocab.json`` and ``merges.txt`` of CLIP's BPE tokenizer into ``folder``; return it.
-
-    Derived offline from ``bpe_simple_vocab_16e6.txt.gz``, the vocabulary open_clip ships (the one
-    OpenAI's CLIP and Stable Diffusion v1 use): 256 byte symbols, the same with ``</w>``, 48,894
-    merges, then ``<|startoftext|>`` (49406) and ``<|endoftext|>`` (49407), the ids open_clip's
-    tokenizer gives. ``transformers.CLIPTokenizer(vocab_json, merges_txt)`` and
-    ``CLIPTokenizer.from_pretrained(folder)`` accept them; other files in ``folder`` are left alone.
-    Written atomically; an existing identical pair is not rewritten.
-    """
-    from open_clip.tokenizer import bytes_to_unicode, default_bpe
-
-    from hw2cli.io.atomic import write_text
-
-    folder = Path(folder)
-    with gzip.open(default_bpe()) as fh:
-        lines = fh.read().decode("utf-8").split("\n")
-    merges = lines[1 : 49152 - 256 - 2 + 1]
-    symbols = list(bytes_to_unicode().values())
-    vocab = symbols + [s + "</w>" for s in symbols] + ["".join(m.split()) for m in merges] + [START_TOKEN, END_TOKEN]
-    vocab_text = json.dumps({token: i for i, token in enumerate(vocab)}, ensure_ascii=False)
-    merges_text = "#version: 0.2\n" + "\n".join(merges) + "\n"
-    for filename, text in (("vocab.json", vocab_text), ("merges.txt", merges_text)):
-        target = folder / filename
-        if target.is_file() and _digest(target.read_bytes()) == _digest(text.encode("utf-8")):
-            continue
-        write_text(target, text)
-    return folder
-
-
-def _digest(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
