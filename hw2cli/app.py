@@ -102,7 +102,8 @@ def quiet_libraries(*, debug: bool) -> None:
     import logging
 
     for name, value in (("HF_HUB_DISABLE_PROGRESS_BARS", "1"), ("TRANSFORMERS_VERBOSITY", "error"),
-                        ("DIFFUSERS_VERBOSITY", "error"), ("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")):  # fmt: skip
+                        ("DIFFUSERS_VERBOSITY", "error"), ("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1"),
+                        ("TQDM_DISABLE", "1")):  # fmt: skip
         os.environ.setdefault(name, value)
     logging.getLogger().setLevel(logging.ERROR)
 

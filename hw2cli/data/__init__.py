@@ -9,19 +9,22 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+DATASETS = ("mnistm", "svhn")  # P1's two data sets, in their condition order (index = dataset)
+# Image files the readers accept (what Pillow opens and people keep images in)
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff"})
+
 if TYPE_CHECKING:
     from hw2cli.data.digits import DigitsDataset, find_dataset_roots, load_image
-    from hw2cli.data.synth import DATASETS, synthesize
+    from hw2cli.data.synth import synthesize
 
 _LAZY = {
     "DigitsDataset": "hw2cli.data.digits",
     "find_dataset_roots": "hw2cli.data.digits",
     "load_image": "hw2cli.data.digits",
-    "DATASETS": "hw2cli.data.synth",
     "synthesize": "hw2cli.data.synth",
 }
 
-__all__ = ["DATASETS", "DigitsDataset", "find_dataset_roots", "load_image", "synthesize"]
+__all__ = ["DATASETS", "IMAGE_SUFFIXES", "DigitsDataset", "find_dataset_roots", "load_image", "synthesize"]
 
 
 def __getattr__(name: str) -> Any:

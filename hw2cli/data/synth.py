@@ -35,10 +35,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from hw2cli.data import DATASETS
 from hw2cli.data.layout import val_mask, write_digit_folder
 from hw2cli.errors import RunError, UsageError
 
-DATASETS = ("mnistm", "svhn")
 SIZE = 28
 _DATASET_CODE = {"mnistm": 1, "svhn": 2}
 _BATCH = 500

@@ -13,9 +13,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from hw2cli.data import DATASETS
 from hw2cli.errors import UsageError
-
-DATASETS = ("mnistm", "svhn")
 
 
 @dataclass

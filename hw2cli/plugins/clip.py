@@ -86,39 +86,47 @@ def eval_command(
     """
     from hw2cli import runtime, settings
     from hw2cli.io.atomic import check_output_folder
-    from hw2cli.pretrained.clip import load_clip
-    from hw2cli.tasks.clip import TEXT_CACHE_DIR, load_dataset, resolve_templates, write_outputs, zero_shot
+    from hw2cli.tasks.clip import evaluate
 
     workers = _default_workers() if workers is None else workers
     current = settings.get()
     data = data if data is not None else current.data_root / "clip_zeroshot" / "val"
     out = check_output_folder(out if out is not None else current.output_root / "clip", "report folder")
-    template_name, template_list = resolve_templates(templates)
-    dataset = load_dataset(data, labels)
-
     device, dtype = runtime.setup()
-    clip = load_clip(
-        model, pretrained, backend, device, current.weights_dir, offline=current.offline, quick_gelu=quick_gelu
-    )
-    clip.set_precision(_autocast_dtype(precision, device, dtype))
-    for note in clip.notes:
-        ui.info(f"note: {note}")
-    ui.info(
-        f"{clip.name} [{backend}, {clip.precision}] on {device}: {len(dataset.files)} images, "
-        f"{len(dataset.classnames)} classes, {len(template_list)} template(s) ({template_name})"
-    )
-    cache_dir = current.weights_dir / TEXT_CACHE_DIR if text_cache else None
-    with ui.progress("clip zero-shot", len(dataset.files)) as bar:
-        report = zero_shot(
-            clip,
-            dataset,
-            template_list,
-            templates_name=template_name,
+
+    def loaded(clip, dataset, template_name, template_list, notes) -> None:
+        for note in notes:
+            ui.info(f"note: {note}")
+        ui.info(
+            f"{clip.name} [{backend}, {clip.precision}] on {device}: {len(dataset.files)} images, "
+            f"{len(dataset.classnames)} classes, {len(template_list)} template(s) ({template_name})"
+        )
+        bar.reset(len(dataset.files))
+
+    with ui.progress("clip zero-shot", None) as bar:
+        run = evaluate(
+            data,
+            out,
+            device=device,
+            dtype=dtype,
+            labels=labels,
+            model=model,
+            pretrained=pretrained,
+            backend=backend,
+            templates=templates,
+            precision=precision,
+            quick_gelu=quick_gelu,
             batch_size=batch,
             num_workers=workers,
-            cache_dir=cache_dir,
+            text_cache_root=current.weights_dir if text_cache else None,
+            weights_dir=current.weights_dir,
+            offline=current.offline,
+            examples=examples,
+            seed=current.seed,
+            on_loaded=loaded,
             on_batch=bar.update,
         )
+    report, metrics = run.report, run.metrics
     where = f" ({report.text_cache_file})" if report.text_cache_file else ""
     ui.info(
         {
@@ -127,7 +135,6 @@ def eval_command(
             "off": "text features: computed (cache off)",
         }[report.text_cache]
     )
-    metrics = write_outputs(report, out, examples=examples, seed=current.seed)
     if as_json:
         ui.print_json(metrics)
         return
@@ -155,16 +162,3 @@ def eval_command(
         f"({metrics['images']} images, {metrics['classes']} classes" + (f", {rate:.1f} images/s" if rate else "") + ")"
     )
     ui.result(f"wrote {metrics['files']['predictions']}, {metrics['files']['metrics']}, {metrics['files']['examples']}")
-
-
-def _autocast_dtype(precision: str, device, dtype):
-    import torch
-
-    if precision == "auto":
-        if device.type != "cuda":
-            return None
-        return torch.bfloat16 if dtype == torch.bfloat16 else torch.float16
-    if precision != "fp32" and device.type != "cuda":
-        ui.warn(f"--precision {precision} applies on CUDA; {device} runs in fp32.")
-        return None
-    return {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]

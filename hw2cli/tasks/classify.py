@@ -19,13 +19,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from hw2cli.data import IMAGE_SUFFIXES
 from hw2cli.data.tensors import load_digit_tensors
 from hw2cli.errors import RunError, UsageError
 from hw2cli.io.atomic import save_safetensors, write_json
 from hw2cli.io.checkpoints import load_error, load_state_into, torch_load
 from hw2cli.models.classifiers import ARCHITECTURES, build_classifier
-
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp"}
 
 
 def default_classifier_path(dataset: str) -> Path:

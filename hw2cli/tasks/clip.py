@@ -1,9 +1,8 @@
 """P3a core: CLIP zero-shot classification of a labelled image set, with prompt ensembles and a
 disk cache of the class text features.
 
-Data layouts (:func:`load_dataset`): the homework's folder of ``<classid>_<idx>.png`` with an
-``id2label.json``, an ImageFolder tree (one sub-folder per class), or a CSV of ``path,label``.
-The classifier (:func:`ensemble_text_features`): for every class and template the prompt
+The data layouts are :mod:`hw2cli.data.labelled`'s. The classifier (:func:`ensemble_text_features`):
+for every class and template the prompt
 ``template.replace("{}", name)`` (``_`` in a name read as a space), each prompt's text feature
 L2-normalised, averaged over the templates of a class, and renormalised. The prediction is the
 argmax of ``logit_scale · cos``; the confidence its softmax probability.
@@ -16,7 +15,6 @@ import hashlib
 import io
 import json
 import random
-import re
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -26,12 +24,11 @@ from typing import Any
 
 import torch
 
+from hw2cli.data.labelled import LabelledImages
 from hw2cli.errors import UsageError
 from hw2cli.io.atomic import atomic_path, save_safetensors, write_json, write_text
 from hw2cli.pretrained.clip import ClipModel
 
-IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff"})
-LABELS_FILE = "id2label.json"
 SINGLE_TEMPLATE = "a photo of a {}."
 # open_clip ships the ImageNet templates (open_clip.zero_shot_metadata.OPENAI_IMAGENET_TEMPLATES)
 # but no CIFAR ones: these are the 18 CIFAR-10/100 templates of the CLIP paper's prompt notebook
@@ -59,206 +56,6 @@ CIFAR_TEMPLATES = (
 TEMPLATE_SETS = ("single", "cifar", "imagenet")
 TEXT_CACHE_DIR = "clip_text_cache"
 _CACHE_VERSION = 1
-_PATH_COLUMNS = ("path", "file", "filename", "file_name", "image", "image_name", "img")
-_LABEL_COLUMNS = ("label", "class", "class_name", "classname", "target", "id", "class_id")
-
-
-# --------------------------------------------------------------------------- data
-
-
-@dataclass
-class LabelledImages:
-    """Image files, each with the index of its class in ``classnames`` (the zero-shot label set)."""
-
-    files: list[Path]
-    labels: list[int]
-    classnames: list[str]
-    root: Path
-    layout: str  # homework | imagefolder | csv
-    labels_file: Path | None = None
-
-    def display_name(self, i: int) -> str:
-        try:
-            return self.files[i].relative_to(self.root).as_posix()
-        except ValueError:
-            return str(self.files[i])
-
-
-def find_labels_file(data: Path) -> Path | None:
-    """``id2label.json`` beside the data (the homework's ``clip_zeroshot/id2label.json`` next to
-    ``val/``) or inside it; for a CSV, beside the CSV or one folder up."""
-    if data.is_file():
-        candidates = [data.parent / LABELS_FILE, data.parent.parent / LABELS_FILE]
-    else:
-        candidates = [data.parent / LABELS_FILE, data / LABELS_FILE]
-    return next((c for c in candidates if c.is_file()), None)
-
-
-def read_id2label(path: Path) -> dict[str, str]:
-    """``{"<classid>": "<class name>"}``, in class-id order when the ids are whole numbers."""
-    if not path.is_file():
-        raise UsageError(f"--labels {path} does not exist; pass the homework's {LABELS_FILE}.")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise UsageError(f"{path} is not readable JSON: {exc}.") from exc
-    if not isinstance(data, dict) or not data:
-        raise UsageError(f'{path} must be a JSON object mapping class ids to names, e.g. {{"0": "apple"}}.')
-    for key, value in data.items():
-        if not isinstance(value, str) or not value.strip():
-            raise UsageError(f"{path}: class {key!r} maps to {value!r}; expected a class name.")
-    items = [(str(k).strip(), v.strip()) for k, v in data.items()]
-    if all(_is_int(k) for k, _ in items):
-        items.sort(key=lambda kv: int(kv[0]))
-        items = [(str(int(k)), v) for k, v in items]
-    names = [v for _, v in items]
-    dupes = [n for n, c in Counter(names).items() if c > 1]
-    if dupes:
-        raise UsageError(f"{path}: class name {dupes[0]!r} appears more than once; each class needs its own name.")
-    return dict(items)
-
-
-def _is_int(text: str) -> bool:
-    try:
-        int(text)
-    except ValueError:
-        return False
-    return True
-
-
-def _natural_key(path: Path) -> list[Any]:
-    """``3_2.png`` before ``3_10.png``."""
-    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", path.name)]
-
-
-def _images_in(folder: Path) -> list[Path]:
-    return sorted((p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES), key=_natural_key)
-
-
-def load_dataset(data: str | Path, labels: str | Path | None = None) -> LabelledImages:
-    """The labelled images of ``data`` (homework folder, ImageFolder tree or CSV), see the module doc.
-
-    ``labels``: an ``id2label.json``; by default the one beside or inside ``data``. Every class of
-    the JSON is a candidate label, whether or not it has images.
-    """
-    data = Path(data)
-    if not data.exists():
-        raise UsageError(f"--data {data} does not exist; pass the folder of validation images (or a CSV).")
-    labels_path = Path(labels) if labels is not None else find_labels_file(data)
-    id2label = read_id2label(labels_path) if labels_path is not None else None
-    if data.is_file():
-        if data.suffix.lower() != ".csv":
-            raise UsageError(f"--data {data} is a file but not a .csv; pass a folder of images or a CSV of path,label.")
-        return _load_csv(data, id2label, labels_path)
-    files = _images_in(data)
-    subfolders = sorted(p for p in data.iterdir() if p.is_dir() and _images_in(p))
-    if not files and len(subfolders) == 1:
-        raise UsageError(
-            f"{data} holds no images and one sub-folder, {subfolders[0].name}; pass --data {subfolders[0]} "
-            "(an ImageFolder tree needs a sub-folder per class)."
-        )
-    if not files and subfolders:
-        return _load_imagefolder(data, subfolders, id2label, labels_path, explicit=labels is not None)
-    if not files:
-        raise UsageError(
-            f"{data} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))}); pass the folder of <classid>_<idx>.png "
-            "files, an ImageFolder tree or a CSV of path,label."
-        )
-    if id2label is None:
-        raise UsageError(
-            f"no {LABELS_FILE} beside or inside {data}; pass --labels with the file mapping class ids to names."
-        )
-    ids = list(id2label)
-    index = {k: i for i, k in enumerate(ids)}
-    out_labels = []
-    for f in files:
-        prefix = f.name.split("_", 1)[0]
-        if "_" not in f.stem or not _is_int(prefix):
-            raise UsageError(f"{f} is not named <classid>_<idx>{f.suffix} (the class id before the first '_').")
-        key = str(int(prefix))
-        if key not in index:
-            raise UsageError(f"class id {key} of {f.name} is not in {labels_path}; expected one of {_few(ids)}.")
-        out_labels.append(index[key])
-    return LabelledImages(files, out_labels, list(id2label.values()), data, "homework", labels_path)
-
-
-def _few(items: Sequence[str], n: int = 5) -> str:
-    return ", ".join(items[:n]) + (", …" if len(items) > n else "")
-
-
-class _Resolver:
-    """Maps a label (class id or class name) to its class index."""
-
-    def __init__(self, id2label: dict[str, str] | None, labels_path: Path | None, found: Sequence[str]) -> None:
-        self.labels_path = labels_path
-        if id2label is not None:
-            self.classnames = list(id2label.values())
-            self.index = {name: i for i, name in enumerate(self.classnames)}
-            self.index.update({k: i for i, k in enumerate(id2label)})
-        else:
-            self.classnames = sorted(set(found))
-            self.index = {name: i for i, name in enumerate(self.classnames)}
-
-    def __call__(self, label: str, where: str) -> int:
-        key = label.strip()
-        if key in self.index:
-            return self.index[key]
-        if _is_int(key) and str(int(key)) in self.index:
-            return self.index[str(int(key))]
-        source = self.labels_path or "the labels found"
-        raise UsageError(f"label {key!r} of {where} is not a class id or name in {source}.")
-
-
-def _load_imagefolder(
-    data: Path, subfolders: list[Path], id2label: dict[str, str] | None, labels_path: Path | None, explicit: bool
-) -> LabelledImages:
-    names = [p.name for p in subfolders]
-    if id2label is not None and not explicit:
-        known = set(id2label) | set(id2label.values())
-        if not all(n in known or (_is_int(n) and str(int(n)) in known) for n in names):
-            id2label, labels_path = None, None  # a JSON found nearby that is not about these folders
-    if id2label is None and all(_is_int(n) for n in names):
-        raise UsageError(f"the sub-folders of {data} are class ids; pass --labels with the {LABELS_FILE} naming them.")
-    resolve = _Resolver(id2label, labels_path, names)
-    files, labels = [], []
-    for folder in subfolders:
-        cls = resolve(folder.name, f"folder {folder}")
-        for f in _images_in(folder):
-            files.append(f)
-            labels.append(cls)
-    return LabelledImages(files, labels, resolve.classnames, data, "imagefolder", labels_path)
-
-
-def _load_csv(path: Path, id2label: dict[str, str] | None, labels_path: Path | None) -> LabelledImages:
-    try:
-        rows = [r for r in csv.reader(io.StringIO(path.read_text(encoding="utf-8-sig"))) if any(c.strip() for c in r)]
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise UsageError(f"cannot read {path} as a CSV: {exc}.") from exc
-    start, path_col, label_col = 0, 0, 1
-    if rows:
-        header = [c.strip().lower() for c in rows[0]]
-        if header and header[0] in _PATH_COLUMNS or any(h in _LABEL_COLUMNS for h in header[1:]):
-            path_col = next((i for i, h in enumerate(header) if h in _PATH_COLUMNS), 0)
-            label_col = next((i for i, h in enumerate(header) if h in _LABEL_COLUMNS and i != path_col), 1)
-            start = 1
-    entries = []
-    for line, row in enumerate(rows[start:], start=start + 1):
-        if len(row) <= max(path_col, label_col):
-            raise UsageError(f"{path} line {line} has {len(row)} column(s); expected path,label.")
-        entries.append((line, row[path_col].strip(), row[label_col].strip()))
-    if not entries:
-        raise UsageError(f"{path} lists no images; expected rows of path,label.")
-    if id2label is None and all(_is_int(label) for _, _, label in entries):
-        raise UsageError(f"the labels in {path} are class ids; pass --labels with the {LABELS_FILE} naming them.")
-    resolve = _Resolver(id2label, labels_path, [label for _, _, label in entries])
-    files, labels = [], []
-    for line, rel, label in entries:
-        f = Path(rel) if Path(rel).is_absolute() else path.parent / rel
-        if not f.is_file():
-            raise UsageError(f"{path} line {line}: image {rel} does not exist (paths are relative to the CSV).")
-        files.append(f)
-        labels.append(resolve(label, f"{path} line {line}"))
-    return LabelledImages(files, labels, resolve.classnames, path.parent, "csv", labels_path)
 
 
 # --------------------------------------------------------------------------- prompts
@@ -670,3 +467,87 @@ def write_outputs(report: ZeroShotReport, out: Path, *, examples: int = 5, seed:
     metrics["files"] = {k: str(v) for k, v in files.items()}
     write_json(files["metrics"], metrics)
     return metrics
+
+
+# --------------------------------------------------------------------------- the command
+
+
+PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+
+
+def autocast_dtype(precision: str, device: torch.device, dtype: torch.dtype) -> tuple[torch.dtype | None, str]:
+    """The autocast dtype for ``precision`` on ``device`` (``None``: fp32), and a note when the
+    request does not apply there. ``auto``: fp16 on CUDA (bf16 if the settings' dtype is bf16)."""
+    if precision not in PRECISIONS:
+        raise UsageError(f"the precision {precision!r} is not known; expected {', '.join(PRECISIONS)}.")
+    if precision == "auto":
+        if device.type != "cuda":
+            return None, ""
+        return (torch.bfloat16 if dtype == torch.bfloat16 else torch.float16), ""
+    if precision != "fp32" and device.type != "cuda":
+        return None, f"{precision} applies on CUDA; {device} runs in fp32"
+    return {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}[precision], ""
+
+
+@dataclass
+class ZeroShotRun:
+    """What :func:`evaluate` did: the model and data it used, the report, and the written metrics."""
+
+    clip: ClipModel
+    data: LabelledImages
+    templates_name: str
+    templates: list[str]
+    report: ZeroShotReport
+    metrics: dict[str, Any]
+    notes: list[str]
+
+
+def evaluate(
+    data: str | Path,
+    out: str | Path,
+    *,
+    device: torch.device,
+    dtype: torch.dtype = torch.float32,
+    labels: str | Path | None = None,
+    model: str | None = None,
+    pretrained: str | None = None,
+    backend: str = "open_clip",
+    templates: str | Path = "single",
+    precision: str = "auto",
+    quick_gelu: bool | None = None,
+    batch_size: int = 256,
+    num_workers: int = 0,
+    text_cache_root: Path | None = None,
+    weights_dir: Path,
+    offline: bool = False,
+    examples: int = 5,
+    seed: int = 0,
+    on_loaded: Callable[[ClipModel, LabelledImages, str, list[str], list[str]], None] | None = None,
+    on_batch: Callable[[int], None] | None = None,
+) -> ZeroShotRun:
+    """The whole of ``hw2 clip eval``: read the data set and templates, load CLIP at the asked
+    precision, classify every image, write ``predictions.csv``, ``metrics.json`` and
+    ``examples.png`` in ``out``. ``on_loaded`` hears what was loaded before the images are read."""
+    from hw2cli.data.labelled import load_dataset
+    from hw2cli.pretrained.clip import load_clip
+
+    templates_name, template_list = resolve_templates(templates)
+    dataset = load_dataset(data, labels)
+    clip = load_clip(model, pretrained, backend, device, weights_dir, offline=offline, quick_gelu=quick_gelu)
+    autocast, note = autocast_dtype(precision, device, dtype)
+    clip.set_precision(autocast)
+    notes = list(clip.notes) + ([note] if note else [])
+    if on_loaded is not None:
+        on_loaded(clip, dataset, templates_name, template_list, notes)
+    report = zero_shot(
+        clip,
+        dataset,
+        template_list,
+        templates_name=templates_name,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        cache_dir=text_cache_root / TEXT_CACHE_DIR if text_cache_root is not None else None,
+        on_batch=on_batch,
+    )
+    metrics = write_outputs(report, Path(out), examples=examples, seed=seed)
+    return ZeroShotRun(clip, dataset, templates_name, template_list, report, metrics, notes)

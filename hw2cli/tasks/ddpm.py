@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from hw2cli.data import DATASETS
 from hw2cli.diffusion import NoiseSchedule, classifier_free_guidance, sample
 from hw2cli.diffusion.wrappers import autocast_eps
 from hw2cli.errors import RunError, UsageError
@@ -20,7 +21,6 @@ from hw2cli.io.checkpoints import DiffusionConfig, load_checkpoint
 from hw2cli.io.images import labelled_grid, to_uint8
 from hw2cli.io.manifest import fingerprint, prepare_outputs
 
-DATASET_NAMES = ("mnistm", "svhn")
 DEFAULT_STEPS = {"ddpm": None, "ddim": 50, "dpm": 20}
 GRADED_SEED = 2024
 
@@ -77,9 +77,9 @@ def check_digit(digit: int) -> int:
 
 
 def parse_datasets(value: str) -> list[str]:
-    names = list(DATASET_NAMES) if value == "both" else [v.strip() for v in value.split(",") if v.strip()]
+    names = list(DATASETS) if value == "both" else [v.strip() for v in value.split(",") if v.strip()]
     for name in names:
-        if name not in DATASET_NAMES:
+        if name not in DATASETS:
             raise UsageError(f"the data set {value!r} is not known; expected mnistm, svhn or both.")
     return names
 
@@ -203,7 +203,7 @@ def generate_graded(
         raise UsageError(f"the number of images per digit must be 1 to 999, got {per_digit}.")
     names = [f"{d}_{i:03d}.png" for d in range(10) for i in range(1, per_digit + 1)]
     check_output_folder(out)
-    for dataset in DATASET_NAMES:
+    for dataset in DATASETS:
         folder = out / dataset
         if folder.exists():
             if not folder.is_dir():
@@ -230,11 +230,11 @@ def generate_graded(
         "device": model.device.type,
         "batch": batch if sampler == "ddpm" else None,  # only DDPM's per-batch noise depends on it
     }
-    files = [out / dataset / name for dataset in DATASET_NAMES for name in names]
+    files = [out / dataset / name for dataset in DATASETS for name in names]
     done = prepare_outputs(out, settings, files, state_dir=state_dir or out.parent, resume=resume)
     written = {"reused": len(done)}
     with confine(out):
-        for k, dataset in enumerate(DATASET_NAMES):
+        for k, dataset in enumerate(DATASETS):
             paths = [out / dataset / name for name in names]
             written[dataset] = 0
             for start, images in iter_samples(
@@ -296,7 +296,7 @@ def trajectory_figure(
         raise UsageError(f"the timestep {bad[0]} is outside this model's schedule (0 to {total - 1}).")
     wanted = set(timesteps)
     rows = []
-    for dataset in DATASET_NAMES:
+    for dataset in DATASETS:
         snaps: dict[int, torch.Tensor] = {}
 
         def grab(info: dict[str, Any], snaps: dict[int, torch.Tensor] = snaps) -> None:
@@ -323,7 +323,7 @@ def trajectory_figure(
     return labelled_grid(
         torch.cat(rows),
         path,
-        rows=list(DATASET_NAMES),
+        rows=list(DATASETS),
         cols=[f"t = {t}" for t in timesteps],
         title=f"Reverse process of the first {digit}",
         cell_inches=1.0,

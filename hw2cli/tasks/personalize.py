@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, RootModel, ValidationError, field_validator, model_validator
 
+from hw2cli.data import IMAGE_SUFFIXES
 from hw2cli.errors import RunError, UsageError
 from hw2cli.io.atomic import (
     confine,
@@ -41,7 +42,6 @@ from hw2cli.io.atomic import (
 from hw2cli.io.manifest import prepare_outputs
 from hw2cli.tasks.training import deferred_interrupts, interrupted_twice, stop_here
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
 TOKEN_RE = re.compile(r"<[^<>\s]+>")
 STYLE_WORDS = {"painting", "style", "art", "artwork", "drawing", "illustration", "sketch"}
 
