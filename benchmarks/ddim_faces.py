@@ -28,8 +28,9 @@ def main() -> None:
     import torch
 
     from hw2cli.diffusion import NoiseSchedule
+    from hw2cli.io.checkpoints import load_face_unet
     from hw2cli.models import FaceUNet
-    from hw2cli.tasks.ddim import DDIMOptions, EpsSource, load_face_unet, run_ddim
+    from hw2cli.tasks.ddim import DDIMOptions, EpsSource, run_ddim
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = load_face_unet(args.unet, device) if args.unet else FaceUNet().to(device).eval()

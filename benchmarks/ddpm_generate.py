@@ -27,9 +27,10 @@ def main() -> None:
     import torch
 
     from hw2cli import settings
+    from hw2cli.io.checkpoints import load_model
     from hw2cli.runtime import setup
-    from hw2cli.tasks.classify import evaluate_generated
-    from hw2cli.tasks.ddpm import generate_graded, load_model
+    from hw2cli.tasks.ddpm import generate_graded
+    from hw2cli.tasks.grading import evaluate_generated
 
     settings.set_current(*settings.load({"device": args.device}))
     device, _ = setup()

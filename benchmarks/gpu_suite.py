@@ -113,8 +113,9 @@ def step_generate(dry: bool, out: Path) -> dict[str, Any]:
     import hw2kernels
     import torch
 
+    from hw2cli.io.checkpoints import load_model
     from hw2cli.tasks.bench import median_ms
-    from hw2cli.tasks.ddpm import generate_graded, load_model
+    from hw2cli.tasks.ddpm import generate_graded
 
     device, dtype = _device_and_dtype(dry, "fp32")
     model = load_model(None, device)

@@ -164,8 +164,8 @@ def _face():
 def _sd():
     from diffusers import UNet2DConditionModel
 
-    from hw2cli.pretrained.sd_accel import accelerate_unet
     from hw2cli.pretrained.sd import shipped_config_dir
+    from hw2cli.pretrained.sd_accel import accelerate_unet
 
     torch.manual_seed(0)
     unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(shipped_config_dir() / "unet"))

@@ -224,7 +224,7 @@ def test_teapearce_checkpoint_samples_through_the_cli(run_cli, tmp_path):
 
 def test_resnet34_state_dict_loads_for_svhn(tmp_path):
     from hw2cli.models.classifiers import resnet34_svhn
-    from hw2cli.tasks.classify import load_classifier
+    from hw2cli.tasks.grading import load_classifier
 
     torch.manual_seed(0)
     net = resnet34_svhn()
@@ -251,7 +251,7 @@ def test_embedded_default_works_out_of_the_box(run_cli, tmp_path):
     assert r.code == 0, r.err
     assert "embedded default" in r.out
     assert len(list(tmp_path.glob("mnistm_3_*.png"))) == 2 and len(list(tmp_path.glob("svhn_3_*.png"))) == 2
-    from hw2cli.tasks.classify import load_classifier
+    from hw2cli.tasks.grading import load_classifier
 
     for dataset in ("mnistm", "svhn"):
         _, description = load_classifier(None, dataset)

@@ -18,8 +18,8 @@ def tiny_pipeline_folder(root):
     from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-    from hw2cli.pretrained.tokenizer import write_clip_tokenizer_files
     from hw2cli.pretrained.sd import shipped_config_dir
+    from hw2cli.pretrained.tokenizer import write_clip_tokenizer_files
 
     torch.manual_seed(0)
     tok_dir = write_clip_tokenizer_files(root / "tok")
@@ -148,7 +148,7 @@ def test_textual_inversion_changes_only_the_new_rows(run_cli, sd, tmp_path, isol
     tid = fresh.tokenizer.convert_tokens_to_ids("<new1>")
     assert torch.equal(fresh.text_encoder.get_input_embeddings().weight[tid].detach(), learned["<new1>"])
     # every original row is bit-exactly what it was: check through our loader on a third pipeline
-    from hw2cli.tasks.personalize import load_embeddings
+    from hw2cli.tasks.personalize.concepts import load_embeddings
 
     third = load(model)
     assert load_embeddings(third, [tmp_path / "ti"]) == ["<new1>", "<new2>"]
@@ -176,7 +176,7 @@ def saved_step(run) -> int:
 def test_only_the_new_rows_are_trained_and_kept_in_the_optimizer(sd, tmp_path, isolated_cache):
     """Run the core directly: the trained parameters and the optimizer state are the new rows only
     (the 49,409-row matrix stays frozen), and they moved away from the initialiser word."""
-    from hw2cli.tasks import personalize as P
+    from hw2cli.tasks.personalize import train as P
 
     model, refs = sd
     opts = P.PersonalizeOptions(
@@ -205,7 +205,7 @@ def test_a_signal_mid_step_resumes_bit_exactly(sd, tmp_path, monkeypatch, method
 
     from diffusers import UNet2DConditionModel
 
-    from hw2cli.tasks import personalize as P
+    from hw2cli.tasks.personalize import train as P
     from hw2cli.tasks.training import TrainingInterrupted
 
     model, refs = sd
@@ -238,7 +238,7 @@ def test_a_signal_mid_step_resumes_bit_exactly(sd, tmp_path, monkeypatch, method
 def test_custom_diffusion_changes_only_kv_and_the_new_rows(run_cli, sd, tmp_path, isolated_cache):
     from safetensors.torch import load_file
 
-    from hw2cli.tasks.personalize import kv_parameters, load_embeddings
+    from hw2cli.tasks.personalize.concepts import kv_parameters, load_embeddings
 
     model, refs = sd
     r = run_cli(
@@ -321,7 +321,7 @@ def write_input_json(path, n_prompts=1, with_eval=True):
 
 @pytest.fixture(scope="module")
 def trained(sd, tmp_path_factory):
-    from hw2cli.tasks.personalize import PersonalizeOptions, train_personalization
+    from hw2cli.tasks.personalize.train import PersonalizeOptions, train_personalization
 
     model, refs = sd
     out = tmp_path_factory.mktemp("emb") / "run"
@@ -547,7 +547,7 @@ def test_the_writer_refuses_anything_outside_the_confined_folder(tmp_path):
 
 def test_an_interrupted_graded_generation_resumes_to_identical_bytes(sd, trained, tmp_path, monkeypatch,
                                                                       isolated_cache):
-    from hw2cli.tasks import personalize as P
+    from hw2cli.tasks.personalize import generate as P
 
     model, _ = sd
     input_json = write_input_json(tmp_path / "input.json", n_prompts=1)
@@ -603,7 +603,7 @@ def grader_pixels_float64(image, size=224):
      ((224, 399), "RGB", "PNG"), ((223, 223), "RGB", "JPEG"), ((640, 427), "P", "PNG"), ((1000, 225), "RGB", "PNG")],
 )  # fmt: skip
 def test_homework_preprocessing_equals_the_graders_arithmetic(tmp_path, size, mode, fmt):
-    from hw2cli.tasks.personalize import homework_clip_preprocess
+    from hw2cli.tasks.grading import homework_clip_preprocess
 
     rng = np.random.default_rng(sum(size))
     pixels = rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
@@ -620,7 +620,7 @@ def test_homework_preprocessing_equals_the_graders_arithmetic(tmp_path, size, mo
 def test_homework_preprocessing_differs_from_transformers_5_where_the_crop_is_odd():
     from transformers import CLIPImageProcessor
 
-    from hw2cli.tasks.personalize import homework_clip_preprocess
+    from hw2cli.tasks.grading import homework_clip_preprocess
 
     image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (225, 301, 3), dtype=np.uint8))
     new = CLIPImageProcessor(size={"shortest_edge": 224}, crop_size={"height": 224, "width": 224})
@@ -666,7 +666,7 @@ def test_eval_with_the_homework_preprocessing_equals_a_hand_computation(run_cli,
 
 WORKER = """
 import os, sys, torch
-from hw2cli.tasks.personalize import PersonalizeOptions, train_personalization
+from hw2cli.tasks.personalize.train import PersonalizeOptions, train_personalization
 model, refs, out, dump, cache = sys.argv[1:6]
 opts = PersonalizeOptions(model=model, concepts=[f"<new1>={refs}/0:dog", f"<new2>={refs}/1:painting"], out=out,
                           steps=4, resolution=32, checkpoint_every=2, batch=1, lr=0.05)

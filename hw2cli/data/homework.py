@@ -135,7 +135,7 @@ def check_homework(root: str | os.PathLike[str]) -> list[PartCheck]:
         gt = sorted((folder / "GT").glob("*.png"))
         if not noise or not gt:
             raise UsageError(f"{folder} needs noise/*.pt and GT/*.png")
-        from hw2cli.tasks.ddim import load_noise_file
+        from hw2cli.data.noise import load_noise_file
 
         for f in noise:
             load_noise_file(f)
@@ -154,7 +154,7 @@ def check_homework(root: str | os.PathLike[str]) -> list[PartCheck]:
     record("clip_zeroshot", clip)
 
     def textual_inversion() -> str:
-        from hw2cli.tasks.personalize import read_input_json
+        from hw2cli.data.prompts import read_input_json
 
         folder = root / "textual_inversion"
         entries = read_input_json(folder / "input.json")

@@ -1,4 +1,5 @@
-"""Diffusion checkpoints: ``model.safetensors`` plus a small JSON config.
+"""Checkpoints: the digit diffusion models (``model.safetensors`` plus a small JSON config), the
+homework's face UNet, and reading any PyTorch file without running code.
 
 The config (architecture, model hyper-parameters, noise schedule, condition layout, data
 range) is written both beside the weights as ``config.json`` and inside the safetensors
@@ -13,14 +14,16 @@ import json
 import pickle
 import re
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from hw2cli.diffusion.schedules import NoiseSchedule
 from hw2cli.diffusion.wrappers import build_network
-from hw2cli.errors import UsageError
+from hw2cli.errors import RunError, UsageError
 from hw2cli.io.atomic import save_safetensors, write_json
 
 FORMAT = "hw2-diffusion/1"
@@ -224,3 +227,69 @@ def load_checkpoint(path: str | Path, **legacy: Any) -> tuple[nn.Module, Diffusi
     target = model.net if config.architecture == "ContextUnet" else model  # type: ignore[union-attr]
     load_state_into(target, state, str(path))
     return model.eval(), config
+
+
+def load_face_unet(path: str | Path, device: torch.device) -> nn.Module:
+    """The homework's ``UNet.pt`` (a plain state dict), loaded strictly."""
+    path = Path(path)
+    if path.is_dir():
+        raise UsageError(f"the face UNet {path} is a folder; pass the UNet.pt file inside it (hw2_data/face/UNet.pt).")
+    if not path.is_file():
+        raise UsageError(f"the face UNet {path} does not exist; pass the homework's hw2_data/face/UNet.pt.")
+    state = torch_load(path, "a PyTorch state dict")
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or "down1.weight" not in state:
+        raise UsageError(f"{path} is not a face UNet state dict (it has no 'down1.weight').")
+    width = int(state["down1.weight"].shape[0])
+    if width % 32:
+        raise UsageError(f"{path} has width {width}; the face UNet's width is a multiple of 32 (official: 128).")
+    from hw2cli.models import FaceUNet
+
+    model = FaceUNet(width=width)
+    load_state_into(model, state, str(path))
+    return model.to(device).eval()
+
+
+def default_checkpoint() -> Path:
+    """The embedded digit model shipped in ``hw2cli/assets``."""
+    return Path(str(resources.files("hw2cli.assets").joinpath("digit_ddpm.safetensors")))
+
+
+@dataclass
+class DigitModel:
+    net: torch.nn.Module
+    config: DiffusionConfig
+    schedule: NoiseSchedule
+    source: str
+    device: torch.device
+    path: Path | None = None
+
+    @property
+    def null_condition(self) -> int:
+        return int(self.net.null_condition)  # type: ignore[union-attr]
+
+    def dataset_index(self, name: str) -> int:
+        if name not in self.config.datasets:
+            raise UsageError(f"this model was trained on {', '.join(self.config.datasets)}, not {name}.")
+        return self.config.datasets.index(name)
+
+    def condition(self, digit: int, dataset: str) -> int:
+        """The network's condition index for ``digit`` (0-9) of ``dataset``."""
+        if not 0 <= digit <= 9:
+            raise UsageError(f"the digit is {digit}; expected a digit from 0 to 9.")
+        return self.config.condition_index(digit, self.dataset_index(dataset))
+
+
+def load_model(checkpoint: str | Path | None, device: torch.device, **legacy: Any) -> DigitModel:
+    """A digit model checkpoint loaded onto ``device``, or the embedded default for ``None``."""
+    if checkpoint is None:
+        path = default_checkpoint()
+        if not path.exists():
+            raise RunError("this install has no embedded digit model; give a checkpoint (hw2 ddpm train makes one).")
+        source = "embedded default"
+    else:
+        path = Path(checkpoint)
+        source = str(path)
+    net, config = load_checkpoint(path, **legacy)
+    return DigitModel(net.to(device), config, NoiseSchedule.from_config(config.schedule), source, device, path)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal
 
@@ -23,29 +25,27 @@ UNET_HELP = "The homework's UNet.pt. Without it: the embedded digit model (seede
 def _options(steps: int, eta: float, alpha_prev: str, final_alpha: str, clip_x0: bool | None):
     from hw2cli.tasks.ddim import DDIMOptions
 
-    opts = DDIMOptions(steps=steps, eta=eta, alpha_prev=alpha_prev, final_alpha=final_alpha, clip_x0=bool(clip_x0))
+    opts = DDIMOptions(steps=steps, eta=eta, alpha_prev=alpha_prev, final_alpha=final_alpha, clip_x0=clip_x0)
     opts.validate()
     return opts
 
 
-def _clip_default(opts, clip_x0: bool | None, source) -> None:
-    """Unset: clip for the guided digit model (unclipped, guided DDIM diverges at 0 < η < 1),
-    not for the face UNet, whose graded outputs are made without clipping."""
-    opts.clip_x0 = clip_x0 if clip_x0 is not None else source.side is not None
+@contextlib.contextmanager
+def _face_noise_hint() -> Iterator[None]:
+    """The core says the noise does not fit the digit model; the option that fixes it is ours to name."""
+    from hw2cli.errors import UsageError
+    from hw2cli.tasks.ddim import NoiseDoesNotFit
+
+    try:
+        yield
+    except NoiseDoesNotFit as exc:
+        raise UsageError(f"{exc}; pass --unet UNet.pt for face noise.") from None
 
 
-def _source(unet: Path | None, digit: int, dataset: str, checkpoint: Path | None = None, cuda_graph: bool = False):
-    from hw2cli import runtime
-    from hw2cli.tasks.ddim import digit_source, face_source
+def _spec(unet: Path | None, digit: int, dataset: str, checkpoint: Path | None = None, cuda_graph: bool = False):
+    from hw2cli.tasks.ddim import SourceSpec
 
-    device, dtype = runtime.setup()
-    if cuda_graph and device.type != "cuda":
-        from hw2cli.errors import RunError
-
-        raise RunError("--cuda-graph needs a CUDA device; drop it on this machine.")
-    if unet is not None:
-        return face_source(unet, device, dtype, cuda_graph=cuda_graph)
-    return digit_source(device, digit=digit, dataset=dataset, dtype=dtype, checkpoint=checkpoint)
+    return SourceSpec(unet=unet, checkpoint=checkpoint, digit=digit, dataset=dataset, cuda_graph=cuda_graph)
 
 
 # options shared by every command
@@ -92,19 +92,27 @@ def sample_command(
       hw2 ddim sample hw2_data/face/noise out/p2 --unet hw2_data/face/UNet.pt
       hw2 ddim eval out/p2 hw2_data/face/GT
     """
-    from hw2cli.io.atomic import check_output_folder
-    from hw2cli.tasks.ddim import check_noise, load_noise_dir, run_ddim, save_named, to_images
+    from hw2cli import runtime
+    from hw2cli.tasks.ddim import graded_sample
 
     opts = _options(steps, eta, alpha_prev, final_alpha, clip_x0)
-    check_output_folder(out)
-    names, noise = load_noise_dir(noise_dir)
-    source = _source(unet, digit, dataset, checkpoint, cuda_graph)
-    _clip_default(opts, clip_x0, source)
-    check_noise(noise, source, names)
-    with ui.progress("ddim", len(names)) as bar:
-        x = run_ddim(source, noise, opts, seed=seed, batch=batch, on_batch=bar.update)
-    files = save_named(to_images(x, normalize), names, out)
-    ui.result(f"wrote {len(files)} images to {out} ({source.description})")
+    device, dtype = runtime.setup()
+    if cuda_graph and device.type != "cuda":
+        from hw2cli.errors import RunError
+
+        raise RunError("--cuda-graph needs a CUDA device; drop it on this machine.")
+    described = {}
+    with ui.progress("ddim", None) as bar, _face_noise_hint():
+
+        def started(n: int, description: str) -> None:
+            described["source"] = description
+            bar.reset(n)
+
+        files = graded_sample(
+            noise_dir, out, _spec(unet, digit, dataset, checkpoint, cuda_graph), opts, device=device, dtype=dtype,
+            seed=seed, batch=batch, normalize=normalize, on_start=started, on_batch=bar.update,
+        )  # fmt: skip
+    ui.result(f"wrote {len(files)} images to {out} ({described.get('source', '')})")
 
 
 @app.command("eta-grid")
@@ -133,27 +141,19 @@ def eta_grid_command(
       hw2 ddim eta-grid --unet hw2_data/face/UNet.pt
       hw2 ddim eta-grid --digit 7        # no face UNet: the embedded digit model
     """
-    from hw2cli import settings
-    from hw2cli.io.atomic import check_output_file
-    from hw2cli.tasks.ddim import check_noise, eta_grid, load_noise_dir, seeded_noise, stack_noise
+    from hw2cli import runtime, settings
+    from hw2cli.tasks.ddim import eta_grid_figure
 
     eta_values = float_list(etas, "--etas", low=0.0, high=MAX_ETA, most=100)
     opts = _options(steps, 0.0, alpha_prev, final_alpha, clip_x0)
-    check_output_file(out, "figure", image=True)
-    source = _source(unet, digit, dataset, checkpoint)
-    _clip_default(opts, clip_x0, source)
     files = [Path(p) for item in (noise or []) for p in str(item).split(",") if p]
-    if files:
-        names, x = [f.stem for f in files], stack_noise(files)
-    elif unet is not None or noise_dir is not None:
-        names, x = load_noise_dir(noise_dir or settings.get().data_root / "face" / "noise")
-        names, x = names[:count], x[:count]
-    else:
-        x = seeded_noise(count, source.side or 256, seed)
-        names = [f"seed {seed}, #{i}" for i in range(count)]
-    check_noise(x, source, names)
-    with ui.progress("eta grid", len(eta_values) * len(names)) as bar:
-        path = eta_grid(source, x, names, eta_values, out, opts, seed=seed, normalize=normalize, on_batch=bar.update)
+    device, dtype = runtime.setup()
+    with ui.progress("eta grid", None) as bar, _face_noise_hint():
+        path = eta_grid_figure(
+            out, _spec(unet, digit, dataset, checkpoint), eta_values, opts, device=device, dtype=dtype,
+            noise_files=files, noise_dir=noise_dir, default_noise_dir=settings.get().data_root / "face" / "noise",
+            count=count, seed=seed, normalize=normalize, on_start=lambda n: bar.reset(n), on_batch=bar.update,
+        )  # fmt: skip
     ui.result(f"wrote {path}")
 
 
@@ -183,34 +183,19 @@ def interpolate_command(
     Examples:
       hw2 ddim interpolate hw2_data/face/noise/00.pt hw2_data/face/noise/01.pt --unet hw2_data/face/UNet.pt
     """
-    from hw2cli import settings
-    from hw2cli.errors import UsageError
-    from hw2cli.io.atomic import check_output_file
-    from hw2cli.tasks.ddim import check_noise, interpolate, load_noise_file, seeded_noise
+    from hw2cli import runtime, settings
+    from hw2cli.tasks.ddim import interpolation_figure
 
     opts = _options(steps, eta, alpha_prev, final_alpha, clip_x0)
     values = _parse_alphas(alphas)
     modes = ["slerp", "lerp"] if mode == "both" else [mode]
-    check_output_file(out, "figure", image=True)
-    source = _source(unet, digit, dataset, checkpoint)
-    _clip_default(opts, clip_x0, source)
-    if (a is None) != (b is None):
-        raise UsageError("give both noise files A and B, or neither.")
-    if a is None and unet is not None:
-        folder = settings.get().data_root / "face" / "noise"
-        a, b = folder / "00.pt", folder / "01.pt"
-    if a is not None and b is not None:
-        xa, xb = load_noise_file(a), load_noise_file(b)
-        if xa.shape != xb.shape:
-            raise UsageError(f"{a.name} has shape {list(xa.shape)} but {b.name} has {list(xb.shape)}.")
-        names = [a.name, b.name]
-    else:
-        pair = seeded_noise(2, source.side or 256, seed)
-        xa, xb = pair[:1], pair[1:]
-        names = [f"seed {seed}"]
-    check_noise(xa, source, names)
-    with ui.progress("interpolate", len(values) * len(modes)) as bar:
-        path = interpolate(source, xa, xb, values, modes, out, opts, normalize=normalize, on_batch=bar.update)
+    device, dtype = runtime.setup()
+    with ui.progress("interpolate", None) as bar, _face_noise_hint():
+        path = interpolation_figure(
+            out, _spec(unet, digit, dataset, checkpoint), values, modes, opts, device=device, dtype=dtype, a=a, b=b,
+            default_noise_dir=settings.get().data_root / "face" / "noise", seed=seed, normalize=normalize,
+            on_start=lambda n: bar.reset(n), on_batch=bar.update,
+        )  # fmt: skip
     ui.result(f"wrote {path}")
 
 
@@ -244,7 +229,7 @@ def eval_command(
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
     """The P2 grader: per-image MSE on the 0–255 scale and the mean (baseline: < 20)."""
-    from hw2cli.tasks.ddim import mse_eval
+    from hw2cli.tasks.grading import mse_eval
 
     report = mse_eval(out, gt)
     if as_json:

@@ -38,7 +38,7 @@ def _legacy(data_range: str | None, cond_layout: str | None) -> dict:
 
 def _model(checkpoint: Path | None, data_range: str | None = None, cond_layout: str | None = None):
     from hw2cli import runtime
-    from hw2cli.tasks.ddpm import load_model
+    from hw2cli.io.checkpoints import load_model
 
     device, dtype = runtime.setup()
     return load_model(checkpoint, device, **_legacy(data_range, cond_layout)), dtype
@@ -307,7 +307,7 @@ def eval_command(
     """
     from hw2cli import runtime, settings
     from hw2cli.errors import UsageError
-    from hw2cli.tasks.classify import evaluate_generated, official_svhn_checkpoint
+    from hw2cli.tasks.grading import evaluate_generated, official_svhn_checkpoint
 
     if svhn_classifier == "detectors":
         if svhn_checkpoint is not None:

@@ -28,19 +28,6 @@ def _check_resolution(value: int | None) -> None:
         raise UsageError(f"--resolution is {value}; expected a multiple of 8 (the VAE downsamples by 8).")
 
 
-def _pipeline(model: Path | str, dtype_name: str | None = None):
-    from hw2cli import runtime, settings
-    from hw2cli.pretrained.sd import load_pipeline
-
-    device, dtype = runtime.setup()
-    if device.type == "cpu":
-        dtype = __import__("torch").float32  # half precision on CPU is slow and lossy
-    current = settings.get()
-    return load_pipeline(
-        model, device=device, dtype=dtype, cache=current.weights_dir, offline=current.offline, note=ui.info
-    )
-
-
 @app.command()
 def train(
     model: str = typer.Option(..., "--model", help=MODEL_HELP),
@@ -68,7 +55,8 @@ def train(
     """
     from hw2cli import runtime, settings
     from hw2cli.io.atomic import check_output_folder
-    from hw2cli.tasks.personalize import PersonalizeOptions, parse_concept, train_personalization
+    from hw2cli.tasks.personalize.concepts import parse_concept
+    from hw2cli.tasks.personalize.train import PersonalizeOptions, train_personalization
 
     _check_resolution(resolution)
     for spec in concept:
@@ -130,20 +118,11 @@ def generate(
       hw2 personalize generate hw2_data/textual_inversion/input.json out/p3 --model sd-v1-4.ckpt
       hw2 personalize generate --prompt "A <new1> in the style of <new2>." -n 4 --model sd-v1-4.ckpt --embeds runs/cd
     """
-    from hw2cli import settings
-    from hw2cli.errors import RunError, UsageError
+    from hw2cli import runtime, settings
+    from hw2cli.data.prompts import read_input_json
+    from hw2cli.errors import UsageError
     from hw2cli.io.atomic import check_output_folder
-    from hw2cli.io.manifest import fingerprint
-    from hw2cli.tasks.personalize import (
-        check_prompt_tokens,
-        default_embeddings,
-        generate_graded,
-        generate_prompt,
-        load_embeddings,
-        prompt_tokens,
-        read_input_json,
-        set_sampler,
-    )
+    from hw2cli.tasks.personalize.generate import generate
 
     _check_resolution(resolution)
     entries = None
@@ -152,56 +131,32 @@ def generate(
             input_json, out = None, input_json
         elif input_json is not None:
             raise UsageError("with --prompt, give only the output folder; an input.json is for the graded layout.")
-        prompts = [prompt]
     elif input_json is None:
         raise UsageError("give the input.json to generate the graded layout, or --prompt for a free prompt.")
     else:
         entries = read_input_json(input_json)  # a bad file fails before the model loads
-        prompts = [p for entry in entries.values() for p in entry["prompt"]]
     out = check_output_folder(out or Path("outputs/personalize"))
-    needed = prompt_tokens(prompts)
-    sources = list(embeds or [])
-    if not sources and needed:
-        default = default_embeddings()
-        if default is None:
-            raise RunError(
-                f"the prompts use {', '.join(needed)}, but this install ships no trained embeddings yet; pass "
-                "--embeds runs/... (train them with `hw2 personalize train`)."
-            )
-        sources = [default]
-    for source in sources:
+    for source in embeds or []:
         if not Path(source).exists():
             raise UsageError(f"--embeds {source} does not exist.")
-    pipe = _pipeline(model)
-    tokens = load_embeddings(pipe, sources)
-    check_prompt_tokens(pipe, prompts)
-    set_sampler(pipe, sampler)
-    if tokens:
-        ui.info(f"loaded {', '.join(tokens)}")
-    common = {"steps": steps, "guidance": guidance, "seed": seed, "batch": batch, "resolution": resolution}
-    if entries is None:
-        with ui.progress("generate", n) as bar:
-            paths = generate_prompt(pipe, prompt, n, out, on_batch=bar.update, **common)
-        ui.result(f"wrote {len(paths)} images to {out}")
-        return
-    identity = {
-        "model": fingerprint(model) if Path(model).exists() else str(model),
-        "embeddings": [fingerprint(s) for s in sources],
-    }
-    total = sum(len(e["prompt"]) for e in entries.values()) * 25
-    with ui.progress("generate", total) as bar:
-        result = generate_graded(
-            pipe,
-            entries,
-            out,
-            identity=identity,
-            state_dir=settings.get().weights_dir,
-            resume=resume,
-            on_batch=bar.update,
-            **common,
-        )
+    device, dtype = runtime.setup()
+    current = settings.get()
+    with ui.progress("generate", None) as bar:
+
+        def started(total: int, tokens: list[str]) -> None:
+            if tokens:
+                ui.info(f"loaded {', '.join(tokens)}")
+            bar.reset(total)
+
+        result = generate(
+            model, out, device=device, dtype=dtype, weights_dir=current.weights_dir, offline=current.offline,
+            entries=entries, prompt=prompt, embeddings=list(embeds or []), n=n, steps=steps, guidance=guidance,
+            sampler=sampler, seed=seed, batch=batch, resolution=resolution, resume=resume, note=ui.info,
+            on_start=started, on_batch=bar.update,
+        )  # fmt: skip
     kept = f"; kept {result['reused']} finished by an earlier run" if result["reused"] else ""
-    ui.result(f"wrote {result['written']} images under {out}{kept}")
+    where = f"to {out}" if prompt is not None else f"under {out}"
+    ui.result(f"wrote {result['written']} images {where}{kept}")
 
 
 @app.command("eval")
@@ -225,8 +180,9 @@ def eval_command(
     reference folder that are not images (.png, .jpg, .jpeg, .webp, .bmp) are skipped with a
     warning; the TA's grader would try to open them and fail."""
     from hw2cli import runtime, settings
+    from hw2cli.data.prompts import read_input_json
     from hw2cli.pretrained.clip import load_clip
-    from hw2cli.tasks.personalize import grade, grading_plan, read_input_json
+    from hw2cli.tasks.grading import grade, grading_plan
 
     jobs = grading_plan(out, read_input_json(input_json, need_eval=True), refs)  # every folder checked first
     for folder, ignored in {j.references[0].parent: j.ignored for j in jobs if j.ignored}.items():

@@ -362,14 +362,14 @@ def _bench_model(
     from hw2cli.errors import UsageError
 
     if model == "digit":
-        from hw2cli.tasks.ddpm import load_model
+        from hw2cli.io.checkpoints import load_model
 
         m = load_model(checkpoint, device)
         cond = torch.zeros(batch, dtype=torch.long, device=device)
         return m.net, (3, 28, 28), cond
     if model == "face":
+        from hw2cli.io.checkpoints import load_face_unet
         from hw2cli.models import FaceUNet
-        from hw2cli.tasks.ddim import load_face_unet
 
         net = load_face_unet(checkpoint, device) if checkpoint else FaceUNet(width=width).to(device).eval()
         if device.type == "cuda":

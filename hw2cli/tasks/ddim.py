@@ -1,5 +1,7 @@
-"""P2 core: DDIM on the homework's face UNet (or, without one, the embedded digit model), the
-graded generation, the eta grid, slerp/lerp interpolation and the grader's MSE."""
+"""P2 core: DDIM on the homework's face UNet (or, without one, the embedded digit model): the
+graded generation (:func:`graded_sample`), the eta grid (:func:`eta_grid_figure`) and slerp/lerp
+interpolation (:func:`interpolation_figure`), one call per command. The grader's MSE is in
+:mod:`hw2cli.tasks.grading`."""
 
 from __future__ import annotations
 
@@ -9,16 +11,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
+from hw2cli.data.noise import load_noise_dir, load_noise_file, seeded_noise, stack_noise
 from hw2cli.diffusion import NoiseSchedule, classifier_free_guidance, make_timesteps, sample_ddim
-from hw2cli.diffusion.wrappers import EpsModel, autocast_eps
+from hw2cli.diffusion.wrappers import EpsModel, GraphedEps, autocast_eps
 from hw2cli.errors import UsageError
-from hw2cli.io.atomic import save_image
-from hw2cli.io.checkpoints import load_state_into, torch_load
-from hw2cli.io.images import labelled_grid, load_rgb, to_uint8
-from hw2cli.models import FaceUNet
+from hw2cli.io.atomic import check_output_file, check_output_folder, confine, save_image
+from hw2cli.io.checkpoints import load_face_unet, load_model
+from hw2cli.io.images import labelled_grid, to_uint8
 
 
 @dataclass
@@ -40,7 +41,7 @@ class DDIMOptions:
     eta: float = 0.0
     alpha_prev: str = "next"  # or "t-1"
     final_alpha: str = "first"  # or "one"
-    clip_x0: bool = False
+    clip_x0: bool | None = None  # None: on for the (guided) digit model, off for the face UNet (the spec's)
     offset: int = 1
 
     def validate(self) -> None:
@@ -57,24 +58,34 @@ class DDIMOptions:
 # ---------------------------------------------------------------------------- models
 
 
-def load_face_unet(path: str | Path, device: torch.device) -> FaceUNet:
-    """The homework's ``UNet.pt`` (a plain state dict), loaded strictly."""
-    path = Path(path)
-    if path.is_dir():
-        raise UsageError(f"the face UNet {path} is a folder; pass the UNet.pt file inside it (hw2_data/face/UNet.pt).")
-    if not path.is_file():
-        raise UsageError(f"the face UNet {path} does not exist; pass the homework's hw2_data/face/UNet.pt.")
-    state = torch_load(path, "a PyTorch state dict")
-    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict) or "down1.weight" not in state:
-        raise UsageError(f"{path} is not a face UNet state dict (it has no 'down1.weight').")
-    width = int(state["down1.weight"].shape[0])
-    if width % 32:
-        raise UsageError(f"{path} has width {width}; the face UNet's width is a multiple of 32 (official: 128).")
-    model = FaceUNet(width=width)
-    load_state_into(model, state, str(path))
-    return model.to(device).eval()
+@dataclass
+class SourceSpec:
+    """Which network a DDIM command runs: the face UNet at ``unet``, else the digit model
+    (``checkpoint`` or the embedded one) conditioned on ``digit`` of ``dataset``."""
+
+    unet: Path | None = None
+    checkpoint: Path | None = None
+    digit: int = 0
+    dataset: str = "mnistm"
+    cuda_graph: bool = False
+
+
+def open_source(spec: SourceSpec, device: torch.device, dtype: torch.dtype = torch.float32) -> EpsSource:
+    if spec.cuda_graph and device.type != "cuda":
+        from hw2cli.errors import RunError
+
+        raise RunError("a CUDA graph needs a CUDA device; there is none here.")
+    if spec.unet is not None:
+        return face_source(spec.unet, device, dtype, cuda_graph=spec.cuda_graph)
+    return digit_source(device, digit=spec.digit, dataset=spec.dataset, dtype=dtype, checkpoint=spec.checkpoint)
+
+
+def _with_clip_default(opts: DDIMOptions, source: EpsSource) -> DDIMOptions:
+    """Unset ``clip_x0``: clip for the guided digit model (unclipped, guided DDIM diverges at
+    0 < η < 1), not for the face UNet, whose graded outputs are made without clipping."""
+    if opts.clip_x0 is not None:
+        return opts
+    return DDIMOptions(**{**opts.__dict__, "clip_x0": source.side is not None})
 
 
 def face_source(
@@ -86,8 +97,6 @@ def face_source(
         model = model.to(memory_format=torch.channels_last)
     eps = autocast_eps(model, device, dtype)
     if cuda_graph:
-        from hw2cli.diffusion.wrappers import GraphedEps
-
         eps = GraphedEps(eps)
     return EpsSource(eps, NoiseSchedule.linear(), None, f"face UNet ({unet})", device)
 
@@ -102,11 +111,8 @@ def digit_source(
     dtype: torch.dtype = torch.float32,
 ) -> EpsSource:
     """The embedded digit model conditioned on one digit, so the P2 commands work right after install."""
-    from hw2cli.tasks.ddpm import check_digit, load_model
-
-    check_digit(digit)
     model = load_model(checkpoint, device)
-    cond = torch.tensor([model.config.condition_index(digit, model.dataset_index(dataset))], device=device)
+    cond = torch.tensor([model.condition(digit, dataset)], device=device)
     null = torch.tensor([model.null_condition], device=device)
     guided = classifier_free_guidance(autocast_eps(model.net, device, dtype), guidance, null)
 
@@ -119,62 +125,18 @@ def digit_source(
 # ---------------------------------------------------------------------------- noise
 
 
-def load_noise_file(path: str | Path) -> torch.Tensor:
-    """A noise file as ``[1, 3, H, W]`` float32; any other content is an error naming the file."""
-    path = Path(path)
-    if not path.is_file():
-        raise UsageError(f"noise file {path} does not exist.")
-    obj = torch_load(path, "a tensor file")
-    if not isinstance(obj, torch.Tensor):
-        raise UsageError(f"{path} holds a {type(obj).__name__}, not a tensor of shape [1, 3, H, W].")
-    if obj.ndim == 3:
-        obj = obj[None]
-    if obj.ndim != 4 or obj.shape[0] != 1 or obj.shape[1] != 3:
-        raise UsageError(f"{path} has shape {list(obj.shape)}; expected [1, 3, H, W] or [3, H, W].")
-    if not obj.is_floating_point():
-        raise UsageError(f"{path} holds {obj.dtype} values; expected floating-point noise.")
-    if not torch.isfinite(obj).all():
-        raise UsageError(f"{path} holds NaN or infinite values; noise must be finite.")
-    return obj.float()
-
-
-def load_noise_dir(folder: str | Path) -> tuple[list[str], torch.Tensor]:
-    """Every ``*.pt`` in ``folder``, sorted by name, stacked to ``[N, 3, H, W]``."""
-    folder = Path(folder)
-    if folder.is_file():
-        raise UsageError(f"the noise folder {folder} is a file; pass the folder holding 00.pt, 01.pt, ...")
-    if not folder.is_dir():
-        raise UsageError(f"the noise folder {folder} does not exist.")
-    files = sorted(folder.glob("*.pt"))
-    if not files:
-        raise UsageError(f"{folder} holds no .pt noise files.")
-    return [f.stem for f in files], stack_noise(files)
-
-
-def stack_noise(files: Sequence[Path]) -> torch.Tensor:
-    tensors = [load_noise_file(f) for f in files]
-    for f, t in zip(files, tensors, strict=True):
-        if t.shape != tensors[0].shape:
-            raise UsageError(
-                f"{f.name} is {t.shape[-2]}×{t.shape[-1]} but {files[0].name} is "
-                f"{tensors[0].shape[-2]}×{tensors[0].shape[-1]}; one batch needs one size."
-            )
-    return torch.cat(tensors)
+class NoiseDoesNotFit(UsageError):
+    """Noise of another size than the network makes (face noise given to the digit model)."""
 
 
 def check_noise(noise: torch.Tensor, source: EpsSource, names: Sequence[str]) -> None:
     h, w = noise.shape[-2:]
     if source.side is not None and (h, w) != (source.side, source.side):
-        raise UsageError(
-            f"{names[0]} is {h}×{w}, but the {source.description} makes {source.side}×{source.side} images; "
-            "pass --unet UNet.pt for face noise."
+        raise NoiseDoesNotFit(
+            f"{names[0]} is {h}×{w}, but the {source.description} makes {source.side}×{source.side} images"
         )
     if source.side is None and (h % 32 or w % 32):
         raise UsageError(f"{names[0]} is {h}×{w}; the face UNet needs sides divisible by 32.")
-
-
-def seeded_noise(n: int, side: int, seed: int) -> torch.Tensor:
-    return torch.randn((n, 3, side, side), generator=torch.Generator().manual_seed(seed))
 
 
 # ---------------------------------------------------------------------------- sampling
@@ -208,7 +170,7 @@ def run_ddim(
             timesteps,
             generator=gen,
             eta=opts.eta,
-            clip_x0=opts.clip_x0,
+            clip_x0=bool(opts.clip_x0),
             alpha_prev=opts.alpha_prev,
             final_alpha=opts.final_alpha,
         )
@@ -312,40 +274,123 @@ def interpolate(
     )
 
 
-# ---------------------------------------------------------------------------- grading
+# ---------------------------------------------------------------------------- the commands
 
 
-@dataclass
-class MSEReport:
-    per_image: dict[str, float]
-    mean: float
-    extra: list[str]
+def graded_sample(
+    noise_dir: str | Path,
+    out: str | Path,
+    spec: SourceSpec,
+    opts: DDIMOptions,
+    *,
+    device: torch.device,
+    dtype: torch.dtype = torch.float32,
+    seed: int = 0,
+    batch: int = 10,
+    normalize: str = "minmax",
+    on_start: Callable[[int, str], None] | None = None,
+    on_batch: Callable[[int], None] | None = None,
+) -> list[Path]:
+    """The ``hw2_2.sh`` contract: ``out/<name>.png`` for every ``<name>.pt`` in ``noise_dir``."""
+    out = check_output_folder(Path(out))
+    names, noise = load_noise_dir(noise_dir)
+    source = open_source(spec, device, dtype)
+    opts = _with_clip_default(opts, source)
+    check_noise(noise, source, names)
+    if on_start is not None:
+        on_start(len(names), source.description)
+    x = run_ddim(source, noise, opts, seed=seed, batch=batch, on_batch=on_batch)
+    with confine(out):
+        return save_named(to_images(x, normalize), names, out)
 
 
-def mse_eval(out: str | Path, gt: str | Path) -> MSEReport:
-    """The P2 grader: per image ``mean((gen − gt)²)`` on the 0–255 scale (both opened as RGB), and the mean."""
-    out, gt = Path(out), Path(gt)
-    for folder, what in ((out, "generated"), (gt, "ground-truth")):
-        if not folder.is_dir():
-            raise UsageError(f"{folder} is not a folder of {what} images.")
-    gt_files = sorted(p for p in gt.iterdir() if p.suffix.lower() == ".png")
-    if not gt_files:
-        raise UsageError(f"{gt} holds no .png ground-truth images.")
-    missing = [p.name for p in gt_files if not (out / p.name).is_file()]
-    if missing:
-        raise UsageError(
-            f"{out} lacks {missing[0]}" + (f" and {len(missing) - 1} more" if len(missing) > 1 else "") + "."
-        )
-    names = {p.name for p in gt_files}
-    extra = sorted(p.name for p in out.iterdir() if p.is_file() and p.name not in names)
-    per_image = {}
-    for p in gt_files:
-        try:
-            a = load_rgb(out / p.name).astype(np.float64)
-            b = load_rgb(p).astype(np.float64)
-        except Exception as exc:
-            raise UsageError(f"cannot open {p.name}: {exc}.") from exc
-        if a.shape != b.shape:
-            raise UsageError(f"{out / p.name} is {a.shape[1]}×{a.shape[0]} but {p} is {b.shape[1]}×{b.shape[0]}.")
-        per_image[p.name] = float(np.mean((a - b) ** 2))
-    return MSEReport(per_image, float(np.mean(list(per_image.values()))), extra)
+def _grid_noise(
+    source: EpsSource,
+    files: Sequence[Path],
+    noise_dir: Path | None,
+    default_dir: Path | None,
+    count: int,
+    seed: int,
+) -> tuple[list[str], torch.Tensor]:
+    """The columns of the eta grid: given files, else the first ``count`` of a folder (the homework's
+    by default with the face UNet), else ``count`` seeded noises for the digit model."""
+    if files:
+        return [Path(f).stem for f in files], stack_noise([Path(f) for f in files])
+    folder = noise_dir or (default_dir if source.side is None else None)
+    if folder is not None:
+        names, x = load_noise_dir(folder)
+        return names[:count], x[:count]
+    return [f"seed {seed}, #{i}" for i in range(count)], seeded_noise(count, source.side or 256, seed)
+
+
+def eta_grid_figure(
+    out: str | Path,
+    spec: SourceSpec,
+    etas: Sequence[float],
+    opts: DDIMOptions,
+    *,
+    device: torch.device,
+    dtype: torch.dtype = torch.float32,
+    noise_files: Sequence[Path] = (),
+    noise_dir: Path | None = None,
+    default_noise_dir: Path | None = None,
+    count: int = 4,
+    seed: int = 0,
+    normalize: str = "minmax",
+    on_start: Callable[[int], None] | None = None,
+    on_batch: Callable[[int], None] | None = None,
+) -> Path:
+    """The report's grid: rows η, columns noise (the homework's 00–03 by default)."""
+    out = check_output_file(Path(out), "figure", image=True)
+    for eta in etas:
+        DDIMOptions(**{**opts.__dict__, "eta": eta}).validate()
+    source = open_source(spec, device, dtype)
+    opts = _with_clip_default(opts, source)
+    names, x = _grid_noise(source, noise_files, noise_dir, default_noise_dir, count, seed)
+    check_noise(x, source, names)
+    if on_start is not None:
+        on_start(len(etas) * len(names))
+    with confine(out.parent):
+        return eta_grid(source, x, names, etas, out, opts, seed=seed, normalize=normalize, on_batch=on_batch)
+
+
+def interpolation_figure(
+    out: str | Path,
+    spec: SourceSpec,
+    alphas: Sequence[float],
+    modes: Sequence[str],
+    opts: DDIMOptions,
+    *,
+    device: torch.device,
+    dtype: torch.dtype = torch.float32,
+    a: Path | None = None,
+    b: Path | None = None,
+    default_noise_dir: Path | None = None,
+    seed: int = 0,
+    normalize: str = "minmax",
+    on_start: Callable[[int], None] | None = None,
+    on_batch: Callable[[int], None] | None = None,
+) -> Path:
+    """Slerp and/or lerp between two noises (the homework's 00 and 01 by default with the face UNet,
+    two seeded noises for the digit model), DDIM from each mix, one labelled figure."""
+    out = check_output_file(Path(out), "figure", image=True)
+    if (a is None) != (b is None):
+        raise UsageError("give both noise files A and B, or neither.")
+    source = open_source(spec, device, dtype)
+    opts = _with_clip_default(opts, source)
+    if a is None and source.side is None and default_noise_dir is not None:
+        a, b = default_noise_dir / "00.pt", default_noise_dir / "01.pt"
+    if a is not None and b is not None:
+        xa, xb = load_noise_file(a), load_noise_file(b)
+        if xa.shape != xb.shape:
+            raise UsageError(f"{a.name} has shape {list(xa.shape)} but {b.name} has {list(xb.shape)}.")
+        names = [a.name, b.name]
+    else:
+        pair = seeded_noise(2, source.side or 256, seed)
+        xa, xb = pair[:1], pair[1:]
+        names = [f"seed {seed}"]
+    check_noise(xa, source, names)
+    if on_start is not None:
+        on_start(len(alphas) * len(modes))
+    with confine(out.parent):
+        return interpolate(source, xa, xb, alphas, modes, out, opts, normalize=normalize, on_batch=on_batch)

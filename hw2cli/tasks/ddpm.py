@@ -5,19 +5,17 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from hw2cli.data import DATASETS
-from hw2cli.diffusion import NoiseSchedule, classifier_free_guidance, sample
+from hw2cli.diffusion import classifier_free_guidance, sample
 from hw2cli.diffusion.wrappers import autocast_eps
 from hw2cli.errors import RunError, UsageError
 from hw2cli.io.atomic import check_output_folder, confine, remove_stale_temporaries, save_image
-from hw2cli.io.checkpoints import DiffusionConfig, load_checkpoint
+from hw2cli.io.checkpoints import DigitModel
 from hw2cli.io.images import labelled_grid, to_uint8
 from hw2cli.io.manifest import fingerprint, prepare_outputs
 
@@ -29,51 +27,6 @@ def default_batch(device: torch.device) -> int:
     """Images per forward pass: small batches keep a CPU's caches warm (measured: 100 is twice as
     fast as 500 on a 2-core machine); a GPU wants large ones."""
     return 500 if device.type == "cuda" else 100
-
-
-def default_checkpoint() -> Path:
-    return Path(str(resources.files("hw2cli.assets").joinpath("digit_ddpm.safetensors")))
-
-
-@dataclass
-class DigitModel:
-    net: torch.nn.Module
-    config: DiffusionConfig
-    schedule: NoiseSchedule
-    source: str
-    device: torch.device
-    path: Path | None = None
-
-    @property
-    def null_condition(self) -> int:
-        return int(self.net.null_condition)  # type: ignore[union-attr]
-
-    def dataset_index(self, name: str) -> int:
-        if name not in self.config.datasets:
-            raise UsageError(f"this model was trained on {', '.join(self.config.datasets)}, not {name}.")
-        return self.config.datasets.index(name)
-
-
-def load_model(checkpoint: str | Path | None, device: torch.device, **legacy: Any) -> DigitModel:
-    """A checkpoint, or the embedded default when ``checkpoint`` is ``None``."""
-    if checkpoint is None:
-        path = default_checkpoint()
-        if not path.exists():
-            raise RunError(
-                "this install has no embedded digit model; pass --checkpoint (train one with hw2 ddpm train)."
-            )
-        source = "embedded default"
-    else:
-        path = Path(checkpoint)
-        source = str(path)
-    net, config = load_checkpoint(path, **legacy)
-    return DigitModel(net.to(device), config, NoiseSchedule.from_config(config.schedule), source, device, path)
-
-
-def check_digit(digit: int) -> int:
-    if not 0 <= digit <= 9:
-        raise UsageError(f"the digit is {digit}; expected a digit from 0 to 9.")
-    return digit
 
 
 def parse_datasets(value: str) -> list[str]:
@@ -124,8 +77,6 @@ def iter_samples(
         raise UsageError(f"the sampler {sampler!r} is not known; expected ddpm, ddim or dpm.")
     if len(digits) != len(datasets):
         raise ValueError("one data set per digit")
-    for d in digits:
-        check_digit(d)
     if not math.isfinite(guidance):
         raise UsageError(f"the guidance weight must be a finite number, got {guidance}.")
     steps = steps if steps is not None else DEFAULT_STEPS[sampler]
@@ -135,9 +86,7 @@ def iter_samples(
     most = model.schedule.max_sampler_steps
     if steps is not None and not 1 <= steps <= most:
         raise UsageError(f"this model's schedule allows 1 to {most} sampler steps, not {steps}.")
-    cond_all = torch.tensor(
-        [model.config.condition_index(d, model.dataset_index(n)) for d, n in zip(digits, datasets, strict=True)]
-    )
+    cond_all = torch.tensor([model.condition(d, n) for d, n in zip(digits, datasets, strict=True)])
     device = model.device
     null = torch.tensor([model.null_condition], device=device)
     eps_model = classifier_free_guidance(autocast_eps(model.net, device, dtype), guidance, null)
@@ -305,7 +254,7 @@ def trajectory_figure(
 
         x_start = torch.randn((1, 3, 28, 28), generator=torch.Generator().manual_seed(seed)).to(model.device)
         null = torch.tensor([model.null_condition], device=model.device)
-        cond = torch.tensor([model.config.condition_index(digit, model.dataset_index(dataset))], device=model.device)
+        cond = torch.tensor([model.condition(digit, dataset)], device=model.device)
         eps = classifier_free_guidance(model.net, guidance, null)
         with torch.inference_mode():
             sample(

@@ -1,0 +1,123 @@
+"""The homework's ``input.json`` for P3, validated once by a pydantic model.
+
+It maps a concept key to ``{"src_image", "token_name", "prompt": [...], "prompt_4_clip_eval":
+[...], "baseline": [[image, text], ...]}``. A key becomes a folder name under the output folder,
+so it must be a name; a token name must look like ``<new1>``; the lists hold one entry per
+prompt. Anything else is one sentence naming the key and the field.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, RootModel, ValidationError, field_validator, model_validator
+
+from hw2cli.errors import UsageError
+
+KEY_RE = re.compile(r"^[A-Za-z0-9_-]+$")
+SAFE_TOKEN_RE = re.compile(r"^<[^<>\s/\\\x00]+>$")
+
+
+def check_token_name(token: str, where: str = "token") -> str:
+    """A learned token is a name like ``<new1>``: angle brackets, no spaces, no path characters."""
+    if not SAFE_TOKEN_RE.fullmatch(token) or ".." in token:
+        raise ValueError(
+            f"the {where} {token!r} is not a token name like <new1> (angle brackets, no spaces, '/', '\\' or '..')"
+        )
+    return token
+
+
+class PromptEntry(BaseModel):
+    """One concept of the homework's input.json."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    src_image: str | None = None
+    token_name: str
+    prompt: list[str] = Field(min_length=1)
+    prompt_4_clip_eval: list[str] | None = None
+    baseline: list[tuple[float, float]] | None = None
+
+    @field_validator("token_name")
+    @classmethod
+    def _token(cls, value: str) -> str:
+        return check_token_name(value, "token_name")
+
+    @field_validator("baseline", mode="before")
+    @classmethod
+    def _numbers(cls, value: Any) -> Any:  # JSON integers are baselines too; strict mode wants floats
+        if isinstance(value, list):
+            return [
+                tuple(float(v) if isinstance(v, int) and not isinstance(v, bool) else v for v in pair)
+                if isinstance(pair, list)
+                else pair
+                for pair in value
+            ]
+        return value
+
+    @model_validator(mode="after")
+    def _lengths(self) -> PromptEntry:
+        n = len(self.prompt)
+        for name in ("prompt_4_clip_eval", "baseline"):
+            values = getattr(self, name)
+            if values is not None and len(values) != n:
+                raise ValueError(f"{name} has {len(values)} entries but prompt has {n}; one per prompt")
+        if self.baseline is not None and not all(math.isfinite(v) for pair in self.baseline for v in pair):
+            raise ValueError("baseline holds a value that is not a finite number")
+        return self
+
+
+class InputFile(RootModel[dict[str, PromptEntry]]):
+    @field_validator("root")
+    @classmethod
+    def _keys(cls, value: dict[str, PromptEntry]) -> dict[str, PromptEntry]:
+        if not value:
+            raise ValueError("it maps no concept keys")
+        for key in value:
+            if not KEY_RE.fullmatch(key):
+                raise ValueError(
+                    f"the concept key {key!r} is not a name (letters, digits, '_' and '-' only): keys become folder "
+                    "names under the output folder"
+                )
+        return value
+
+
+def _validation_sentence(path: Path, exc: ValidationError) -> str:
+    first = exc.errors()[0]
+    loc = [str(p) for p in first["loc"] if p != "root"]
+    message = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "list_type":
+        message = f"expected a list of strings, got {type(first['input']).__name__} {first['input']!r}"
+    elif first["type"] == "string_type":
+        message = f"expected a string, got {first['input']!r}"
+    elif first["type"] == "missing" and len(loc) >= 2:
+        return f"{path}: concept {loc[0]!r} has no {'.'.join(loc[1:])!r}."
+    if len(loc) >= 2:
+        return f"{path}: concept {loc[0]!r}, field {'.'.join(loc[1:])!r}: {message}."
+    if len(loc) == 1:
+        return f"{path}: concept {loc[0]!r}: {message}."
+    return f"{path}: {message}."
+
+
+def read_input_json(path: str | Path, *, need_eval: bool = False) -> dict[str, dict[str, Any]]:
+    """The homework's input.json, validated once: concept keys are names, token names are tokens,
+    ``prompt`` (and ``prompt_4_clip_eval`` / ``baseline``) are lists of one entry per prompt."""
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"{path} does not exist; pass the homework's input.json.")
+    try:
+        data = InputFile.model_validate_json(path.read_bytes())
+    except ValidationError as exc:
+        if exc.errors()[0]["type"] == "json_invalid":
+            raise UsageError(f"{path} is not valid JSON: {exc.errors()[0]['ctx'].get('error', '')}.") from None
+        raise UsageError(_validation_sentence(path, exc)) from None
+    entries = {key: entry.model_dump() for key, entry in data.root.items()}
+    if need_eval:
+        for key, entry in entries.items():
+            for name in ("prompt_4_clip_eval", "baseline"):
+                if entry[name] is None:
+                    raise UsageError(f"{path}: concept {key!r} has no {name!r}, which grading needs.")
+    return entries

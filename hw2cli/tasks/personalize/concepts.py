@@ -1,0 +1,198 @@
+"""Concepts and their tokens: parsing ``<new1>=folder:dog``, adding the new tokens to the tokenizer
+and text encoder (initialised from the word's embedding), and learned embeddings in diffusers'
+``learned_embeds.safetensors`` format, saved and loaded (Custom Diffusion's K/V with them)."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from hw2cli.data import IMAGE_SUFFIXES
+from hw2cli.errors import UsageError
+from hw2cli.io.atomic import save_safetensors, write_json
+
+TOKEN_RE = re.compile(r"<[^<>\s]+>")
+STYLE_WORDS = {"painting", "style", "art", "artwork", "drawing", "illustration", "sketch"}
+
+# Prompt templates in the manner of the textual-inversion paper: a few phrasings per kind.
+OBJECT_TEMPLATES = (
+    "a photo of a {}",
+    "a rendering of a {}",
+    "a cropped photo of the {}",
+    "the photo of a {}",
+    "a photo of a clean {}",
+    "a close-up photo of a {}",
+    "a bright photo of the {}",
+    "a good photo of a {}",
+    "a photo of one {}",
+    "a photo of the small {}",
+)
+STYLE_TEMPLATES = (
+    "a painting in the style of {}",
+    "a rendering in the style of {}",
+    "a cropped painting in the style of {}",
+    "the painting in the style of {}",
+    "a clean painting in the style of {}",
+    "a picture in the style of {}",
+    "a good painting in the style of {}",
+    "a close-up painting in the style of {}",
+    "an artwork in the style of {}",
+    "a bright painting in the style of {}",
+)
+
+
+
+@dataclass
+class Concept:
+    token: str
+    folder: Path
+    init: str
+    kind: str = "object"  # or "style"
+    images: list[Path] = field(default_factory=list)
+
+
+def parse_concept(spec: str) -> Concept:
+    """``<new1>=path/to/images:initword[:object|style]`` (kind defaults by the init word)."""
+    token, sep, rest = spec.partition("=")
+    token = token.strip()
+    if not sep or not TOKEN_RE.fullmatch(token):
+        raise UsageError(f"--concept {spec!r} must look like '<new1>=path/to/images:dog' (token in angle brackets).")
+    parts = rest.rsplit(":", 2)
+    kind = None
+    if len(parts) == 3 and parts[2] in ("object", "style"):
+        folder, init, kind = parts
+    elif len(parts) >= 2:
+        folder, init = rest.rsplit(":", 1)
+    else:
+        raise UsageError(f"--concept {spec!r} has no initialiser word; add ':dog' (or another single word).")
+    folder_path = Path(folder)
+    if not folder_path.is_dir():
+        raise UsageError(f"--concept {token}: the image folder {folder_path} does not exist.")
+    images = sorted(p for p in folder_path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not images:
+        raise UsageError(f"--concept {token}: {folder_path} holds no images (.png, .jpg, .webp).")
+    init = init.strip()
+    if not init:
+        raise UsageError(f"--concept {token}: the initialiser word is empty.")
+    kind = kind or ("style" if init.lower() in STYLE_WORDS else "object")
+    return Concept(token, folder_path, init, kind, images)
+
+
+def add_tokens(pipe: Any, concepts: Sequence[Concept]) -> list[int]:
+    """Add each concept's token, initialised from its word's embedding; return the new ids."""
+    tokenizer, text_encoder = pipe.tokenizer, pipe.text_encoder
+    init_ids = []
+    for c in concepts:
+        ids = tokenizer.encode(c.init, add_special_tokens=False)
+        if len(ids) != 1:
+            raise UsageError(
+                f"--concept {c.token}: the initialiser {c.init!r} is {len(ids)} tokens; choose a single-token word."
+            )
+        init_ids.append(ids[0])
+    tokens = [c.token for c in concepts]
+    if len(set(tokens)) != len(tokens):
+        raise UsageError(f"two concepts use the same token: {', '.join(tokens)}.")
+    for token in tokens:
+        if token in tokenizer.get_vocab():
+            raise UsageError(f"token {token} already exists in the tokenizer; choose another name.")
+    tokenizer.add_tokens(tokens)
+    new_ids = tokenizer.convert_tokens_to_ids(tokens)
+    text_encoder.resize_token_embeddings(len(tokenizer), mean_resizing=False)  # rows are set just below
+    weight = text_encoder.get_input_embeddings().weight
+    with torch.no_grad():
+        for new, init in zip(new_ids, init_ids, strict=True):
+            weight[new] = weight[init].clone()
+    return list(new_ids)
+
+
+def kv_parameters(unet: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
+    """The cross-attention key/value projections (``attn2.to_k``/``attn2.to_v``) Custom Diffusion trains."""
+    return {n: p for n, p in unet.named_parameters() if re.search(r"attn2\.to_(k|v)\.", n)}
+
+
+def save_embeddings(rows: torch.Tensor, tokens: Sequence[str], out: Path) -> list[Path]:
+    """One folder per token holding ``learned_embeds.safetensors`` = ``{token: [dim]}``, the diffusers
+    format ``pipeline.load_textual_inversion(folder)`` reads; ``rows`` is ``[len(tokens), dim]``."""
+    rows = rows.detach().float().cpu()
+    paths = []
+    for token, row in zip(tokens, rows, strict=True):
+        folder = out / slug(token)
+        paths.append(save_safetensors({token: row.clone()}, folder / "learned_embeds.safetensors"))
+    write_json(out / "embeddings.json", {"tokens": list(tokens), "folders": [slug(t) for t in tokens]})
+    return paths
+
+
+def slug(token: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_-]+", "", token) or "token"
+
+
+def load_embeddings(pipe: Any, sources: Sequence[str | Path]) -> list[str]:
+    """Load learned tokens: a run folder (``embeddings.json``), a token folder, or a ``.safetensors``
+    file with one or more ``{token: tensor}`` entries. Custom Diffusion runs also restore their K/V."""
+    from safetensors.torch import load_file
+
+    loaded: list[str] = []
+    for source in sources:
+        path = Path(source)
+        if not path.exists():
+            raise UsageError(f"--embeds {path} does not exist.")
+        files: list[Path]
+        if path.is_dir() and (path / "embeddings.json").exists():
+            meta = json.loads((path / "embeddings.json").read_text())
+            files = [path / f / "learned_embeds.safetensors" for f in meta["folders"]]
+            kv = path / "custom_diffusion.safetensors"
+            if kv.exists():
+                state = load_file(kv)
+                unet_state = {k.removeprefix("unet."): v for k, v in state.items()}
+                missing = set(unet_state) - set(kv_parameters(pipe.unet))
+                if missing:
+                    raise UsageError(f"{kv} does not fit this UNet: key {sorted(missing)[0]!r} is not part of it.")
+                pipe.unet.load_state_dict(unet_state, strict=False)
+        elif path.is_dir():
+            files = [path / "learned_embeds.safetensors"]
+        else:
+            files = [path]
+        for file in files:
+            if not file.exists():
+                raise UsageError(f"--embeds: {file} does not exist.")
+            try:
+                state = load_file(file)
+            except Exception as exc:
+                raise UsageError(f"cannot read {file} as safetensors embeddings: {exc}.") from exc
+            for token, emb in state.items():
+                dim = pipe.text_encoder.get_input_embeddings().weight.shape[1]
+                if emb.reshape(-1).shape[0] != dim:
+                    raise UsageError(f"{file}: {token} has {emb.numel()} values but this text encoder needs {dim}.")
+                pipe.load_textual_inversion({token: emb.reshape(-1)}, token=token)
+                loaded.append(token)
+    return loaded
+
+
+def check_prompt_tokens(pipe: Any, prompts: Sequence[str]) -> None:
+    vocab = pipe.tokenizer.get_vocab()
+    for prompt in prompts:
+        for token in TOKEN_RE.findall(prompt):
+            if token not in vocab:
+                raise UsageError(
+                    f"the prompt {prompt!r} names {token}, which no loaded embedding provides; "
+                    "pass --embeds with its learned_embeds.safetensors."
+                )
+
+
+def prompt_tokens(prompts: Sequence[str]) -> list[str]:
+    """The ``<token>`` names the prompts use, in order of first use."""
+    return list(dict.fromkeys(t for p in prompts for t in TOKEN_RE.findall(p)))
+
+
+def default_embeddings() -> Path | None:
+    """The project's own learned embeddings (``hw2cli/assets/embeddings``), if this install has them."""
+    from importlib import resources
+
+    folder = Path(str(resources.files("hw2cli.assets").joinpath("embeddings")))
+    return folder if (folder / "embeddings.json").exists() else None

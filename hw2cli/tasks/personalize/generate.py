@@ -1,0 +1,244 @@
+"""Generating with learned tokens: the graded ``hw2_3.sh`` layout and free prompts.
+
+Image ``i`` of a prompt always comes from the generator seeded ``(seed, i)`` and batches always
+cover the same images, so a rerun after an interruption keeps finished batches and the result is
+byte-identical to an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from hw2cli.errors import RunError, UsageError
+from hw2cli.io.atomic import confine, inside, remove_stale_temporaries, save_image
+from hw2cli.io.manifest import prepare_outputs
+from hw2cli.tasks.personalize.concepts import check_prompt_tokens, slug
+
+
+def set_sampler(pipe: Any, sampler: str) -> None:
+    from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
+
+    if sampler == "dpm":
+        pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config, algorithm_type="dpmsolver++")
+    elif sampler == "ddim":
+        pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+    else:
+        raise UsageError(f"--sampler {sampler!r} is not known; expected dpm or ddim.")
+
+
+def _generator_seed(seed: int, index: int) -> int:
+    return seed * 10_007 + index
+
+
+def iter_images(
+    pipe: Any,
+    prompt: str,
+    n: int,
+    *,
+    steps: int,
+    guidance: float,
+    seed: int,
+    batch: int,
+    resolution: int | None = None,
+    skip: Callable[[int, int], bool] | None = None,
+    on_batch: Callable[[int], None] | None = None,
+) -> Iterator[tuple[int, list[Any]]]:
+    """Yield ``(start, PIL images)`` per batch of one prompt; image ``i`` always comes from the
+    generator seeded ``(seed, i)`` and batches always cover the same images, so a batch that
+    ``skip(start, stop)`` leaves out changes nothing in the others."""
+    if not math.isfinite(guidance):
+        raise UsageError(f"the guidance scale must be a finite number, got {guidance}.")
+    for start in range(0, n, batch):
+        count = min(batch, n - start)
+        if skip is not None and skip(start, start + count):
+            if on_batch is not None:
+                on_batch(count)
+            continue
+        gens = [torch.Generator(pipe.device).manual_seed(_generator_seed(seed, start + i)) for i in range(count)]
+        kwargs = {"height": resolution, "width": resolution} if resolution else {}
+        result = pipe([prompt] * count, num_inference_steps=steps, guidance_scale=guidance, generator=gens, **kwargs)
+        yield start, list(result.images)
+        if on_batch is not None:
+            on_batch(count)
+
+
+def generate_images(pipe: Any, prompt: str, n: int, **kwargs: Any) -> list[Any]:
+    """``n`` PIL images of one prompt (see :func:`iter_images` for the keyword arguments)."""
+    return [image for _, images in iter_images(pipe, prompt, n, **kwargs) for image in images]
+
+
+def prompt_file_stem(prompt: str) -> str:
+    return slug(prompt.replace(" ", "_"))[:60] or "prompt"
+
+
+def generate_prompt(pipe: Any, prompt: str, n: int, out: Path, **kwargs: Any) -> list[Path]:
+    """A free prompt: ``out/<prompt words>_<i>.png`` for ``i`` in ``0..n-1``."""
+    stem = prompt_file_stem(prompt)
+    paths = []
+    with confine(out):
+        for start, images in iter_images(pipe, prompt, n, **kwargs):
+            paths += [save_image(img, out / f"{stem}_{start + i}.png") for i, img in enumerate(images)]
+    return paths
+
+
+def graded_paths(
+    entries: dict[str, dict[str, Any]], out: Path, per_prompt: int = 25
+) -> dict[tuple[str, int], list[Path]]:
+    """``out/<key>/<idx>/source<key>_prompt<idx>_<n>.png`` for every prompt of every concept."""
+    return {
+        (key, idx): [inside(out, key, str(idx), f"source{key}_prompt{idx}_{n}.png") for n in range(per_prompt)]
+        for key, entry in entries.items()
+        for idx in range(len(entry["prompt"]))
+    }
+
+
+def generate_graded(
+    pipe: Any,
+    entries: dict[str, dict[str, Any]],
+    out: Path,
+    *,
+    per_prompt: int = 25,
+    steps: int = 50,
+    guidance: float = 7.5,
+    seed: int = 0,
+    batch: int = 5,
+    resolution: int | None = None,
+    identity: dict[str, Any] | None = None,
+    state_dir: Path | None = None,
+    resume: bool = True,
+    on_batch: Callable[[int], None] | None = None,
+) -> dict[str, int]:
+    """The ``hw2_3.sh`` layout: ``out/<key>/<idx>/source<key>_prompt<idx>_<n>.png``, 25 per prompt.
+
+    ``identity`` names the model and embeddings (what the plugin knows of them); with ``resume`` a
+    rerun with the same identity and settings keeps finished images and makes only missing
+    batches. Returns ``{"written": n, "reused": n}``.
+    """
+    check_prompt_tokens(pipe, [p for entry in entries.values() for p in entry["prompt"]])
+    layout = graded_paths(entries, out, per_prompt)
+    for paths in layout.values():
+        folder = paths[0].parent
+        if folder.is_dir():
+            remove_stale_temporaries(folder)
+            stray = sorted(p.name for p in folder.iterdir() if p not in set(paths))
+            if stray:
+                raise UsageError(
+                    f"{folder} already holds {stray[0]} (and {len(stray) - 1} more); the grader needs exactly "
+                    f"{per_prompt} images there, so use an empty output folder."
+                )
+    settings = {
+        "command": "personalize generate",
+        **(identity or {}),
+        "prompts": {key: entry["prompt"] for key, entry in entries.items()},
+        "per_prompt": per_prompt,
+        "steps": steps,
+        "guidance": guidance,
+        "seed": seed,
+        "batch": batch,
+        "resolution": resolution,
+        "scheduler": type(pipe.scheduler).__name__,
+        "device": str(pipe.device.type),
+    }
+    files = [p for paths in layout.values() for p in paths]
+    done = prepare_outputs(out, settings, files, state_dir=state_dir or out.parent, resume=resume)
+    written = 0
+    with confine(out):
+        for (key, idx), paths in layout.items():
+            prompt = entries[key]["prompt"][idx]
+            for start, images in iter_images(
+                pipe,
+                prompt,
+                per_prompt,
+                steps=steps,
+                guidance=guidance,
+                seed=seed + 1000 * idx + hash_key(key),
+                batch=batch,
+                resolution=resolution,
+                skip=lambda a, b, paths=paths: all(p in done for p in paths[a:b]),
+                on_batch=on_batch,
+            ):
+                for i, image in enumerate(images):
+                    save_image(image, paths[start + i])
+                    written += 1
+    return {"written": written, "reused": len(done)}
+
+
+def hash_key(key: str) -> int:
+    """A stable small integer per concept key (Python's hash() is salted per process)."""
+    return sum((i + 1) * ord(ch) for i, ch in enumerate(key)) % 997 * 100_000
+
+
+
+
+def generate(
+    model: str | Path,
+    out: Path,
+    *,
+    device: torch.device,
+    dtype: torch.dtype = torch.float32,
+    weights_dir: Path,
+    offline: bool = False,
+    entries: dict[str, dict[str, Any]] | None = None,
+    prompt: str | None = None,
+    embeddings: list[Path] | None = None,
+    n: int = 4,
+    steps: int = 50,
+    guidance: float = 7.5,
+    sampler: str = "dpm",
+    seed: int = 0,
+    batch: int = 5,
+    resolution: int | None = None,
+    resume: bool = True,
+    note: Callable[[str], None] | None = None,
+    on_start: Callable[[int, list[str]], None] | None = None,
+    on_batch: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
+    """The whole of ``hw2 personalize generate``: the graded layout for ``entries`` (an input.json)
+    or ``n`` images of ``prompt``. Embeddings are needed only for the ``<tokens>`` the prompts use
+    (the shipped ones unless ``embeddings`` are given). Returns ``{"written", "reused", "paths"}``."""
+    from hw2cli.pretrained.sd import load_pipeline
+    from hw2cli.tasks.personalize.concepts import default_embeddings, load_embeddings, prompt_tokens
+
+    if (entries is None) == (prompt is None):
+        raise UsageError("generate either the graded layout of an input.json or one free prompt, not both.")
+    prompts = [prompt] if prompt is not None else [p for e in entries.values() for p in e["prompt"]]  # type: ignore[union-attr]
+    needed = prompt_tokens(prompts)
+    sources = list(embeddings or [])
+    if not sources and needed:
+        default = default_embeddings()
+        if default is None:
+            raise RunError(
+                f"the prompts use {', '.join(needed)}, but this install ships no trained embeddings yet; give "
+                "learned embeddings (hw2 personalize train makes them)."
+            )
+        sources = [default]
+    for source in sources:
+        if not Path(source).exists():
+            raise UsageError(f"the embeddings {source} do not exist.")
+    if device.type == "cpu":
+        dtype = torch.float32  # half precision on a CPU is slow and lossy
+    pipe = load_pipeline(model, device=device, dtype=dtype, cache=weights_dir, offline=offline, note=note)
+    tokens = load_embeddings(pipe, sources)
+    check_prompt_tokens(pipe, prompts)
+    set_sampler(pipe, sampler)
+    total = n if prompt is not None else sum(len(e["prompt"]) for e in entries.values()) * 25  # type: ignore[union-attr]
+    if on_start is not None:
+        on_start(total, tokens)
+    common = {"steps": steps, "guidance": guidance, "seed": seed, "batch": batch, "resolution": resolution}
+    if prompt is not None:
+        paths = generate_prompt(pipe, prompt, n, out, on_batch=on_batch, **common)
+        return {"written": len(paths), "reused": 0, "paths": paths}
+    from hw2cli.io.manifest import fingerprint
+
+    identity = {
+        "model": fingerprint(model) if Path(model).exists() else str(model),
+        "embeddings": [fingerprint(s) for s in sources],
+    }
+    result = generate_graded(pipe, entries, out, identity=identity, state_dir=weights_dir, resume=resume,  # type: ignore[arg-type]
+                             on_batch=on_batch, **common)  # fmt: skip
+    return {**result, "paths": []}

@@ -1,0 +1,407 @@
+"""Training new tokens on Stable Diffusion v1: textual inversion and Custom Diffusion.
+
+- Textual inversion (Gal et al. 2022): the new tokens' rows are one ``[k, dim]`` parameter beside
+  the frozen embedding matrix (:class:`NewTokenEmbedding`), so no other row can move and the
+  optimizer holds state for k rows only.
+- Custom Diffusion (Kumari et al. 2023): the cross-attention key/value projections
+  (``attn2.to_k``, ``attn2.to_v``) learn together with one new token per concept, jointly on all
+  concepts, with optional regularisation images; only the changed weights are saved.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from hw2cli.data import IMAGE_SUFFIXES
+from hw2cli.errors import RunError, UsageError
+from hw2cli.io.atomic import remove_stale_temporaries, save_safetensors, write_json
+from hw2cli.tasks.personalize.concepts import (
+    OBJECT_TEMPLATES,
+    STYLE_TEMPLATES,
+    add_tokens,
+    kv_parameters,
+    parse_concept,
+    save_embeddings,
+)
+from hw2cli.tasks.training import deferred_interrupts, interrupted_twice, stop_here
+
+
+@dataclass
+class PersonalizeOptions:
+    model: str
+    concepts: list[str]
+    out: str
+    method: str = "textual-inversion"  # or "custom-diffusion"
+    steps: int = 3000
+    lr: float = 5e-3
+    kv_lr: float = 1e-5
+    batch: int = 1
+    resolution: int = 512
+    seed: int = 0
+    checkpoint_every: int = 500
+    gradient_checkpointing: bool | None = None  # default: on for CUDA
+    mixed_precision: str | None = None  # default: bf16 on CUDA, none elsewhere
+    reg: str | None = None  # custom diffusion: "folder:class prompt"
+    prior_weight: float = 1.0
+
+    def validate(self) -> None:
+        if self.method not in ("textual-inversion", "custom-diffusion"):
+            raise UsageError(f"--method {self.method!r} is not known; expected textual-inversion or custom-diffusion.")
+        if self.steps < 1 or self.batch < 1:
+            raise UsageError(f"--steps and --batch must be at least 1 (got {self.steps}, {self.batch}).")
+        if self.lr <= 0:
+            raise UsageError(f"--lr must be positive, got {self.lr}.")
+        if self.resolution < 8 or self.resolution % 8:
+            raise UsageError(f"--resolution must be a positive multiple of 8, got {self.resolution}.")
+        if not self.concepts:
+            raise UsageError("give at least one --concept '<new1>=path/to/images:dog'.")
+
+
+@dataclass
+class PersonalizeResult:
+    step: int
+    loss: float
+    out: Path
+    tokens: list[str]
+    rows: torch.Tensor | None = None  # the learned embedding rows, [len(tokens), dim]
+    seen: list[int] = field(default_factory=list)  # dataset indices this process trained on, in order
+
+
+def _image_tensor(path: Path, resolution: int) -> torch.Tensor:
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            im = im.convert("RGB")
+            w, h = im.size
+            side = min(w, h)
+            im = im.crop(((w - side) // 2, (h - side) // 2, (w + side) // 2, (h + side) // 2))
+            im = im.resize((resolution, resolution), Image.BICUBIC)
+            array = np.asarray(im, dtype="float32") / 127.5 - 1.0
+    except Exception as exc:
+        raise UsageError(f"cannot open {path} as an image: {exc}.") from exc
+    return torch.from_numpy(array).permute(2, 0, 1)
+
+
+class NewTokenEmbedding(torch.nn.Module):
+    """The text encoder's token embedding with the new tokens' rows held apart: the original matrix
+    stays frozen (so no other row can move, by construction) and ``rows`` (``[k, dim]``, the only
+    embedding parameter that learns) serves ids ``first_new ... first_new + k − 1``."""
+
+    def __init__(self, base: torch.nn.Embedding, first_new: int, rows: torch.nn.Parameter) -> None:
+        super().__init__()
+        self.base = base.requires_grad_(False)
+        self.first_new = first_new
+        self.rows = rows
+
+    @property
+    def weight(self) -> torch.Tensor:  # what get_input_embeddings().weight readers expect
+        return torch.cat([self.base.weight[: self.first_new], self.rows.to(self.base.weight.dtype)])
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        new = ids >= self.first_new
+        out = self.base(ids.clamp(max=self.first_new - 1))
+        picked = self.rows[(ids - self.first_new).clamp(min=0, max=self.rows.shape[0] - 1)].to(out.dtype)
+        return torch.where(new[..., None], picked, out)
+
+
+class LearnedParameters(torch.nn.Module):
+    """Everything personalization trains, as one module for ``accelerator.prepare``: the new token
+    rows and (Custom Diffusion) the very K/V parameters of the UNet. Calling it under DDP is what
+    makes their gradients all-reduce across processes; its state is small (no frozen weights)."""
+
+    def __init__(self, rows: torch.nn.Parameter, kv: dict[str, torch.nn.Parameter]) -> None:
+        super().__init__()
+        self.rows = rows
+        self.kv = torch.nn.ParameterDict({name.replace(".", "__"): p for name, p in kv.items()})
+
+    def forward(self) -> torch.Tensor:
+        return self.rows
+
+
+class ConceptImages(torch.utils.data.Dataset):
+    """Every concept's images (and the regularisation set), resized once: items ``(pixels, index)``."""
+
+    def __init__(self, images: list[torch.Tensor]) -> None:
+        self.images = images
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        return self.images[index], index
+
+
+STATE_PREFIX = "state-"
+STATE_MARK = "hw2_state.json"
+
+
+def _state_folders(out: Path) -> list[Path]:
+    """Complete saved states, newest first (a state folder is renamed into place once complete)."""
+    found = [p for p in out.glob(f"{STATE_PREFIX}*") if p.is_dir() and (p / STATE_MARK).is_file()]
+    return sorted(found, key=lambda p: p.name, reverse=True)
+
+
+def _check_state_files(folder: Path) -> None:
+    """Read every pickled file of an accelerate state with ``weights_only=True`` first, so a crafted
+    one is refused with our sentence (accelerate would print PyTorch's advice, or ignore it)."""
+    from accelerate.utils.other import TORCH_SAFE_GLOBALS
+
+    from hw2cli.io.checkpoints import load_error
+
+    for file in sorted(folder.iterdir()):
+        if file.suffix in (".bin", ".pkl", ".pt"):
+            try:
+                with torch.serialization.safe_globals(TORCH_SAFE_GLOBALS):
+                    torch.load(file, map_location="cpu", weights_only=True)
+            except Exception as exc:
+                raise UsageError(
+                    f"{load_error(file, 'a resume state written by hw2', exc)} Delete {folder}, or "
+                    "start a new run without --resume."
+                ) from None
+
+
+def _rng_json(rng: random.Random, gen: torch.Generator) -> dict[str, Any]:
+    version, state, gauss = rng.getstate()
+    return {"python": [version, list(state), gauss], "torch": gen.get_state().tolist()}
+
+
+def _rng_restore(data: dict[str, Any], rng: random.Random, gen: torch.Generator) -> None:
+    version, state, gauss = data["python"]
+    rng.setstate((version, tuple(state), gauss))
+    gen.set_state(torch.tensor(data["torch"], dtype=torch.uint8))
+
+
+def train_personalization(
+    opts: PersonalizeOptions,
+    *,
+    device: torch.device,
+    cache: Path,
+    offline: bool = False,
+    resume: bool = False,
+    note: Callable[[str], None] | None = None,
+    on_start: Callable[[int, int], None] | None = None,
+    on_step: Callable[[int, dict[str, float]], None] | None = None,
+) -> PersonalizeResult:
+    """Textual inversion or Custom Diffusion on the given concepts; see the module docstring.
+
+    Runs through ``accelerate``: the image loader is prepared (each process gets its own shard of
+    every batch), each process draws its noise from its own seed (``seed + process index``), and
+    the trained parameters' gradients are all-reduced, so N GPUs train one model on N× the images.
+    Resume state is ``accelerator.save_state`` (trained parameters, optimizer, loader, RNG) plus
+    ``hw2_state.json`` (step and hw2's own random state), written to a staging folder and renamed
+    to ``state-NNNNNNN`` when complete.
+    """
+    from accelerate import Accelerator
+    from accelerate.utils import DataLoaderConfiguration
+    from diffusers import DDPMScheduler
+
+    from hw2cli.io.atomic import make_staging_folder
+    from hw2cli.pretrained.sd import load_pipeline
+
+    opts.validate()
+    concepts = [parse_concept(c) for c in opts.concepts]
+    reg_images: list[Path] = []
+    reg_prompt = ""
+    if opts.reg:
+        folder, _, reg_prompt = opts.reg.partition(":")
+        if not reg_prompt or not Path(folder).is_dir():
+            raise UsageError(
+                f"the regularisation set {opts.reg!r} must be 'folder:class prompt' with an existing folder."
+            )
+        reg_images = [p for p in sorted(Path(folder).iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES]
+    out = Path(opts.out)
+    remove_stale_temporaries(out)
+    saved_states = _state_folders(out) if out.is_dir() else []
+    if resume and not saved_states:
+        raise UsageError(f"{out} holds no saved training state to resume from; drop --resume to start a new run.")
+    if not resume and saved_states:
+        raise UsageError(f"{out} already holds a training run; pass --resume to continue it, or choose another --out.")
+    state_dir = saved_states[0] if resume else None
+    hw2_state: dict[str, Any] = {}
+    if state_dir is not None:  # read and check the state before the model loads: a bad file fails in a second
+        _check_state_files(state_dir)
+        try:
+            hw2_state = json.loads((state_dir / STATE_MARK).read_text())
+            int(hw2_state["step"]), hw2_state["rng"]  # noqa: B018
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise UsageError(f"{state_dir / STATE_MARK} is not a state hw2 wrote ({exc}).") from None
+
+    cuda = device.type == "cuda"
+    mixed = opts.mixed_precision or ("bf16" if cuda and torch.cuda.is_bf16_supported() else "no")
+    accelerator = Accelerator(
+        mixed_precision=mixed,
+        cpu=not cuda,
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=opts.seed),
+    )
+    pipe = load_pipeline(opts.model, device=accelerator.device, cache=cache, offline=offline, note=note)
+    tokenizer, text_encoder, vae, unet = pipe.tokenizer, pipe.text_encoder, pipe.vae, pipe.unet
+    noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+    new_ids = add_tokens(pipe, concepts)
+    tokens = [c.token for c in concepts]
+    if new_ids != list(range(new_ids[0], new_ids[0] + len(new_ids))) or new_ids[-1] != len(tokenizer) - 1:
+        raise RunError(f"the new tokens got ids {new_ids}; hw2 expects them appended at the end of the vocabulary.")
+
+    # 1. what learns: the new rows (apart from the frozen matrix) and, for Custom Diffusion, K/V
+    for module in (vae, unet, text_encoder):
+        module.requires_grad_(False)
+    base = text_encoder.get_input_embeddings()
+    rows = torch.nn.Parameter(base.weight[new_ids].detach().clone().float())
+    text_encoder.set_input_embeddings(NewTokenEmbedding(base, new_ids[0], rows))
+    kv: dict[str, torch.nn.Parameter] = {}
+    if opts.method == "custom-diffusion":
+        kv = kv_parameters(unet)
+        if not kv:
+            raise RunError("this UNet has no cross-attention K/V projections (attn2.to_k/to_v) to train.")
+        for p in kv.values():
+            p.requires_grad_(True)
+    learned = LearnedParameters(rows, kv)
+    groups: list[dict[str, Any]] = [{"params": [rows], "lr": opts.lr}]
+    if kv:
+        groups.append({"params": list(kv.values()), "lr": opts.kv_lr})
+    optimizer = torch.optim.AdamW(groups, weight_decay=1e-2 if opts.method == "textual-inversion" else 0.0)
+
+    gradient_checkpointing = cuda if opts.gradient_checkpointing is None else opts.gradient_checkpointing
+    if gradient_checkpointing:
+        unet.enable_gradient_checkpointing()
+        text_encoder.gradient_checkpointing_enable()
+    weight_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mixed, torch.float32)
+    if weight_dtype != torch.float32:
+        vae.to(dtype=weight_dtype)
+        if not kv:
+            unet.to(dtype=weight_dtype)
+    text_encoder.train()
+    unet.train() if kv else unet.eval()
+
+    # 2. data: every concept's images, resized once, sharded across processes by the prepared loader
+    samples = [(c, p) for c in concepts for p in c.images]
+    dataset = ConceptImages([_image_tensor(p, opts.resolution) for _, p in samples])
+    loader = torch.utils.data.DataLoader(dataset, batch_size=opts.batch, shuffle=True, drop_last=False)
+    reg = [_image_tensor(p, opts.resolution) for p in reg_images]
+    learned, optimizer, loader = accelerator.prepare(learned, optimizer, loader)
+
+    step = 0
+    rank_seed = opts.seed * 1000 + accelerator.process_index  # every process draws its own noise
+    rng = random.Random(rank_seed)
+    gen = torch.Generator().manual_seed(rank_seed)
+    if state_dir is not None:
+        try:
+            accelerator.load_state(str(state_dir))
+        except Exception as exc:
+            raise UsageError(f"{state_dir} does not fit this run ({type(exc).__name__}: {exc}).") from None
+        step = int(hw2_state["step"])
+        rng_states = hw2_state["rng"]
+        if len(rng_states) != accelerator.num_processes:
+            raise UsageError(f"{state_dir} was saved by {len(rng_states)} processes; resume it with that many.")
+        _rng_restore(rng_states[accelerator.process_index], rng, gen)
+
+    # a tokenizer built without a config reports an "infinite" model_max_length
+    max_length = min(tokenizer.model_max_length, text_encoder.config.max_position_embeddings)
+
+    def encode(prompts: list[str]) -> torch.Tensor:
+        ids = tokenizer(
+            prompts, padding="max_length", max_length=max_length, truncation=True, return_tensors="pt"
+        ).input_ids.to(accelerator.device)
+        return text_encoder(ids)[0]
+
+    def denoising_loss(pixels: torch.Tensor, prompts: list[str]) -> torch.Tensor:
+        pixels = pixels.to(accelerator.device, dtype=weight_dtype)
+        latents = vae.encode(pixels).latent_dist.sample(generator=gen) * vae.config.scaling_factor
+        noise = torch.randn(latents.shape, generator=gen).to(latents.device, latents.dtype)
+        t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (latents.shape[0],), generator=gen)
+        t = t.to(latents.device)
+        noisy = noise_scheduler.add_noise(latents, noise, t)
+        with accelerator.autocast():
+            pred = unet(noisy, t, encode(prompts).to(unet.dtype)).sample
+        if noise_scheduler.config.prediction_type == "v_prediction":
+            target = noise_scheduler.get_velocity(latents, noise, t)
+        else:
+            target = noise
+        return F.mse_loss(pred.float(), target.float())
+
+    def save(step_done: int) -> None:
+        from accelerate.utils import gather_object
+
+        out.mkdir(parents=True, exist_ok=True)
+        rng_all = gather_object([_rng_json(rng, gen)])  # every process's own random state, in rank order
+        staging = make_staging_folder(out / f"{STATE_PREFIX}{step_done:07d}") if accelerator.is_main_process else None
+        paths = gather_object([str(staging)]) if accelerator.num_processes > 1 else [str(staging)]
+        target = Path(paths[0])
+        accelerator.save_state(str(target))
+        accelerator.wait_for_everyone()
+        if not accelerator.is_main_process:
+            return
+        save_embeddings(rows, tokens, out)
+        if kv:
+            save_safetensors({f"unet.{k}": v.detach() for k, v in kv.items()}, out / "custom_diffusion.safetensors")
+        write_json(out / "config.json", {**asdict(opts), "tokens": tokens, "step": step_done})
+        write_json(target / STATE_MARK, {"step": step_done, "rng": rng_all})
+        final = out / f"{STATE_PREFIX}{step_done:07d}"
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(target, final)
+        for old in _state_folders(out)[1:]:  # keep only the newest complete state
+            shutil.rmtree(old, ignore_errors=True)
+
+    if on_start is not None:
+        on_start(step, opts.steps)
+    last = float("nan")
+    steps_per_epoch = len(loader)
+    seen: list[int] = []
+    with deferred_interrupts() as stop:
+        try:
+            while step < opts.steps:
+                epoch, within = divmod(step, steps_per_epoch)
+                loader.set_epoch(epoch)
+                batches = accelerator.skip_first_batches(loader, within) if within else loader
+                for pixels, index in batches:
+                    # 3. a batch of (image, prompt from its concept's templates), each process its own shard
+                    chosen = [samples[i][0] for i in index.tolist()]
+                    seen.extend(index.tolist())
+                    prompts = [
+                        rng.choice(STYLE_TEMPLATES if c.kind == "style" else OBJECT_TEMPLATES).format(c.token)
+                        for c in chosen
+                    ]
+                    flips = [rng.random() < 0.5 for _ in chosen]
+                    pixels = torch.stack([img.flip(-1) if f else img for img, f in zip(pixels, flips, strict=True)])
+                    learned()  # under DDP: the forward that arms the all-reduce of rows and K/V gradients
+                    loss = denoising_loss(pixels, prompts)
+                    if reg:
+                        loss = loss + opts.prior_weight * denoising_loss(
+                            reg[rng.randrange(len(reg))][None], [reg_prompt]
+                        )
+                    accelerator.backward(loss)
+                    if kv:
+                        accelerator.clip_grad_norm_(list(kv.values()), 1.0)
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+                    step += 1
+                    last = loss.item()
+                    if on_step is not None and accelerator.is_main_process:
+                        on_step(step, {"loss": last})
+                    saved_now = step % opts.checkpoint_every == 0 or step == opts.steps
+                    if saved_now:
+                        save(step)
+                    # 4. a Ctrl-C or SIGTERM during the step: it is complete; save and stop
+                    requested = bool(stop)
+                    if accelerator.num_processes > 1:
+                        requested = bool(accelerator.reduce(torch.tensor(float(requested)), "sum").item())
+                    stop_here(requested, stop, step, opts.steps, saved_now, save, out)
+                    if step >= opts.steps:
+                        break
+        except KeyboardInterrupt:  # a second Ctrl-C: stop now; the last checkpoint stays consistent
+            raise interrupted_twice(out) from None
+    return PersonalizeResult(step, last, out, tokens, rows=rows.detach().cpu().clone(), seen=seen)
+
+
