@@ -17,7 +17,7 @@ import typer
 from typer.core import TyperCommand, TyperGroup
 
 from hw2cli import __version__, registry, ui
-from hw2cli.errors import HW2Error
+from hw2cli.errors import HW2Error, as_option
 
 PROJECT_PANEL = "Project"
 
@@ -318,7 +318,7 @@ def main(argv: list[str] | None = None) -> int:
     except HW2Error as exc:
         if ui.is_debug():
             traceback.print_exc()
-        ui.error(str(exc))
+        ui.error(exc.render(as_option))
         return exc.exit_code
     except KeyboardInterrupt:
         ui.error("interrupted.")

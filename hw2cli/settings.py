@@ -93,7 +93,6 @@ class Settings(BaseModel):
         return value
 
 
-
 # pydantic-settings' sources read from a BaseSettings class: one with Settings' field names, every
 # value taken raw (``Any``), so the sources only find values and Settings alone validates them.
 _SourceFields = create_model(

@@ -150,11 +150,14 @@ def test_progress_callback_counts_every_image(tmp_path):
     ],
 )
 def test_bad_arguments_raise_usage_error_naming_the_value(tmp_path, kwargs, needles):
+    from hw2cli.errors import as_option
+
     with pytest.raises(UsageError) as info:
         synthesize(tmp_path / "out", **kwargs)
-    message = str(info.value)
+    message = info.value.render(as_option)  # as the CLI shows it; the API names the parameter instead
     for needle in needles:
         assert needle in message
+    assert f"`{needles[0][2:].replace('-', '_')}`" in str(info.value)
     assert message.endswith(".") and message.count(". ") == 0
     assert not (tmp_path / "out").exists()
 

@@ -69,7 +69,7 @@ def fetch(
     if offline:
         raise RunError(
             f"{what} is not on disk ({dest}) and offline mode is on; download {url} there by hand, "
-            "or run without --offline / HW2_OFFLINE."
+            "or run without {opt:offline} / HW2_OFFLINE."
         )
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)

@@ -53,7 +53,7 @@ def _gdown(archive: Path, on_progress: Progress | None) -> None:
     except Exception as exc:  # gdown raises its own errors and requests'; all mean the same here
         raise RunError(
             f"cannot download {ARCHIVE} from Google Drive ({type(exc).__name__}: {exc}); run again to resume, "
-            "or pass --url with a mirror."
+            "or pass {opt:url} with a mirror."
         ) from None
     if not part.is_file():
         raise RunError(f"gdown finished without writing {part}; Google Drive may be refusing the download.")
@@ -85,7 +85,7 @@ def fetch_homework(
             if not _drive_reachable():
                 raise RunError(
                     f"Google Drive cannot be reached from here; download {ARCHIVE} elsewhere (gdown {DRIVE_ID}) and "
-                    f"put it at {archive}, or pass --url with a mirror."
+                    f"put it at {archive}, or pass {{opt:url}} with a mirror."
                 )
             _gdown(archive, on_progress)
     if sha256 is not None and file_digest(archive) != sha256.lower():

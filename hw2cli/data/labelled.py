@@ -56,7 +56,7 @@ def find_labels_file(data: Path) -> Path | None:
 def read_id2label(path: Path) -> dict[str, str]:
     """``{"<classid>": "<class name>"}``, in class-id order when the ids are whole numbers."""
     if not path.is_file():
-        raise UsageError(f"--labels {path} does not exist; pass the homework's {LABELS_FILE}.")
+        raise UsageError(f"{{opt:labels}} {path} does not exist; pass the homework's {LABELS_FILE}.")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
@@ -102,18 +102,20 @@ def load_dataset(data: str | Path, labels: str | Path | None = None) -> Labelled
     """
     data = Path(data)
     if not data.exists():
-        raise UsageError(f"--data {data} does not exist; pass the folder of validation images (or a CSV).")
+        raise UsageError(f"{{opt:data}} {data} does not exist; pass the folder of validation images (or a CSV).")
     labels_path = Path(labels) if labels is not None else find_labels_file(data)
     id2label = read_id2label(labels_path) if labels_path is not None else None
     if data.is_file():
         if data.suffix.lower() != ".csv":
-            raise UsageError(f"--data {data} is a file but not a .csv; pass a folder of images or a CSV of path,label.")
+            raise UsageError(
+                f"{{opt:data}} {data} is a file but not a .csv; pass a folder of images or a CSV of path,label."
+            )
         return _load_csv(data, id2label, labels_path)
     files = _images_in(data)
     subfolders = sorted(p for p in data.iterdir() if p.is_dir() and _images_in(p))
     if not files and len(subfolders) == 1:
         raise UsageError(
-            f"{data} holds no images and one sub-folder, {subfolders[0].name}; pass --data {subfolders[0]} "
+            f"{data} holds no images and one sub-folder, {subfolders[0].name}; pass {{opt:data}} {subfolders[0]} "
             "(an ImageFolder tree needs a sub-folder per class)."
         )
     if not files and subfolders:
@@ -125,7 +127,7 @@ def load_dataset(data: str | Path, labels: str | Path | None = None) -> Labelled
         )
     if id2label is None:
         raise UsageError(
-            f"no {LABELS_FILE} beside or inside {data}; pass --labels with the file mapping class ids to names."
+            f"no {LABELS_FILE} beside or inside {data}; pass {{opt:labels}} with the file mapping class ids to names."
         )
     ids = list(id2label)
     index = {k: i for i, k in enumerate(ids)}
@@ -177,7 +179,9 @@ def _load_imagefolder(
         if not all(n in known or (_is_int(n) and str(int(n)) in known) for n in names):
             id2label, labels_path = None, None  # a JSON found nearby that is not about these folders
     if id2label is None and all(_is_int(n) for n in names):
-        raise UsageError(f"the sub-folders of {data} are class ids; pass --labels with the {LABELS_FILE} naming them.")
+        raise UsageError(
+            f"the sub-folders of {data} are class ids; pass {{opt:labels}} with the {LABELS_FILE} naming them."
+        )
     resolve = _Resolver(id2label, labels_path, names)
     files, labels = [], []
     for folder in subfolders:
@@ -208,7 +212,7 @@ def _load_csv(path: Path, id2label: dict[str, str] | None, labels_path: Path | N
     if not entries:
         raise UsageError(f"{path} lists no images; expected rows of path,label.")
     if id2label is None and all(_is_int(label) for _, _, label in entries):
-        raise UsageError(f"the labels in {path} are class ids; pass --labels with the {LABELS_FILE} naming them.")
+        raise UsageError(f"the labels in {path} are class ids; pass {{opt:labels}} with the {LABELS_FILE} naming them.")
     resolve = _Resolver(id2label, labels_path, [label for _, _, label in entries])
     files, labels = [], []
     for line, rel, label in entries:

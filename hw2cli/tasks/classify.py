@@ -49,9 +49,12 @@ def train_classifier(
 ) -> ClassifierTrainResult:
     """Train a digit classifier on one data set's train split (light augmentation); report val accuracy."""
     if arch not in ARCHITECTURES:
-        raise UsageError(f"--arch {arch!r} is not known; expected {' or '.join(ARCHITECTURES)}.")
+        raise UsageError(f"{{opt:arch}} {arch!r} is not known; expected {' or '.join(ARCHITECTURES)}.")
     if epochs < 1 or batch < 1 or lr <= 0:
-        raise UsageError(f"--epochs and --batch must be at least 1 and --lr positive (got {epochs}, {batch}, {lr}).")
+        raise UsageError(
+            f"{{opt:epochs}} and {{opt:batch}} must be at least 1 and {{opt:lr}} positive "
+            f"(got {epochs}, {batch}, {lr})."
+        )
     train = load_digit_tensors(data, (dataset,), "train")
     try:
         val = load_digit_tensors(data, (dataset,), "val")

@@ -77,11 +77,13 @@ def resolve_templates(spec: str | Path) -> tuple[str, list[str]]:
         return "imagenet", [t("{}") for t in OPENAI_IMAGENET_TEMPLATES]
     path = Path(spec)
     if not path.is_file():
-        raise UsageError(f"--templates {spec!r} is not single, cifar, imagenet or a file of templates (one per line).")
+        raise UsageError(
+            f"{{opt:templates}} {spec!r} is not single, cifar, imagenet or a file of templates (one per line)."
+        )
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
-        raise UsageError(f"cannot read --templates {path}: {exc}.") from exc
+        raise UsageError(f"cannot read {{opt:templates}} {path}: {exc}.") from exc
     templates = []
     for n, raw in enumerate(lines, start=1):
         line = raw.strip()

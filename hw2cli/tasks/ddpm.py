@@ -29,14 +29,6 @@ def default_batch(device: torch.device) -> int:
     return 500 if device.type == "cuda" else 100
 
 
-def parse_datasets(value: str) -> list[str]:
-    names = list(DATASETS) if value == "both" else [v.strip() for v in value.split(",") if v.strip()]
-    for name in names:
-        if name not in DATASETS:
-            raise UsageError(f"the data set {value!r} is not known; expected mnistm, svhn or both.")
-    return names
-
-
 def sample_digits(
     model: DigitModel,
     digits: Sequence[int],
@@ -117,6 +109,29 @@ def iter_samples(
         yield start, to_uint8(x, (lo, hi))
         if on_batch is not None:
             on_batch(cond.shape[0])
+
+
+def sample_folder(
+    model: DigitModel,
+    digit: int,
+    datasets: Sequence[str],
+    n: int,
+    out: Path,
+    **kwargs: Any,
+) -> tuple[list[Path], Path]:
+    """``n`` samples of ``digit`` per data set as ``out/<dataset>_<digit>_001.png`` …, plus one grid
+    (a row per data set) ``out/grid_digit<digit>.png``. Keyword arguments: :func:`iter_samples`'s."""
+    out = check_output_folder(Path(out))
+    images = sample_digits(model, [digit] * (n * len(datasets)), [d for d in datasets for _ in range(n)], **kwargs)
+    files: list[Path] = []
+    with confine(out):
+        for k, name in enumerate(datasets):
+            chunk = images[k * n : (k + 1) * n]
+            files += write_samples(chunk, [f"{name}_{digit}_{i:03d}.png" for i in range(1, n + 1)], out)
+        from hw2cli.io.images import save_grid
+
+        grid = save_grid(images, out / f"grid_digit{digit}.png", nrow=n)
+    return files, grid
 
 
 def write_samples(images: torch.Tensor, names: Sequence[str], folder: Path) -> list[Path]:

@@ -29,6 +29,7 @@ from hw2cli.models.classifiers import ARCHITECTURES, build_classifier
 
 # ------------------------------------------------------------------------------------ P1
 
+
 def default_classifier_path(dataset: str) -> Path:
     return Path(str(resources.files("hw2cli.assets").joinpath(f"classifier_{dataset}.safetensors")))
 
@@ -51,8 +52,8 @@ def official_svhn_checkpoint(cache: Path, offline: bool = False, on_progress: An
     if offline or ensure_offline_if_unreachable(offline):
         reason = "offline mode is on" if offline else unreachable_hint()
         raise RunError(
-            f"the official SVHN grader ({repo}) is not in the cache and {reason}; pass --svhn-checkpoint PATH to a "
-            "local ResNet-34 state dict instead."
+            f"the official SVHN grader ({repo}) is not in the cache and {reason}; pass {{opt:svhn_checkpoint}} "
+            "PATH to a local ResNet-34 state dict instead."
         )
     return fetch(f"{endpoint()}/{repo}/resolve/main/{name}", target, on_progress=on_progress,
                  what=f"the SVHN grader {repo}")  # fmt: skip
@@ -172,6 +173,7 @@ def evaluate_generated(
 
 # ------------------------------------------------------------------------------------ P2
 
+
 @dataclass
 class MSEReport:
     per_image: dict[str, float]
@@ -209,6 +211,7 @@ def mse_eval(out: str | Path, gt: str | Path) -> MSEReport:
 
 
 # ------------------------------------------------------------------------------------ P3
+
 
 @dataclass
 class PromptScore:

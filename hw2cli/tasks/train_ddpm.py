@@ -70,12 +70,12 @@ class TrainOptions:
 
     def validate(self) -> None:
         checks = [
-            (self.steps >= 1, f"--steps must be at least 1, got {self.steps}."),
-            (self.batch >= 1, f"--batch must be at least 1, got {self.batch}."),
-            (self.lr > 0, f"--lr must be positive, got {self.lr}."),
-            (0 <= self.drop_prob < 1, f"--drop-prob must be in [0, 1), got {self.drop_prob}."),
-            (0 <= self.ema_decay < 1, f"--ema must be in [0, 1), got {self.ema_decay}."),
-            (self.checkpoint_every >= 1, f"--checkpoint-every must be at least 1, got {self.checkpoint_every}."),
+            (self.steps >= 1, f"{{opt:steps}} must be at least 1, got {self.steps}."),
+            (self.batch >= 1, f"{{opt:batch}} must be at least 1, got {self.batch}."),
+            (self.lr > 0, f"{{opt:lr}} must be positive, got {self.lr}."),
+            (0 <= self.drop_prob < 1, f"{{opt:drop_prob}} must be in [0, 1), got {self.drop_prob}."),
+            (0 <= self.ema_decay < 1, f"{{opt:ema}} must be in [0, 1), got {self.ema_decay}."),
+            (self.checkpoint_every >= 1, f"{{opt:checkpoint_every}} must be at least 1, got {self.checkpoint_every}."),
         ]
         for ok, message in checks:
             if not ok:
@@ -138,9 +138,13 @@ def train_ddpm(
     out = Path(opts.out)
     state_path = out / STATE_FILE
     if resume and not state_path.exists():
-        raise UsageError(f"--resume: {out} holds no {STATE_FILE} to resume from; drop --resume to start a new run.")
+        raise UsageError(
+            f"{{opt:resume}}: {out} holds no {STATE_FILE} to resume from; drop {{opt:resume}} to start a new run."
+        )
     if not resume and state_path.exists():
-        raise UsageError(f"{out} already holds a training run; pass --resume to continue it, or choose another --out.")
+        raise UsageError(
+            f"{out} already holds a training run; pass {{opt:resume}} to continue it, or choose another {{opt:out}}."
+        )
     saved: dict[str, Any] | None = None
     if resume:
         saved = load_state(state_path)
@@ -177,9 +181,11 @@ def _train(
     out = Path(opts.out)
     data = load_digit_tensors(opts.data, tuple(opts.datasets), "train")
     if opts.batch % dist.world_size:
-        raise UsageError(f"--batch {opts.batch} must be divisible by the number of processes ({dist.world_size}).")
+        raise UsageError(
+            f"{{opt:batch}} {opts.batch} must be divisible by the number of processes ({dist.world_size})."
+        )
     if len(data) < opts.batch:
-        raise UsageError(f"--batch {opts.batch} is larger than the {len(data)} training images.")
+        raise UsageError(f"{{opt:batch}} {opts.batch} is larger than the {len(data)} training images.")
     schedule = NoiseSchedule.from_config(opts.schedule)
     t_min = schedule.first_timestep
 

@@ -78,13 +78,14 @@ def stop_here(
             save(step)
         raise TrainingInterrupted(
             f"stopped by {stop.signal or 'a signal'} after step {step}; saved in {out}. "
-            "Continue with the same command and --resume."
+            "Continue with the same command and {opt:resume}."
         )
 
 
 def interrupted_twice(out: Path) -> TrainingInterrupted:
     return TrainingInterrupted(
-        f"interrupted twice: stopped at once without saving; --resume continues from the last checkpoint in {out}."
+        f"interrupted twice: stopped at once without saving; {{opt:resume}} continues from the last "
+        f"checkpoint in {out}."
     )
 
 
@@ -136,7 +137,7 @@ def load_state(path: str | Path, what: str = "a resume state written by hw2") ->
     try:
         return torch_load(path, what)
     except UsageError as exc:
-        raise UsageError(f"{exc} Delete it, or start a new run without --resume.") from None
+        raise UsageError(f"{exc.args[0]} Delete it, or start a new run without {{opt:resume}}.") from None
 
 
 # --------------------------------------------------------------------------- logs

@@ -47,7 +47,6 @@ STYLE_TEMPLATES = (
 )
 
 
-
 @dataclass
 class Concept:
     token: str
@@ -62,7 +61,9 @@ def parse_concept(spec: str) -> Concept:
     token, sep, rest = spec.partition("=")
     token = token.strip()
     if not sep or not TOKEN_RE.fullmatch(token):
-        raise UsageError(f"--concept {spec!r} must look like '<new1>=path/to/images:dog' (token in angle brackets).")
+        raise UsageError(
+            f"{{opt:concept}} {spec!r} must look like '<new1>=path/to/images:dog' (token in angle brackets)."
+        )
     parts = rest.rsplit(":", 2)
     kind = None
     if len(parts) == 3 and parts[2] in ("object", "style"):
@@ -70,16 +71,16 @@ def parse_concept(spec: str) -> Concept:
     elif len(parts) >= 2:
         folder, init = rest.rsplit(":", 1)
     else:
-        raise UsageError(f"--concept {spec!r} has no initialiser word; add ':dog' (or another single word).")
+        raise UsageError(f"{{opt:concept}} {spec!r} has no initialiser word; add ':dog' (or another single word).")
     folder_path = Path(folder)
     if not folder_path.is_dir():
-        raise UsageError(f"--concept {token}: the image folder {folder_path} does not exist.")
+        raise UsageError(f"{{opt:concept}} {token}: the image folder {folder_path} does not exist.")
     images = sorted(p for p in folder_path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if not images:
-        raise UsageError(f"--concept {token}: {folder_path} holds no images (.png, .jpg, .webp).")
+        raise UsageError(f"{{opt:concept}} {token}: {folder_path} holds no images (.png, .jpg, .webp).")
     init = init.strip()
     if not init:
-        raise UsageError(f"--concept {token}: the initialiser word is empty.")
+        raise UsageError(f"{{opt:concept}} {token}: the initialiser word is empty.")
     kind = kind or ("style" if init.lower() in STYLE_WORDS else "object")
     return Concept(token, folder_path, init, kind, images)
 
@@ -92,7 +93,8 @@ def add_tokens(pipe: Any, concepts: Sequence[Concept]) -> list[int]:
         ids = tokenizer.encode(c.init, add_special_tokens=False)
         if len(ids) != 1:
             raise UsageError(
-                f"--concept {c.token}: the initialiser {c.init!r} is {len(ids)} tokens; choose a single-token word."
+                f"{{opt:concept}} {c.token}: the initialiser {c.init!r} is {len(ids)} tokens; "
+                "choose a single-token word."
             )
         init_ids.append(ids[0])
     tokens = [c.token for c in concepts]
@@ -141,7 +143,7 @@ def load_embeddings(pipe: Any, sources: Sequence[str | Path]) -> list[str]:
     for source in sources:
         path = Path(source)
         if not path.exists():
-            raise UsageError(f"--embeds {path} does not exist.")
+            raise UsageError(f"{{opt:embeds}} {path} does not exist.")
         files: list[Path]
         if path.is_dir() and (path / "embeddings.json").exists():
             meta = json.loads((path / "embeddings.json").read_text())
@@ -160,7 +162,7 @@ def load_embeddings(pipe: Any, sources: Sequence[str | Path]) -> list[str]:
             files = [path]
         for file in files:
             if not file.exists():
-                raise UsageError(f"--embeds: {file} does not exist.")
+                raise UsageError(f"{{opt:embeds}}: {file} does not exist.")
             try:
                 state = load_file(file)
             except Exception as exc:
@@ -181,7 +183,7 @@ def check_prompt_tokens(pipe: Any, prompts: Sequence[str]) -> None:
             if token not in vocab:
                 raise UsageError(
                     f"the prompt {prompt!r} names {token}, which no loaded embedding provides; "
-                    "pass --embeds with its learned_embeds.safetensors."
+                    "pass {opt:embeds} with its learned_embeds.safetensors."
                 )
 
 

@@ -28,7 +28,7 @@ def set_sampler(pipe: Any, sampler: str) -> None:
     elif sampler == "ddim":
         pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
     else:
-        raise UsageError(f"--sampler {sampler!r} is not known; expected dpm or ddim.")
+        raise UsageError(f"{{opt:sampler}} {sampler!r} is not known; expected dpm or ddim.")
 
 
 def _generator_seed(seed: int, index: int) -> int:
@@ -171,8 +171,6 @@ def generate_graded(
 def hash_key(key: str) -> int:
     """A stable small integer per concept key (Python's hash() is salted per process)."""
     return sum((i + 1) * ord(ch) for i, ch in enumerate(key)) % 997 * 100_000
-
-
 
 
 def generate(

@@ -57,15 +57,17 @@ class PersonalizeOptions:
 
     def validate(self) -> None:
         if self.method not in ("textual-inversion", "custom-diffusion"):
-            raise UsageError(f"--method {self.method!r} is not known; expected textual-inversion or custom-diffusion.")
+            raise UsageError(
+                f"{{opt:method}} {self.method!r} is not known; expected textual-inversion or custom-diffusion."
+            )
         if self.steps < 1 or self.batch < 1:
-            raise UsageError(f"--steps and --batch must be at least 1 (got {self.steps}, {self.batch}).")
+            raise UsageError(f"{{opt:steps}} and {{opt:batch}} must be at least 1 (got {self.steps}, {self.batch}).")
         if self.lr <= 0:
-            raise UsageError(f"--lr must be positive, got {self.lr}.")
+            raise UsageError(f"{{opt:lr}} must be positive, got {self.lr}.")
         if self.resolution < 8 or self.resolution % 8:
-            raise UsageError(f"--resolution must be a positive multiple of 8, got {self.resolution}.")
+            raise UsageError(f"{{opt:resolution}} must be a positive multiple of 8, got {self.resolution}.")
         if not self.concepts:
-            raise UsageError("give at least one --concept '<new1>=path/to/images:dog'.")
+            raise UsageError("give at least one {opt:concept} '<new1>=path/to/images:dog'.")
 
 
 @dataclass
@@ -168,7 +170,7 @@ def _check_state_files(folder: Path) -> None:
             except Exception as exc:
                 raise UsageError(
                     f"{load_error(file, 'a resume state written by hw2', exc)} Delete {folder}, or "
-                    "start a new run without --resume."
+                    "start a new run without {opt:resume}."
                 ) from None
 
 
@@ -225,9 +227,11 @@ def train_personalization(
     remove_stale_temporaries(out)
     saved_states = _state_folders(out) if out.is_dir() else []
     if resume and not saved_states:
-        raise UsageError(f"{out} holds no saved training state to resume from; drop --resume to start a new run.")
+        raise UsageError(f"{out} holds no saved training state to resume from; drop {{opt:resume}} to start a new run.")
     if not resume and saved_states:
-        raise UsageError(f"{out} already holds a training run; pass --resume to continue it, or choose another --out.")
+        raise UsageError(
+            f"{out} already holds a training run; pass {{opt:resume}} to continue it, or choose another {{opt:out}}."
+        )
     state_dir = saved_states[0] if resume else None
     hw2_state: dict[str, Any] = {}
     if state_dir is not None:  # read and check the state before the model loads: a bad file fails in a second
@@ -403,5 +407,3 @@ def train_personalization(
         except KeyboardInterrupt:  # a second Ctrl-C: stop now; the last checkpoint stays consistent
             raise interrupted_twice(out) from None
     return PersonalizeResult(step, last, out, tokens, rows=rows.detach().cpu().clone(), seen=seen)
-
-
