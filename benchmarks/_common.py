@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
-import platform
 import statistics
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -16,7 +14,8 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def median_time(fn: Callable[[], Any], *, repeats: int = 5, warmup: int = 1) -> tuple[float, list[float]]:
-    """Median wall time of ``fn()`` in seconds over ``repeats`` runs after ``warmup`` runs."""
+    """Median wall time of ``fn()`` in seconds over ``repeats`` runs after ``warmup`` runs (whole
+    commands and loops; kernels are timed by ``hw2cli.tasks.bench.kernel_ms``)."""
     for _ in range(warmup):
         fn()
     times = []
@@ -28,23 +27,20 @@ def median_time(fn: Callable[[], Any], *, repeats: int = 5, warmup: int = 1) -> 
 
 
 def machine() -> dict[str, Any]:
+    """hw2's own version report plus the date, CPU count and device."""
     import os
 
-    info: dict[str, Any] = {
-        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "python": sys.version.split()[0],
-        "platform": platform.platform(),
-        "cpu_count": os.cpu_count(),
-    }
-    try:
-        import torch
+    import torch
 
-        info["torch"] = torch.__version__
-        info["device"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
-        info["torch_threads"] = torch.get_num_threads()
-    except ImportError:
-        pass
-    return info
+    from hw2cli.runtime import versions
+
+    return {
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "cpu_count": os.cpu_count(),
+        "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
+        "torch_threads": torch.get_num_threads(),
+        **versions(),
+    }
 
 
 def write_result(name: str, payload: dict[str, Any]) -> Path:

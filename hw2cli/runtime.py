@@ -15,7 +15,15 @@ from hw2cli.errors import RunError
 if TYPE_CHECKING:
     import torch
 
-_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+# The one dtype table: the names hw2's options and settings use, and torch's
+DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    """``fp32`` / ``bf16`` / ``fp16`` → the torch dtype."""
+    import torch
+
+    return getattr(torch, DTYPES[name])
 
 
 def resolve_device(name: str | None = None) -> torch.device:
@@ -45,11 +53,9 @@ def resolve_device(name: str | None = None) -> torch.device:
 
 
 def resolve_dtype(name: str | None = None) -> torch.dtype:
-    import torch
-
     from hw2cli import settings
 
-    return getattr(torch, _DTYPES[name or settings.get().dtype])
+    return torch_dtype(name or settings.get().dtype)
 
 
 def _version(dist: str) -> str:
@@ -59,33 +65,32 @@ def _version(dist: str) -> str:
         return "not installed"
 
 
+VERSIONED = ("torch", "triton", "diffusers", "transformers", "open_clip_torch", "accelerate", "safetensors", "timm")
+
+
+def versions() -> dict[str, str]:
+    """The one version reporter: Python, platform, and every library whose version changes results."""
+    from hw2cli import __version__
+
+    return {"hw2": __version__, "python": sys.version.split()[0], "platform": platform.platform(),
+            **{dist: _version(dist) for dist in VERSIONED}}  # fmt: skip
+
+
 def environment_report() -> dict[str, Any]:
     """Versions, device and kernel backend, for ``hw2 env`` and bug reports."""
     import hw2kernels
     import torch
 
-    from hw2cli import __version__, settings
+    from hw2cli import settings
 
     report: dict[str, Any] = {
-        "hw2": __version__,
-        "python": sys.version.split()[0],
-        "platform": platform.platform(),
+        **versions(),
         "torch": torch.__version__,
         "cuda (torch build)": torch.version.cuda or "none",
         "cuda available": torch.cuda.is_available(),
     }
     if torch.cuda.is_available():
         report["gpu"] = ", ".join(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count()))
-    for dist in (
-        "triton",
-        "diffusers",
-        "transformers",
-        "open_clip_torch",
-        "accelerate",
-        "safetensors",
-        "timm",
-    ):
-        report[dist] = _version(dist)
     current = settings.get()
     try:
         report["device"] = str(resolve_device(current.device))

@@ -72,24 +72,12 @@ def test_cuda_graph_needs_cuda(run_cli, tmp_path):
 
 
 def test_accelerate_unet_keeps_the_function_and_the_state_dict():
-    from diffusers import UNet2DConditionModel
+    from builders import tiny_sd_unet
 
     from hw2cli.models.layers import GroupNorm
     from hw2cli.pretrained.sd_accel import KernelAttnProcessor, accelerate_unet
 
-    torch.manual_seed(0)
-    unet = UNet2DConditionModel(
-        sample_size=16,
-        in_channels=4,
-        out_channels=4,
-        layers_per_block=1,
-        block_out_channels=(32, 64),
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=32,
-        attention_head_dim=8,
-        norm_num_groups=32,
-    ).eval()
+    unet = tiny_sd_unet().eval()
     x, ctx, t = torch.randn(2, 4, 16, 16), torch.randn(2, 77, 32), torch.tensor([10, 500])
     with torch.no_grad():
         before = unet(x, t, encoder_hidden_states=ctx).sample

@@ -70,19 +70,13 @@ def test_saved_pixels_are_the_minmax_formula(run_cli, face, tmp_path):
 @pytest.mark.parametrize("eta", [0.0, 1.0])
 def test_face_ddim_matches_diffusers_step_by_step(face, eta):
     """Each step starts from diffusers' own x_t, so rounding cannot accumulate through the network."""
-    from diffusers import DDIMScheduler
+    from builders import homework_ddim_scheduler
 
     from hw2cli.diffusion import ddim_step
 
     _, model = face
     s = NoiseSchedule.linear()
-    sched = DDIMScheduler(
-        num_train_timesteps=1000,
-        trained_betas=s.betas.numpy(),
-        steps_offset=1,
-        set_alpha_to_one=False,
-        clip_sample=False,
-    )
+    sched = homework_ddim_scheduler(s)
     sched.set_timesteps(50)
     ts = make_timesteps(s, 50, "leading", offset=1)
     assert sched.timesteps.tolist() == ts == list(range(981, 0, -20))

@@ -15,7 +15,8 @@ RES = 32
 
 
 def tiny_pipeline_folder(root):
-    from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from builders import tiny_sd_unet
+    from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
     from hw2cli.pretrained.sd import shipped_config_dir
@@ -37,18 +38,7 @@ def tiny_pipeline_folder(root):
             pad_token_id=49407,
         )
     )
-    unet = UNet2DConditionModel(
-        sample_size=RES // 2,
-        in_channels=4,
-        out_channels=4,
-        layers_per_block=1,
-        block_out_channels=(32, 64),
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=32,
-        attention_head_dim=8,
-        norm_num_groups=32,
-    )
+    unet = tiny_sd_unet(sample_size=RES // 2)
     vae = AutoencoderKL(
         block_out_channels=(32, 64),
         in_channels=3,

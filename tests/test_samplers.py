@@ -83,17 +83,10 @@ def test_homework_timesteps_match_diffusers():
 
 @pytest.mark.parametrize("eta", [0.0, 0.5, 1.0])
 def test_ddim_matches_diffusers_step_by_step(eta):
-    from diffusers import DDIMScheduler
+    from builders import homework_ddim_scheduler
 
     s = NoiseSchedule.linear()
-    sched = DDIMScheduler(
-        num_train_timesteps=1000,
-        trained_betas=s.betas.numpy(),
-        steps_offset=1,
-        set_alpha_to_one=False,
-        clip_sample=False,
-        timestep_spacing="leading",
-    )
+    sched = homework_ddim_scheduler(s)
     sched.set_timesteps(50)
     g = torch.Generator().manual_seed(7)
     x_start = torch.randn(2, 3, 8, 8, generator=g)

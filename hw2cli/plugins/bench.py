@@ -18,11 +18,9 @@ Dtype = Literal["fp32", "bf16", "fp16"]
 
 
 def _dtype(name: str | None, device):
-    import torch
+    from hw2cli.runtime import torch_dtype
 
-    if name is None:
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
+    return torch_dtype(name or ("bf16" if device.type == "cuda" else "fp32"))
 
 
 def _show(report, out: Path, name: str, as_json: bool) -> None:

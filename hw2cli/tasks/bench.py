@@ -46,22 +46,14 @@ class BenchReport:
 
 
 def environment(device: torch.device) -> dict[str, Any]:
-    from importlib import metadata
-
-    def version(dist: str) -> str:
-        try:
-            return metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            return "not installed"
+    """Where a benchmark ran: the date, the device, the thread count and :func:`hw2cli.runtime.versions`."""
+    from hw2cli.runtime import versions
 
     return {
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
-        "torch": torch.__version__,
-        "triton": version("triton"),
-        "diffusers": version("diffusers"),
-        "python": platform.python_version(),
         "threads": torch.get_num_threads(),
+        **versions(),
     }
 
 

@@ -34,6 +34,7 @@ from hw2cli.tasks.training import (
     TrainingInterrupted,
     append_log,
     capture_rng,
+    check_run_folder,
     deferred_interrupts,
     interrupted_twice,
     load_state,
@@ -137,14 +138,7 @@ def train_ddpm(
     """
     out = Path(opts.out)
     state_path = out / STATE_FILE
-    if resume and not state_path.exists():
-        raise UsageError(
-            f"{{opt:resume}}: {out} holds no {STATE_FILE} to resume from; drop {{opt:resume}} to start a new run."
-        )
-    if not resume and state_path.exists():
-        raise UsageError(
-            f"{out} already holds a training run; pass {{opt:resume}} to continue it, or choose another {{opt:out}}."
-        )
+    check_run_folder(out, state_path.exists(), resume, STATE_FILE)
     saved: dict[str, Any] | None = None
     if resume:
         saved = load_state(state_path)

@@ -89,6 +89,19 @@ def interrupted_twice(out: Path) -> TrainingInterrupted:
     )
 
 
+def check_run_folder(out: Path, has_state: bool, resume: bool, state: str = "saved training state") -> None:
+    """The one run-folder rule: ``resume`` needs a saved ``state`` in ``out``, and a new run must
+    not overwrite one."""
+    if resume and not has_state:
+        raise UsageError(
+            f"{{opt:resume}}: {out} holds no {state} to resume from; drop {{opt:resume}} to start a new run."
+        )
+    if not resume and has_state:
+        raise UsageError(
+            f"{out} already holds a training run; pass {{opt:resume}} to continue it, or choose another {{opt:out}}."
+        )
+
+
 # --------------------------------------------------------------------------- random-number state
 
 

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from hw2cli.data import IMAGE_SUFFIXES
 from hw2cli.errors import RunError, UsageError
 from hw2cli.io.atomic import remove_stale_temporaries, save_safetensors, write_json
+from hw2cli.runtime import DTYPES, torch_dtype
 from hw2cli.tasks.personalize.concepts import (
     OBJECT_TEMPLATES,
     STYLE_TEMPLATES,
@@ -34,7 +35,7 @@ from hw2cli.tasks.personalize.concepts import (
     parse_concept,
     save_embeddings,
 )
-from hw2cli.tasks.training import deferred_interrupts, interrupted_twice, stop_here
+from hw2cli.tasks.training import check_run_folder, deferred_interrupts, interrupted_twice, stop_here
 
 
 @dataclass
@@ -226,12 +227,7 @@ def train_personalization(
     out = Path(opts.out)
     remove_stale_temporaries(out)
     saved_states = _state_folders(out) if out.is_dir() else []
-    if resume and not saved_states:
-        raise UsageError(f"{out} holds no saved training state to resume from; drop {{opt:resume}} to start a new run.")
-    if not resume and saved_states:
-        raise UsageError(
-            f"{out} already holds a training run; pass {{opt:resume}} to continue it, or choose another {{opt:out}}."
-        )
+    check_run_folder(out, bool(saved_states), resume)
     state_dir = saved_states[0] if resume else None
     hw2_state: dict[str, Any] = {}
     if state_dir is not None:  # read and check the state before the model loads: a bad file fails in a second
@@ -280,7 +276,7 @@ def train_personalization(
     if gradient_checkpointing:
         unet.enable_gradient_checkpointing()
         text_encoder.gradient_checkpointing_enable()
-    weight_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mixed, torch.float32)
+    weight_dtype = torch_dtype(mixed) if mixed in DTYPES else torch.float32  # accelerate's "no" is fp32
     if weight_dtype != torch.float32:
         vae.to(dtype=weight_dtype)
         if not kv:
