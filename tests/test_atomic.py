@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from hw2cli.errors import RunError, UsageError
-from hw2cli.io import atomic_path, save_image, save_safetensors, torch_save, write_json
+from hw2cli.io import atomic_path, save_image, save_safetensors, write_json
 from hw2cli.io.atomic import check_output_file, check_output_folder, remove_stale_temporaries
 
 
@@ -54,8 +54,6 @@ def test_tensors_roundtrip(tmp_path):
     save_safetensors(tensors, tmp_path / "m.safetensors", metadata={"arch": "x"})
     loaded = load_file(tmp_path / "m.safetensors")
     assert all(torch.equal(loaded[k], v) for k, v in tensors.items())
-    torch_save({"step": 3}, tmp_path / "state.pt")
-    assert torch.load(tmp_path / "state.pt")["step"] == 3
 
 
 def test_unwritable_folder_is_a_clear_error(tmp_path):
@@ -70,11 +68,10 @@ def test_every_output_respects_the_umask(tmp_path):
     try:
         save_safetensors({"w": torch.zeros(2)}, tmp_path / "m.safetensors")
         save_image(np.zeros((2, 2, 3), dtype=np.uint8), tmp_path / "i.png")
-        torch_save({"step": 1}, tmp_path / "s.pt")
         write_json(tmp_path / "j.json", {})
     finally:
         os.umask(old)
-    for name in ("m.safetensors", "i.png", "s.pt", "j.json"):
+    for name in ("m.safetensors", "i.png", "j.json"):
         assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o644, name
 
 

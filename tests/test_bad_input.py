@@ -74,8 +74,10 @@ def env(tmp_path_factory):
     Image.new("RGB", (28, 28)).save(badname / "mnistm" / "x_001.png")
     paths["gen_badname"] = badname
     # run folders holding a crafted resume state
-    (root / "run_evil").mkdir()
-    torch.save({"step": 1, "payload": Payload(paths["marker"])}, root / "run_evil" / "train_state.pt")
+    evil = root / "run_evil" / "state-0000001"  # a P1 state whose accelerate RNG file is crafted
+    evil.mkdir(parents=True)
+    torch.save({"step": 1, "payload": Payload(paths["marker"])}, evil / "random_states_0.pkl")
+    (evil / "hw2_state.json").write_text(json.dumps({"step": 1, "processes": [{}]}))
     paths["run_evil"] = root / "run_evil"
     state = root / "p3_evil" / "state-0000001"  # an accelerate state folder with a crafted optimizer file
     state.mkdir(parents=True)
@@ -179,7 +181,7 @@ ROWS = [
     ([*T, "--sample-every", "-1"], 2, "--sample-every is -1"),
     ([*T, "--seed", "-1"], 2, "--seed is -1"),
     ([*T, "--datasets", "cifar"], 2, "'cifar'"),
-    ([*T, "--resume"], 2, "holds no train_state.pt"),
+    ([*T, "--resume"], 2, "holds no saved training state"),
     (["ddpm", "train", "--data", "{digits}", "--out", "{file}/run"], 2, "is a file, not a folder"),
     (["ddpm", "train", "--data", "{missing}", "--out", "{root}/run2"], 2, "does-not-exist"),
     (["ddpm", "train", "--data", "{digits}", "--out", "{run_evil}", "--resume"], 2, "refused"),

@@ -16,7 +16,6 @@ import torch
 from hw2cli.data.synth import synthesize
 from hw2cli.errors import UsageError
 from hw2cli.tasks.train_ddpm import TrainingInterrupted, TrainOptions, train_ddpm
-from hw2cli.tasks.training import load_state
 
 TINY = {"base_channels": 8, "head_dim": 8, "groups": 4, "channel_mult": [1, 2], "attention_levels": [1]}
 CPU = torch.device("cpu")
@@ -50,10 +49,24 @@ def test_resume_is_bit_exact(digits, tmp_path):
     assert (tmp_path / "b" / "model.safetensors").read_bytes() == (tmp_path / "a" / "model.safetensors").read_bytes()
 
 
-def final_state(folder) -> dict:
-    state = load_state(folder / "train_state.pt")
-    state.pop("options")
+def final_state(run) -> dict:
+    """The newest saved state of a run folder: hw2's JSON (step, options, each process's batch
+    generator and RNG states), raw weights, EMA, optimizer and accelerate's RNG file."""
+    from safetensors.torch import load_file
+
+    (folder,) = sorted(run.glob("state-*"))
+    state = {
+        "hw2": json.loads((folder / "hw2_state.json").read_text()),
+        "model": load_file(folder / "model.safetensors"),
+        "ema": load_file(folder / "ema.safetensors"),
+        "optimizer": torch.load(folder / "optimizer.bin", weights_only=True),
+    }
+    state["hw2"].pop("options")
     return state
+
+
+def saved_step(run) -> int:
+    return final_state(run)["hw2"]["step"]
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
@@ -74,7 +87,7 @@ def test_a_signal_mid_step_finishes_the_step_and_resumes_bit_exactly(digits, tmp
         train_ddpm(opts(digits, tmp_path / "b", checkpoint_every=100), device=CPU)
     monkeypatch.setattr(DigitUNet, "forward", forward)
     assert info.value.exit_code == 130
-    assert load_state(tmp_path / "b" / "train_state.pt")["step"] == 4
+    assert saved_step(tmp_path / "b") == 4
     train_ddpm(opts(digits, tmp_path / "b", checkpoint_every=100), device=CPU, resume=True)
     # model, EMA, optimizer, step and every RNG state equal the uninterrupted run's, bit for bit
     assert bit_equal(final_state(tmp_path / "a"), final_state(tmp_path / "b"))
@@ -89,7 +102,7 @@ def test_a_second_ctrl_c_stops_at_once_and_keeps_the_last_checkpoint(digits, tmp
 
     with pytest.raises(TrainingInterrupted, match="without saving"):
         train_ddpm(opts(digits, tmp_path / "b"), device=CPU, on_step=ctrl_c)
-    assert load_state(tmp_path / "b" / "train_state.pt")["step"] == 3
+    assert saved_step(tmp_path / "b") == 3
 
 
 def test_a_crafted_state_file_is_refused_without_running(digits, tmp_path, run_cli):
@@ -100,14 +113,19 @@ def test_a_crafted_state_file_is_refused_without_running(digits, tmp_path, run_c
         def __reduce__(self):
             return (os.system, (f"touch {marker}",))
 
-    torch.save({"step": 3, "payload": Payload()}, tmp_path / "run" / "train_state.pt")
+    (folder,) = (tmp_path / "run").glob("state-*")
+    torch.save({"state": {}, "param_groups": [], "payload": Payload()}, folder / "optimizer.bin")
     r = run_cli("ddpm", "train", "--data", digits, "--out", tmp_path / "run", "--resume")
     assert r.code == 2
     assert not marker.exists()
     assert "refused" in r.err and "weights_only" not in r.err and "Traceback" not in r.err
-    (tmp_path / "run" / "train_state.pt").write_bytes(b"PK\x03\x04 truncated")
+    (folder / "optimizer.bin").write_bytes(b"PK\x03\x04 truncated")
     r = run_cli("ddpm", "train", "--data", digits, "--out", tmp_path / "run", "--resume")
     assert r.code == 2 and "truncated or corrupt" in r.err
+    (folder / "optimizer.bin").unlink()
+    (folder / "ema.safetensors").write_bytes(b"not safetensors")
+    r = run_cli("ddpm", "train", "--data", digits, "--out", tmp_path / "run", "--resume")
+    assert r.code == 2 and "does not fit" in r.err and "Traceback" not in r.err
 
 
 def dead_pid() -> int:
@@ -142,18 +160,42 @@ def test_resume_after_a_kill_repairs_the_run_folder(digits, tmp_path, bit_equal)
 def test_sigkill_of_a_real_run_resumes_from_a_consistent_pair(digits, tmp_path):
     run = tmp_path / "killed"
     env = {k: v for k, v in os.environ.items() if not k.startswith("HW2_")} | {"OMP_NUM_THREADS": "1"}
-    args = [sys.executable, "-m", "hw2cli", "--quiet", "ddpm", "train", "--data", str(digits), "--out", str(run),
-            "--steps", "400", "--batch", "8", "--width", "8", "--checkpoint-every", "2", "--sample-every", "0"]
+    args = [
+        sys.executable,
+        "-m",
+        "hw2cli",
+        "--quiet",
+        "ddpm",
+        "train",
+        "--data",
+        str(digits),
+        "--out",
+        str(run),
+        "--steps",
+        "400",
+        "--batch",
+        "8",
+        "--width",
+        "8",
+        "--checkpoint-every",
+        "2",
+        "--sample-every",
+        "0",
+    ]
     proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 120
-    while time.time() < deadline and not (run / "train_state.pt").exists():
+    while time.time() < deadline and not list(run.glob("state-*/hw2_state.json")):
         time.sleep(0.05)
     time.sleep(0.5)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    state = load_state(run / "train_state.pt")
-    r = subprocess.run([*args[:-4], "--steps", str(state["step"] + 2), "--resume"], env=env, capture_output=True,
-                       text=True, timeout=300)
+    r = subprocess.run(
+        [*args[:-4], "--steps", str(saved_step(run) + 2), "--resume"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     assert not [p.name for p in run.iterdir() if p.name.endswith(".tmp")]
     steps = [json.loads(line)["step"] for line in (run / "log.jsonl").read_text().splitlines()]
@@ -168,8 +210,8 @@ def test_run_folder_errors(digits, tmp_path):
             train_ddpm(**kw)
         return info.value.render(as_option)  # what the CLI prints; the API names parameters instead
 
-    assert "holds no train_state.pt to resume from" in cli_message(opts=opts(digits, tmp_path / "new"), device=CPU,
-                                                                   resume=True)  # fmt: skip
+    message = cli_message(opts=opts(digits, tmp_path / "new"), device=CPU, resume=True)
+    assert "holds no saved training state to resume from" in message
     train_ddpm(opts(digits, tmp_path / "done", steps=1), device=CPU)
     assert "already holds a training run; pass --resume" in cli_message(
         opts=opts(digits, tmp_path / "done", steps=1), device=CPU

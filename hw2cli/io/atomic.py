@@ -274,12 +274,3 @@ def save_safetensors(
     with atomic_path(path, fsync=True) as tmp:
         save_file(contiguous, str(tmp), metadata=dict(metadata) if metadata else None)
     return Path(path)
-
-
-def torch_save(obj: Any, path: str | os.PathLike[str]) -> Path:
-    """``torch.save`` atomically and durably (resume state of plain tensors, numbers and containers)."""
-    import torch
-
-    with atomic_path(path, fsync=True) as tmp:
-        torch.save(obj, tmp)
-    return Path(path)

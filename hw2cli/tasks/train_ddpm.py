@@ -1,12 +1,14 @@
 """Training the conditional digit DDPM (Ho et al. 2020, Algorithm 1, with classifier-free
-guidance's label dropout).
+guidance's label dropout), on ``accelerate``.
 
 The run folder holds ``model.safetensors`` + ``config.json`` (the EMA weights, ready for
-``hw2 ddpm sample --checkpoint``), ``train_state.pt`` (everything needed to resume bit-exactly:
-raw weights, EMA, optimizer, LR schedule, step, RNG states), ``log.jsonl`` and ``samples/``.
-All training randomness (batch order, timesteps, noise, label dropout) comes from one seeded
-CPU generator, so a resumed run continues exactly where it stopped, and under data-parallel
-training every rank draws the same global batch and keeps its own slice.
+``hw2 ddpm sample --checkpoint``), ``state-NNNNNNN/`` (everything needed to resume bit-exactly:
+``accelerator.save_state``'s raw weights, optimizer and RNG states, ``ema.safetensors``, and
+``hw2_state.json`` with the step, the options and hw2's own batch generator), ``log.jsonl`` and
+``samples/``. All training randomness (batch order, timesteps, noise, label dropout) comes from
+one seeded CPU generator, so a resumed run continues exactly where it stopped; under
+``accelerate launch`` or ``torchrun`` every process draws the same global batch and keeps its
+own slice, so N processes train the model one process trains on the same batches.
 """
 
 from __future__ import annotations
@@ -25,28 +27,27 @@ from hw2cli.data.tensors import load_digit_tensors
 from hw2cli.diffusion import NoiseSchedule, classifier_free_guidance, sample_dpm
 from hw2cli.diffusion.wrappers import build_network
 from hw2cli.errors import UsageError
-from hw2cli.io.atomic import remove_stale_temporaries, torch_save
+from hw2cli.io.atomic import remove_stale_temporaries
 from hw2cli.io.checkpoints import DiffusionConfig, save_checkpoint
 from hw2cli.io.images import save_grid, to_uint8
-from hw2cli.tasks.distributed import DistInfo, all_mean, any_rank, barrier, init_distributed, shutdown
 from hw2cli.tasks.training import (
     StopRequest,
     TrainingInterrupted,
     append_log,
     capture_rng,
     check_run_folder,
+    check_state_files,
     deferred_interrupts,
     interrupted_twice,
-    load_state,
+    load_state_folder,
     restore_rng,
+    save_state,
+    state_folders,
     stop_here,
     truncate_log,
 )
 
-STATE_FILE = "train_state.pt"
-
-
-__all__ = ["STATE_FILE", "TrainOptions", "TrainResult", "TrainingInterrupted", "train_ddpm"]
+__all__ = ["TrainOptions", "TrainResult", "TrainingInterrupted", "train_ddpm"]
 
 
 @dataclass
@@ -137,139 +138,113 @@ def train_ddpm(
     extends or shortens the run. Otherwise ``steps`` overrides ``opts.steps`` if given.
     """
     out = Path(opts.out)
-    state_path = out / STATE_FILE
-    check_run_folder(out, state_path.exists(), resume, STATE_FILE)
-    saved: dict[str, Any] | None = None
-    if resume:
-        saved = load_state(state_path)
+    remove_stale_temporaries(out)
+    saved = state_folders(out)
+    check_run_folder(out, bool(saved), resume)
+    folder, mark = None, None
+    if resume:  # read and check the state before anything is built: a bad file fails in a second
+        folder = saved[0]
+        mark = check_state_files(folder)
         try:
-            saved_opts = {**saved["options"], "data": opts.data, "out": opts.out}
+            saved_opts = {**mark["options"], "data": opts.data, "out": opts.out}
             saved_opts["datasets"] = tuple(saved_opts["datasets"])
             opts = TrainOptions(**saved_opts)
-            for key in ("model", "ema", "optimizer", "step", "rng"):
-                saved[key]  # noqa: B018 (all must be there)
-        except (KeyError, TypeError) as exc:
-            raise UsageError(f"{state_path} is not a DigitUNet training state ({type(exc).__name__}: {exc}).") from None
+            float(mark["loss_window"][0]), int(mark["loss_window"][1])  # noqa: B018
+        except (KeyError, TypeError, IndexError, ValueError) as exc:
+            raise UsageError(f"{folder} is not a DigitUNet training state ({type(exc).__name__}: {exc}).") from None
     if steps is not None:
         opts.steps = steps
     opts.validate()
-    remove_stale_temporaries(out)
-
-    dist, device = init_distributed(device)
-    try:
-        with deferred_interrupts() as stop:
-            return _train(opts, saved, device, dist, stop, on_start, on_step)
-    finally:
-        shutdown(dist)
+    with deferred_interrupts() as stop:
+        return _train(opts, folder, mark, device, stop, on_start, on_step)
 
 
 def _train(
     opts: TrainOptions,
-    saved: dict[str, Any] | None,
+    folder: Path | None,
+    mark: dict[str, Any] | None,
     device: torch.device,
-    dist: DistInfo,
     stop: StopRequest,
     on_start: Callable[[int, int], None] | None,
     on_step: Callable[[int, dict[str, float]], None] | None,
 ) -> TrainResult:
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+
     out = Path(opts.out)
+    cuda = device.type == "cuda"
+    accelerator = Accelerator(cpu=not cuda, mixed_precision="bf16" if cuda and torch.cuda.is_bf16_supported() else "no")
+    device = accelerator.device
     data = load_digit_tensors(opts.data, tuple(opts.datasets), "train")
-    if opts.batch % dist.world_size:
-        raise UsageError(
-            f"{{opt:batch}} {opts.batch} must be divisible by the number of processes ({dist.world_size})."
-        )
+    world, rank = accelerator.num_processes, accelerator.process_index
+    if opts.batch % world:
+        raise UsageError(f"{{opt:batch}} {opts.batch} must be divisible by the number of processes ({world}).")
     if len(data) < opts.batch:
         raise UsageError(f"{{opt:batch}} {opts.batch} is larger than the {len(data)} training images.")
     schedule = NoiseSchedule.from_config(opts.schedule)
     t_min = schedule.first_timestep
 
-    torch.manual_seed(opts.seed + dist.rank)  # dropout masks differ per rank, like any DDP run
+    set_seed(opts.seed + rank)  # the global generators (dropout masks differ per process, like any DDP run)
     gen = torch.Generator().manual_seed(opts.seed)
     config = _diffusion_config(opts, opts.model)
     model = build_network(config).to(device)
     config.model = model.config.to_dict()  # type: ignore[union-attr]
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     optimizer = torch.optim.AdamW(model.parameters(), lr=opts.lr, weight_decay=opts.weight_decay)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    raw = accelerator.unwrap_model(model)
     step = 0
-    if saved is not None:
+    loss_sum = torch.zeros((), device=device)
+    loss_count = 0
+    if folder is not None and mark is not None:
+        process = load_state_folder(accelerator, folder, mark)
         try:
-            model.load_state_dict(saved["model"])
-            ema.load_state_dict(saved["ema"])
-            optimizer.load_state_dict(saved["optimizer"])
-        except (RuntimeError, ValueError, KeyError) as exc:
-            reason = str(exc).splitlines()[0]
-            raise UsageError(f"{out / STATE_FILE} does not fit this network ({reason}).") from None
-        step = int(saved["step"])
-        rng = saved["rng"]
-        if isinstance(rng, list) and len(rng) != dist.world_size:
-            raise UsageError(
-                f"{out / STATE_FILE} was saved by {len(rng)} processes; resume it with {len(rng)}, "
-                f"not {dist.world_size}."
-            )
-        restore_rng(rng[dist.rank] if isinstance(rng, list) else rng, gen)
+            from safetensors.torch import load_file
 
-    ddp_model: torch.nn.Module = model
-    if dist.enabled:
-        from torch.nn.parallel import DistributedDataParallel
-
-        ddp_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+            ema.load_state_dict(load_file(folder / "ema.safetensors", device=str(device)))
+        except Exception as exc:
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise UsageError(f"{folder / 'ema.safetensors'} does not fit this network ({reason}).") from None
+        step = int(mark["step"])
+        restore_rng(process["rng"], gen)
+        loss_sum += float(mark["loss_window"][0])  # the logged mean spans a resume unchanged
+        loss_count = int(mark["loss_window"][1])
 
     images = data.images.to(device)
     cond_all = (10 * data.dataset + data.labels).to(device)
     null = config.model["num_conditions"]
     n = len(data)
     per_epoch = n // opts.batch
-    local = opts.batch // dist.world_size
-    lo, hi = dist.rank * local, (dist.rank + 1) * local
-    use_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+    local = opts.batch // world
+    lo, hi = rank * local, (rank + 1) * local
     perm: torch.Tensor | None = None
     perm_epoch = -1
-    loss_sum = torch.zeros((), device=device)
-    loss_count = 0
-    if saved is not None and "loss_window" in saved:  # the logged mean spans a resume unchanged
-        loss_sum += saved["loss_window"][0].to(device)
-        loss_count = int(saved["loss_window"][1])
     last_loss = float("nan")
+    checkpoint = out / "model.safetensors"
 
     def save(step_done: int) -> Path:
-        # every rank must take part in the collective before rank 0 writes
-        rng = capture_rng(gen)
-        if dist.enabled:
-            import torch.distributed as tdist
-
-            gathered: list[Any] = [None] * dist.world_size
-            tdist.all_gather_object(gathered, rng)
-            rng_all: Any = gathered
-        else:
-            rng_all = rng
-        path = out / "model.safetensors"
-        if dist.is_main:
-            # the resume state first, then the sampling weights: a kill between the two leaves a
-            # state one save ahead of model.safetensors, which the resume rewrites (never the reverse)
-            torch_save(
-                {
-                    "options": asdict(opts),
-                    "model": model.state_dict(),
-                    "ema": ema.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "step": step_done,
-                    "rng": rng_all,
-                    "loss_window": [loss_sum.detach().cpu().clone(), loss_count],
-                },
-                out / STATE_FILE,
-            )
+        # the resume state first, then the sampling weights: a kill between the two leaves a state
+        # one save ahead of model.safetensors, which the resume rewrites (never the reverse)
+        save_state(
+            accelerator,
+            out,
+            step_done,
+            {"rng": capture_rng(gen)},
+            {"options": asdict(opts), "loss_window": [float(loss_sum), loss_count]},
+            {"ema.safetensors": ema.state_dict()},
+        )
+        if accelerator.is_main_process:
             config.extra["step"] = step_done
-            path = save_checkpoint(ema, config, out)
-        barrier(dist)
-        return path
+            save_checkpoint(ema, config, out)
+        accelerator.wait_for_everyone()
+        return checkpoint
 
-    checkpoint = out / "model.safetensors"
-    if saved is not None and dist.is_main:
+    if folder is not None and accelerator.is_main_process:
         truncate_log(out / "log.jsonl", step)  # steps after the saved one will be redone
         if _saved_step(checkpoint) != step:
             config.extra["step"] = step
             save_checkpoint(ema, config, out)
-    if on_start is not None and dist.is_main:
+    if on_start is not None and accelerator.is_main_process:
         on_start(step, opts.steps)
     try:
         model.train()
@@ -281,36 +256,35 @@ def _train(
                 perm_epoch = epoch
             assert perm is not None
             idx = perm[within * opts.batch : (within + 1) * opts.batch]
-            # 2. timesteps, noise and label dropout for the whole global batch, then this rank's slice
+            # 2. timesteps, noise and label dropout for the whole global batch, then this process's slice
             t = torch.randint(t_min, schedule.num_steps, (opts.batch,), generator=gen)
             noise = torch.randn((opts.batch, *images.shape[1:]), generator=gen)
             drop = torch.rand(opts.batch, generator=gen) < opts.drop_prob
-            idx, t, noise, drop = idx[lo:hi], t[lo:hi].to(device), noise[lo:hi].to(device), drop[lo:hi].to(device)
-            x0 = images[idx.to(device)].float() / 127.5 - 1.0
-            cond = torch.where(drop, torch.full_like(cond_all[idx.to(device)], null), cond_all[idx.to(device)])
+            idx, t, noise, drop = idx[lo:hi].to(device), t[lo:hi].to(device), noise[lo:hi].to(device), drop[lo:hi]
+            x0 = images[idx].float() / 127.5 - 1.0
+            cond = torch.where(drop.to(device), torch.full_like(cond_all[idx], null), cond_all[idx])
             x_t = schedule.q_sample(x0, t, noise)
-            # 3. ε-prediction loss, Ho et al. eq. 14
+            # 3. ε-prediction loss, Ho et al. eq. 14 (bf16 autocast on a GPU, via accelerate)
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(step, opts)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-                eps = ddp_model(x_t, t, cond)
+            eps = model(x_t, t, cond)
             loss = F.mse_loss(eps.float(), noise)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            accelerator.backward(loss)
             if opts.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), opts.grad_clip)
+                accelerator.clip_grad_norm_(model.parameters(), opts.grad_clip)
             optimizer.step()
-            ema_update(ema, model, min(opts.ema_decay, (1 + step) / (10 + step)))
+            ema_update(ema, raw, min(opts.ema_decay, (1 + step) / (10 + step)))
             step += 1
             loss_sum += loss.detach()
             loss_count += 1
             if step % 25 == 0 or step == opts.steps:  # one host sync every 25 steps
-                last_loss = float(all_mean(loss_sum / loss_count, dist))
+                last_loss = float(accelerator.reduce(loss_sum / loss_count, "mean"))
                 loss_sum.zero_()
                 loss_count = 0
-                if dist.is_main:
+                if accelerator.is_main_process:
                     append_log(out / "log.jsonl", {"step": step, "loss": last_loss, "lr": lr_at(step - 1, opts)})
-            if on_step is not None and dist.is_main:
+            if on_step is not None and accelerator.is_main_process:
                 metrics = {"lr": lr_at(step - 1, opts)}
                 if not math.isnan(last_loss):
                     metrics["loss"] = last_loss
@@ -318,13 +292,16 @@ def _train(
             saved_now = step % opts.checkpoint_every == 0 or step == opts.steps
             if saved_now:
                 checkpoint = save(step)
-            if opts.sample_every and step % opts.sample_every == 0 and dist.is_main:
+            if opts.sample_every and step % opts.sample_every == 0 and accelerator.is_main_process:
                 _sample_grid(ema, schedule, null, device, out / "samples" / f"step_{step:07d}.png")
-            # 4. a Ctrl-C or SIGTERM that arrived during the step: the step is complete, save and stop
-            stop_here(any_rank(bool(stop), dist), stop, step, opts.steps, saved_now, save, out)
+            # 4. a Ctrl-C or SIGTERM that arrived during the step (on any process): it is complete; save and stop
+            requested = bool(stop)
+            if world > 1:
+                requested = bool(accelerator.reduce(torch.tensor(float(requested), device=device), "sum").item())
+            stop_here(requested, stop, step, opts.steps, saved_now, save, out)
     except KeyboardInterrupt:  # a second Ctrl-C: stop now; the last checkpoint stays consistent
         raise interrupted_twice(out) from None
-    return TrainResult(step=step, loss=last_loss, out=out, checkpoint=checkpoint, model=model, ema=ema)
+    return TrainResult(step=step, loss=last_loss, out=out, checkpoint=checkpoint, model=raw, ema=ema)
 
 
 def _saved_step(path: Path) -> int | None:

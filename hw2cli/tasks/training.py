@@ -6,10 +6,10 @@
   saved state is therefore exactly the state an uninterrupted run has after that step, and
   ``--resume`` continues bit for bit. A second Ctrl-C stops at once without saving (the last
   periodic checkpoint stays).
-* Resume state holds only tensors, numbers, strings and containers of them (random-number
-  states included, as tensors), so :func:`load_state` reads it with ``torch.load(weights_only=True)``:
-  a crafted file cannot run code, and is refused with a sentence instead of PyTorch's advice to
-  turn the protection off.
+* Resume state is ``accelerator.save_state`` plus ``hw2_state.json`` (:func:`save_state`): every
+  pickled file in it is read with ``torch.load(weights_only=True)`` before accelerate touches it
+  (:func:`check_state_files`), so a crafted file cannot run code and is refused with a sentence
+  instead of PyTorch's advice to turn the protection off; random-number states are JSON.
 * :func:`truncate_log` drops log lines of steps a resumed run will redo.
 """
 
@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import random
+import shutil
 import signal
 import threading
 from collections.abc import Callable, Iterator
@@ -105,52 +107,134 @@ def check_run_folder(out: Path, has_state: bool, resume: bool, state: str = "sav
 # --------------------------------------------------------------------------- random-number state
 
 
-def capture_rng(generator: torch.Generator | None = None) -> dict[str, Any]:
-    """Every random-number state a training step can touch, as tensors and plain numbers."""
+def capture_rng(generator: torch.Generator | None = None, rng: random.Random | None = None) -> dict[str, Any]:
+    """Every random-number state a training step can touch, as JSON-able lists and numbers."""
     kind, keys, pos, has_gauss, cached = np.random.get_state()
     version, py_state, gauss = random.getstate()
     state: dict[str, Any] = {
-        "torch": torch.get_rng_state(),
-        "numpy": {
-            "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
-            "pos": int(pos),
-            "has_gauss": int(has_gauss),
-            "cached_gaussian": float(cached),
-        },
-        "python": {"version": int(version), "state": [int(v) for v in py_state], "gauss": gauss},
-    }
+        "torch": torch.get_rng_state().tolist(),
+        "numpy": {"keys": [int(k) for k in keys], "pos": int(pos), "has_gauss": int(has_gauss),
+                  "cached_gaussian": float(cached)},
+        "python": [int(version), [int(v) for v in py_state], gauss],
+    }  # fmt: skip
     if generator is not None:
-        state["generator"] = generator.get_state()
+        state["generator"] = generator.get_state().tolist()
+    if rng is not None:
+        v, st, g = rng.getstate()
+        state["random"] = [int(v), [int(x) for x in st], g]
     if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+        state["cuda"] = [s.tolist() for s in torch.cuda.get_rng_state_all()]
     return state
 
 
-def restore_rng(state: dict[str, Any], generator: torch.Generator | None = None) -> None:
-    torch.set_rng_state(state["torch"])
+def restore_rng(
+    state: dict[str, Any], generator: torch.Generator | None = None, rng: random.Random | None = None
+) -> None:
+    torch.set_rng_state(torch.tensor(state["torch"], dtype=torch.uint8))
     n = state["numpy"]
-    np.random.set_state(
-        ("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"])
-    )
-    p = state["python"]
-    random.setstate((p["version"], tuple(p["state"]), p["gauss"]))
+    np.random.set_state(("MT19937", np.asarray(n["keys"], dtype=np.uint32), n["pos"], n["has_gauss"],
+                         n["cached_gaussian"]))  # fmt: skip
+    version, py_state, gauss = state["python"]
+    random.setstate((version, tuple(py_state), gauss))
     if generator is not None and "generator" in state:
-        generator.set_state(state["generator"])
+        generator.set_state(torch.tensor(state["generator"], dtype=torch.uint8))
+    if rng is not None and "random" in state:
+        v, st, g = state["random"]
+        rng.setstate((v, tuple(st), g))
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        torch.cuda.set_rng_state_all([torch.tensor(s, dtype=torch.uint8) for s in state["cuda"]])
 
 
-# --------------------------------------------------------------------------- reading state safely
+# --------------------------------------------------------------------------- resume state on accelerate
+
+STATE_PREFIX = "state-"
+STATE_MARK = "hw2_state.json"
 
 
-def load_state(path: str | Path, what: str = "a resume state written by hw2") -> Any:
-    """``torch.load(path, weights_only=True)`` on the CPU, with one clear sentence for any failure."""
-    from hw2cli.io.checkpoints import torch_load
+def state_folders(out: Path) -> list[Path]:
+    """The complete saved states of a run folder, newest first. A state is written to a staging
+    folder and renamed into place once complete, so a kill never leaves a half one under this name."""
+    if not out.is_dir():
+        return []
+    found = [p for p in out.glob(f"{STATE_PREFIX}*") if p.is_dir() and (p / STATE_MARK).is_file()]
+    return sorted(found, key=lambda p: p.name, reverse=True)
 
+
+def check_state_files(folder: Path) -> dict[str, Any]:
+    """Read every pickled file of a saved state with ``weights_only=True`` first (accelerate's own
+    allow-list: numpy arrays for its RNG states), so a crafted one is refused with our sentence
+    (accelerate would print PyTorch's advice, or silently skip it); return ``hw2_state.json``."""
+    from accelerate.utils.other import TORCH_SAFE_GLOBALS
+
+    from hw2cli.io.checkpoints import load_error
+
+    for file in sorted(folder.iterdir()):
+        if file.suffix in (".bin", ".pkl", ".pt"):
+            try:
+                with torch.serialization.safe_globals(TORCH_SAFE_GLOBALS):
+                    torch.load(file, map_location="cpu", weights_only=True)
+            except Exception as exc:
+                raise UsageError(
+                    f"{load_error(file, 'a resume state written by hw2', exc).args[0]} Delete {folder}, or start a "
+                    "new run without {opt:resume}."
+                ) from None
     try:
-        return torch_load(path, what)
-    except UsageError as exc:
-        raise UsageError(f"{exc.args[0]} Delete it, or start a new run without {{opt:resume}}.") from None
+        mark = json.loads((folder / STATE_MARK).read_text())
+        int(mark["step"]), list(mark["processes"])  # noqa: B018
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise UsageError(f"{folder / STATE_MARK} is not a state hw2 wrote ({type(exc).__name__}: {exc}).") from None
+    return mark
+
+
+def save_state(
+    accelerator: Any,
+    out: Path,
+    step: int,
+    process: dict[str, Any],
+    shared: dict[str, Any] | None = None,
+    tensors: dict[str, dict[str, torch.Tensor]] | None = None,
+) -> Path:
+    """``accelerator.save_state`` (prepared models, optimizers, loaders, RNG) plus ``hw2_state.json``
+    (``step``, each process's ``process`` dict in rank order, ``shared``) and safetensors files
+    (``tensors``: file name → tensors), in a staging folder renamed to ``state-NNNNNNN`` when
+    complete; older states are removed. Every process must call it."""
+    from accelerate.utils import gather_object
+
+    from hw2cli.io.atomic import make_staging_folder, save_safetensors, write_json
+
+    out.mkdir(parents=True, exist_ok=True)
+    final = out / f"{STATE_PREFIX}{step:07d}"
+    processes = gather_object([process]) if accelerator.num_processes > 1 else [process]
+    staging = str(make_staging_folder(final)) if accelerator.is_main_process else ""
+    staging = gather_object([staging])[0] if accelerator.num_processes > 1 else staging
+    accelerator.save_state(staging)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        for name, group in (tensors or {}).items():
+            save_safetensors(group, Path(staging) / name)
+        write_json(Path(staging) / STATE_MARK, {"step": step, "processes": processes, **(shared or {})})
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(staging, final)
+        for old in state_folders(out)[1:]:  # keep only the newest complete state
+            shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def load_state_folder(accelerator: Any, folder: Path, mark: dict[str, Any]) -> dict[str, Any]:
+    """``accelerator.load_state`` of a checked state; returns this process's ``process`` dict."""
+    saved_by = len(mark["processes"])
+    if saved_by != accelerator.num_processes:
+        raise UsageError(f"{folder} was saved by {saved_by} processes; resume it with {saved_by}, not "
+                         f"{accelerator.num_processes}.")  # fmt: skip
+    try:
+        accelerator.load_state(str(folder))
+    except Exception as exc:
+        raise UsageError(
+            f"{folder} does not fit this run ({type(exc).__name__}: {str(exc).splitlines()[0]})."
+        ) from None
+    return mark["processes"][accelerator.process_index]
 
 
 # --------------------------------------------------------------------------- logs
