@@ -188,6 +188,26 @@ def test_only_the_new_rows_are_trained_and_kept_in_the_optimizer(sd, tmp_path, i
     assert torch.equal(params["rows"], result.rows)
 
 
+def test_resume_rewrites_outputs_a_kill_left_behind_the_state(sd, tmp_path):
+    """A kill after the state folder is complete but before the embeddings are rewritten leaves
+    outputs one save behind; the resume republishes them from the state, even with no step left."""
+    from hw2cli.tasks.personalize import train as P
+
+    model, refs = sd
+    opts = dict(model=str(model), concepts=[f"<new1>={refs / '0'}:dog"], out=str(tmp_path / "r"), steps=2,
+                resolution=RES, checkpoint_every=1)  # fmt: skip
+    P.train_personalization(P.PersonalizeOptions(**opts), device=torch.device("cpu"), cache=tmp_path / "c")
+    embeds = tmp_path / "r" / "new1" / "learned_embeds.safetensors"
+    good = embeds.read_bytes()
+    config = json.loads((tmp_path / "r" / "config.json").read_text())
+    embeds.write_bytes(b"stale")
+    (tmp_path / "r" / "config.json").write_text(json.dumps({**config, "step": 1}))
+    P.train_personalization(P.PersonalizeOptions(**opts), device=torch.device("cpu"), cache=tmp_path / "c",
+                            resume=True)  # fmt: skip
+    assert embeds.read_bytes() == good
+    assert json.loads((tmp_path / "r" / "config.json").read_text())["step"] == 2
+
+
 @pytest.mark.parametrize("method", ["textual-inversion", "custom-diffusion"])
 def test_a_signal_mid_step_resumes_bit_exactly(sd, tmp_path, monkeypatch, method, bit_equal):
     import os
@@ -202,8 +222,13 @@ def test_a_signal_mid_step_resumes_bit_exactly(sd, tmp_path, monkeypatch, method
 
     def run(out, resume=False):
         opts = P.PersonalizeOptions(
-            model=str(model), concepts=[f"<new1>={refs / '0'}:dog"], out=str(out), steps=5, resolution=RES,
-            method=method, checkpoint_every=100,
+            model=str(model),
+            concepts=[f"<new1>={refs / '0'}:dog"],
+            out=str(out),
+            steps=5,
+            resolution=RES,
+            method=method,
+            checkpoint_every=100,
         )
         return P.train_personalization(opts, device=torch.device("cpu"), cache=tmp_path / "c", resume=resume)
 
@@ -496,16 +521,29 @@ def test_sd_config_folder_is_complete_offline(tmp_path):
         ("0", "new1", "is not a token name"),
     ],
 )
-def test_input_json_keys_and_tokens_cannot_escape_the_output_folder(run_cli, sd, trained, tmp_path, key, token,
-                                                                     message, isolated_cache):
+def test_input_json_keys_and_tokens_cannot_escape_the_output_folder(
+    run_cli, sd, trained, tmp_path, key, token, message, isolated_cache
+):
     model, _ = sd
     path = tmp_path / "work" / "input.json"
     path.parent.mkdir()
     path.write_text(json.dumps({key: {"token_name": token, "prompt": [f"A {token}."]}}))
     out = tmp_path / "work" / "out"
     before = set(tmp_path.rglob("*"))
-    r = run_cli("personalize", "generate", path, out, "--model", model, "--embeds", trained, "--steps", "1",
-                "--resolution", str(RES))
+    r = run_cli(
+        "personalize",
+        "generate",
+        path,
+        out,
+        "--model",
+        model,
+        "--embeds",
+        trained,
+        "--steps",
+        "1",
+        "--resolution",
+        str(RES),
+    )
     assert r.code == 2, r.err
     assert message in r.err and "Traceback" not in r.err
     assert set(tmp_path.rglob("*")) == before  # refused before any work: nothing written anywhere
@@ -535,8 +573,9 @@ def test_the_writer_refuses_anything_outside_the_confined_folder(tmp_path):
     assert inside(out, "0", "1") == out / "0" / "1"
 
 
-def test_an_interrupted_graded_generation_resumes_to_identical_bytes(sd, trained, tmp_path, monkeypatch,
-                                                                      isolated_cache):
+def test_an_interrupted_graded_generation_resumes_to_identical_bytes(
+    sd, trained, tmp_path, monkeypatch, isolated_cache
+):
     from hw2cli.tasks.personalize import generate as P
 
     model, _ = sd
@@ -620,8 +659,9 @@ def test_homework_preprocessing_differs_from_transformers_5_where_the_crop_is_od
     assert np.abs(theirs - ours).max() > 1e-2  # the reason the default is the homework's arithmetic
 
 
-def test_eval_with_the_homework_preprocessing_equals_a_hand_computation(run_cli, generated, sd, tmp_path,
-                                                                        isolated_cache):
+def test_eval_with_the_homework_preprocessing_equals_a_hand_computation(
+    run_cli, generated, sd, tmp_path, isolated_cache
+):
     from hw2cli.pretrained.clip import load_clip
 
     out, input_json = generated
@@ -683,12 +723,14 @@ def test_two_gloo_processes_see_different_images_and_end_identical(sd, tmp_path)
     assert len(rank0["seen"]) == len(rank1["seen"]) == 4
     assert all(a != b for a, b in zip(rank0["seen"], rank1["seen"], strict=True))  # a shard each, per step
     state, params, _ = saved_state(tmp_path / "run")
-    assert state["step"] == 4 and len(state["rng"]) == 2  # each process's own random state
+    assert state["step"] == 4 and len(state["processes"]) == 2  # each process's own random state
+    assert state["processes"][0]["rng"]["generator"] != state["processes"][1]["rng"]["generator"]
     assert torch.equal(params["rows"], rank0["rows"])
 
 
-def test_a_prompt_without_new_tokens_needs_no_embeddings_and_one_positional_is_the_folder(run_cli, sd, tmp_path,
-                                                                                        isolated_cache):
+def test_a_prompt_without_new_tokens_needs_no_embeddings_and_one_positional_is_the_folder(
+    run_cli, sd, tmp_path, isolated_cache
+):
     model, _ = sd
     out = tmp_path / "dogs"
     r = run_cli("personalize", "generate", "--prompt", "A photo of a dog.", out, "--model", model, "--steps", "1",

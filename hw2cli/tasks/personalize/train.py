@@ -11,9 +11,7 @@
 from __future__ import annotations
 
 import json
-import os
 import random
-import shutil
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -35,7 +33,18 @@ from hw2cli.tasks.personalize.concepts import (
     parse_concept,
     save_embeddings,
 )
-from hw2cli.tasks.training import check_run_folder, deferred_interrupts, interrupted_twice, stop_here
+from hw2cli.tasks.training import (
+    capture_rng,
+    check_run_folder,
+    check_state_files,
+    deferred_interrupts,
+    interrupted_twice,
+    load_state_folder,
+    restore_rng,
+    save_state,
+    state_folders,
+    stop_here,
+)
 
 
 @dataclass
@@ -146,44 +155,11 @@ class ConceptImages(torch.utils.data.Dataset):
         return self.images[index], index
 
 
-STATE_PREFIX = "state-"
-STATE_MARK = "hw2_state.json"
-
-
-def _state_folders(out: Path) -> list[Path]:
-    """Complete saved states, newest first (a state folder is renamed into place once complete)."""
-    found = [p for p in out.glob(f"{STATE_PREFIX}*") if p.is_dir() and (p / STATE_MARK).is_file()]
-    return sorted(found, key=lambda p: p.name, reverse=True)
-
-
-def _check_state_files(folder: Path) -> None:
-    """Read every pickled file of an accelerate state with ``weights_only=True`` first, so a crafted
-    one is refused with our sentence (accelerate would print PyTorch's advice, or ignore it)."""
-    from accelerate.utils.other import TORCH_SAFE_GLOBALS
-
-    from hw2cli.io.checkpoints import load_error
-
-    for file in sorted(folder.iterdir()):
-        if file.suffix in (".bin", ".pkl", ".pt"):
-            try:
-                with torch.serialization.safe_globals(TORCH_SAFE_GLOBALS):
-                    torch.load(file, map_location="cpu", weights_only=True)
-            except Exception as exc:
-                raise UsageError(
-                    f"{load_error(file, 'a resume state written by hw2', exc)} Delete {folder}, or "
-                    "start a new run without {opt:resume}."
-                ) from None
-
-
-def _rng_json(rng: random.Random, gen: torch.Generator) -> dict[str, Any]:
-    version, state, gauss = rng.getstate()
-    return {"python": [version, list(state), gauss], "torch": gen.get_state().tolist()}
-
-
-def _rng_restore(data: dict[str, Any], rng: random.Random, gen: torch.Generator) -> None:
-    version, state, gauss = data["python"]
-    rng.setstate((version, tuple(state), gauss))
-    gen.set_state(torch.tensor(data["torch"], dtype=torch.uint8))
+def _published_step(out: Path) -> int | None:
+    try:
+        return int(json.loads((out / "config.json").read_text())["step"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def train_personalization(
@@ -207,10 +183,9 @@ def train_personalization(
     to ``state-NNNNNNN`` when complete.
     """
     from accelerate import Accelerator
-    from accelerate.utils import DataLoaderConfiguration
+    from accelerate.utils import DataLoaderConfiguration, set_seed
     from diffusers import DDPMScheduler
 
-    from hw2cli.io.atomic import make_staging_folder
     from hw2cli.pretrained.sd import load_pipeline
 
     opts.validate()
@@ -226,17 +201,12 @@ def train_personalization(
         reg_images = [p for p in sorted(Path(folder).iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES]
     out = Path(opts.out)
     remove_stale_temporaries(out)
-    saved_states = _state_folders(out) if out.is_dir() else []
+    saved_states = state_folders(out)
     check_run_folder(out, bool(saved_states), resume)
     state_dir = saved_states[0] if resume else None
-    hw2_state: dict[str, Any] = {}
+    mark: dict[str, Any] = {}
     if state_dir is not None:  # read and check the state before the model loads: a bad file fails in a second
-        _check_state_files(state_dir)
-        try:
-            hw2_state = json.loads((state_dir / STATE_MARK).read_text())
-            int(hw2_state["step"]), hw2_state["rng"]  # noqa: B018
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise UsageError(f"{state_dir / STATE_MARK} is not a state hw2 wrote ({exc}).") from None
+        mark = check_state_files(state_dir)
 
     cuda = device.type == "cuda"
     mixed = opts.mixed_precision or ("bf16" if cuda and torch.cuda.is_bf16_supported() else "no")
@@ -295,16 +265,11 @@ def train_personalization(
     rank_seed = opts.seed * 1000 + accelerator.process_index  # every process draws its own noise
     rng = random.Random(rank_seed)
     gen = torch.Generator().manual_seed(rank_seed)
+    set_seed(rank_seed)  # the global generators too (dropout, anything a library draws), saved with the state
     if state_dir is not None:
-        try:
-            accelerator.load_state(str(state_dir))
-        except Exception as exc:
-            raise UsageError(f"{state_dir} does not fit this run ({type(exc).__name__}: {exc}).") from None
-        step = int(hw2_state["step"])
-        rng_states = hw2_state["rng"]
-        if len(rng_states) != accelerator.num_processes:
-            raise UsageError(f"{state_dir} was saved by {len(rng_states)} processes; resume it with that many.")
-        _rng_restore(rng_states[accelerator.process_index], rng, gen)
+        process = load_state_folder(accelerator, state_dir, mark)
+        step = int(mark["step"])
+        restore_rng(process["rng"], gen, rng)
 
     # a tokenizer built without a config reports an "infinite" model_max_length
     max_length = min(tokenizer.model_max_length, text_encoder.config.max_position_embeddings)
@@ -330,29 +295,23 @@ def train_personalization(
             target = noise
         return F.mse_loss(pred.float(), target.float())
 
-    def save(step_done: int) -> None:
-        from accelerate.utils import gather_object
-
-        out.mkdir(parents=True, exist_ok=True)
-        rng_all = gather_object([_rng_json(rng, gen)])  # every process's own random state, in rank order
-        staging = make_staging_folder(out / f"{STATE_PREFIX}{step_done:07d}") if accelerator.is_main_process else None
-        paths = gather_object([str(staging)]) if accelerator.num_processes > 1 else [str(staging)]
-        target = Path(paths[0])
-        accelerator.save_state(str(target))
-        accelerator.wait_for_everyone()
-        if not accelerator.is_main_process:
-            return
+    def publish(step_done: int) -> None:
+        """What ``generate`` reads: the embeddings (and K/V), then config.json with their step."""
         save_embeddings(rows, tokens, out)
         if kv:
             save_safetensors({f"unet.{k}": v.detach() for k, v in kv.items()}, out / "custom_diffusion.safetensors")
         write_json(out / "config.json", {**asdict(opts), "tokens": tokens, "step": step_done})
-        write_json(target / STATE_MARK, {"step": step_done, "rng": rng_all})
-        final = out / f"{STATE_PREFIX}{step_done:07d}"
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(target, final)
-        for old in _state_folders(out)[1:]:  # keep only the newest complete state
-            shutil.rmtree(old, ignore_errors=True)
+
+    def save(step_done: int) -> None:
+        # the resume state first, then the outputs: a kill between the two leaves a state one save
+        # ahead of the outputs, which the resume rewrites (never the reverse)
+        save_state(accelerator, out, step_done, {"rng": capture_rng(gen, rng)})
+        if accelerator.is_main_process:
+            publish(step_done)
+        accelerator.wait_for_everyone()
+
+    if state_dir is not None and accelerator.is_main_process and _published_step(out) != step:
+        publish(step)
 
     if on_start is not None:
         on_start(step, opts.steps)
