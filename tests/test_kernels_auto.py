@@ -63,8 +63,7 @@ def test_a_kernel_that_agrees_serves_its_class_after_the_first_check(auto_on_gpu
     ],
     ids=["raises", "wrong values", "nan"],
 )
-def test_a_kernel_that_fails_or_disagrees_falls_back_once_with_one_warning(auto_on_gpu, monkeypatch, behaviour,
-                                                                          reason):
+def test_a_kernel_that_fails_or_disagrees_falls_back_once_with_one_warning(auto_on_gpu, monkeypatch, behaviour, reason):
     calls = counting(monkeypatch, "group_norm", behaviour)
     x, w = gn_inputs()
     want = reference.group_norm(x, 4, w, None, act="silu")

@@ -81,8 +81,14 @@ def test_the_two_photo_halves_give_disjoint_crops(tmp_path):
     photo[:, :60], photo[:, 60:] = left, right
     digits = Digits(np.zeros((10, 28, 28), dtype=np.uint8), np.arange(10), "blank")
     for region, colour in (("first-half", left), ("second-half", right)):
-        make_mnistm(tmp_path / region, digits, Photos([photo], ["split"], "one"), per_digit=5, val_fraction=0,
-                    crop_region=region)
+        make_mnistm(
+            tmp_path / region,
+            digits,
+            Photos([photo], ["split"], "one"),
+            per_digit=5,
+            val_fraction=0,
+            crop_region=region,
+        )
         _, _, images = read_split(tmp_path / region / "digits" / "mnistm")
         assert (images == np.array(colour, dtype=np.uint8)).all(), region
     assert crop_window((40, 120, 3), "whole") == (0, 40, 0, 120)

@@ -129,7 +129,7 @@ def test_cache_default_follows_xdg_cache_home_at_run_time(monkeypatch, tmp_path)
 def test_every_source_is_read_once_and_validated_once(monkeypatch, tmp_path):
     import hw2cli.settings as S
 
-    (tmp_path / "hw2.toml").write_text('seed = 3\n')
+    (tmp_path / "hw2.toml").write_text("seed = 3\n")
     monkeypatch.chdir(tmp_path)
     calls = {"toml": 0, "env": 0}
     real_toml, real_env = S.TomlConfigSettingsSource.__call__, S.EnvSettingsSource.__call__

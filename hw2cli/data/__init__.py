@@ -1,5 +1,12 @@
-"""Digit data: the homework folder layout (:class:`DigitsDataset`) and synthetic look-alikes
-(:func:`synthesize`).
+"""Data in the homework's layouts, and how to get it.
+
+* ``digits`` / ``tensors`` / ``layout``: P1's ``digits/<dataset>/{train,val}.csv + data/``
+  (:class:`DigitsDataset`, whole-split tensors for training, the layout checks);
+* ``mnistm`` / ``svhn`` / ``sources`` / ``download`` / ``homework``: building the real data sets
+  (torchvision's MNIST and SVHN, photo textures, verified downloads, the course's archive);
+* ``synth``: synthetic look-alikes (:func:`synthesize`) for tests and offline demos;
+* ``labelled``: CLIP's labelled-image folders; ``noise``: P2's noise files; ``prompts``: P3's
+  ``input.json``.
 
 Importing this package is cheap: the submodules (and torch) load on first attribute access.
 """

@@ -68,7 +68,7 @@ def load_classifier(path: str | Path | None, dataset: str, arch: str | None = No
         path = default_classifier_path(dataset)
         if not path.exists():
             raise RunError(
-                f"this install has no embedded {dataset} classifier; pass --{dataset}-checkpoint "
+                f"this install has no embedded {dataset} classifier; pass {{opt:{dataset}_checkpoint}} "
                 "or train one with `hw2 classifier train`."
             )
     path = Path(path)
