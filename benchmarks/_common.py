@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import statistics
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -15,14 +14,10 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 def median_time(fn: Callable[[], Any], *, repeats: int = 5, warmup: int = 1) -> tuple[float, list[float]]:
     """Median wall time of ``fn()`` in seconds over ``repeats`` runs after ``warmup`` runs (whole
-    commands and loops; kernels are timed by ``hw2cli.tasks.bench.kernel_ms``)."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
+    commands and loops, timed by ``hw2cli.tasks.bench.run_times_ms``; kernels by ``kernel_ms``)."""
+    from hw2cli.tasks.bench import run_times_ms
+
+    times = [ms / 1000 for ms in run_times_ms(fn, repeats=repeats, warmup=warmup)]
     return statistics.median(times), times
 
 

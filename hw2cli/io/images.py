@@ -98,6 +98,48 @@ def labelled_grid(
     return Path(path)
 
 
+def captioned_rows(
+    rows: Sequence[tuple[str, str, Sequence[tuple[str | Path, str]]]], path: str | Path, *, title: str = ""
+) -> Path:
+    """A report-ready PNG of captioned image files, one row per ``(label, colour, [(file, caption), …])``:
+    each image framed and captioned in the row's colour, the label on the left; an empty row says
+    ``no <label> examples``. (CLIP's correct / incorrect predictions.)"""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from PIL import Image
+
+    cols = max(1, *(len(items) for _, _, items in rows))
+    fig, axes = plt.subplots(len(rows), cols, figsize=(2.2 * cols + 0.8, 3.2 * len(rows)), squeeze=False)
+    for r, (label, colour, items) in enumerate(rows):
+        for c in range(cols):
+            ax = axes[r][c]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if c >= len(items):
+                ax.axis("off")
+                if c == 0:
+                    ax.text(0.5, 0.5, f"no {label} examples", ha="center", va="center", fontsize=8)
+                continue
+            file, caption = items[c]
+            with Image.open(file) as im:
+                ax.imshow(im.convert("RGB"))
+            ax.set_title(caption, fontsize=8, color=colour)
+            for spine in ax.spines.values():
+                spine.set_edgecolor(colour)
+                spine.set_linewidth(2)
+            if c == 0:
+                ax.set_ylabel(label, fontsize=9)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+    plt.close(fig)
+    return Path(path)
+
+
 def load_rgb(path: str | Path) -> np.ndarray:
     """An image file as an ``H×W×3`` uint8 array (as the graders open them: ``convert('RGB')``)."""
     from PIL import Image

@@ -57,13 +57,16 @@ def environment(device: torch.device) -> dict[str, Any]:
     }
 
 
-def median_ms(fn: Callable[[], Any], device: torch.device, *, repeats: int = 20, warmup: int = 3) -> float:
-    """Median milliseconds of ``fn()`` over ``repeats`` runs: CUDA events on a GPU (no host sync
-    inside the timed region), ``perf_counter`` elsewhere. For whole loops (seconds each)."""
+def run_times_ms(
+    fn: Callable[[], Any], device: torch.device | None = None, *, repeats: int = 20, warmup: int = 3
+) -> list[float]:
+    """hw2's one timer: milliseconds of each of ``repeats`` runs of ``fn()`` after ``warmup`` runs;
+    CUDA events on a GPU (no host sync inside the timed region), ``perf_counter`` for a CPU device
+    or ``None`` (a whole command, a subprocess)."""
     for _ in range(warmup):
         fn()
     times = []
-    if device.type == "cuda":
+    if device is not None and device.type == "cuda":
         torch.cuda.synchronize(device)
         for _ in range(repeats):
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -77,7 +80,12 @@ def median_ms(fn: Callable[[], Any], device: torch.device, *, repeats: int = 20,
             t0 = time.perf_counter()
             fn()
             times.append((time.perf_counter() - t0) * 1000)
-    return statistics.median(times)
+    return times
+
+
+def median_ms(fn: Callable[[], Any], device: torch.device, *, repeats: int = 20, warmup: int = 3) -> float:
+    """Median of :func:`run_times_ms`: for whole loops (seconds each)."""
+    return statistics.median(run_times_ms(fn, device, repeats=repeats, warmup=warmup))
 
 
 def kernel_ms(fn: Callable[[], Any], device: torch.device, *, repeats: int = 20) -> float:

@@ -26,7 +26,7 @@ import torch
 
 from hw2cli.data.labelled import LabelledImages
 from hw2cli.errors import UsageError
-from hw2cli.io.atomic import atomic_path, save_safetensors, write_json, write_text
+from hw2cli.io.atomic import save_safetensors, write_json, write_text
 from hw2cli.pretrained.clip import ClipModel
 
 SINGLE_TEMPLATE = "a photo of a {}."
@@ -397,48 +397,22 @@ def predictions_csv(report: ZeroShotReport) -> str:
 def examples_figure(report: ZeroShotReport, path: Path, n: int = 5, seed: int = 0) -> Path:
     """The report's table as a figure: a row of correct and a row of incorrect predictions, each
     image titled with its true label, the prediction and its confidence."""
-    import matplotlib
+    from hw2cli.io.images import captioned_rows
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from PIL import Image
+    names = [prompt_name(c) for c in report.data.classnames]
+
+    def caption(i: int) -> tuple[Path, str]:
+        true, pred = names[report.data.labels[i]], names[int(report.predicted[i])]
+        conf = float(report.topk_prob[i, 0])
+        return report.data.files[i], f"{report.data.display_name(i)}\ntrue: {true}\npred: {pred}\nconf: {conf:.2f}"
 
     right, wrong = pick_examples(report, n, seed)
-    cols = max(1, len(right), len(wrong))
-    fig, axes = plt.subplots(2, cols, figsize=(2.2 * cols + 0.8, 6.4), squeeze=False)
-    names = [prompt_name(c) for c in report.data.classnames]
-    for r, (title, picks, colour) in enumerate((("correct", right, "tab:green"), ("incorrect", wrong, "tab:red"))):
-        for c in range(cols):
-            ax = axes[r][c]
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if c >= len(picks):
-                ax.axis("off")
-                if c == 0:
-                    ax.text(0.5, 0.5, f"no {title} predictions", ha="center", va="center", fontsize=8)
-                continue
-            i = picks[c]
-            with Image.open(report.data.files[i]) as im:
-                ax.imshow(im.convert("RGB"))
-            true, pred, conf = names[report.data.labels[i]], names[int(report.predicted[i])], report.topk_prob[i, 0]
-            ax.set_title(
-                f"{report.data.display_name(i)}\ntrue: {true}\npred: {pred}\nconf: {float(conf):.2f}",
-                fontsize=8,
-                color=colour,
-            )
-            for spine in ax.spines.values():
-                spine.set_edgecolor(colour)
-                spine.set_linewidth(2)
-            if c == 0:
-                ax.set_ylabel(title, fontsize=9)
-    fig.suptitle(
-        f"CLIP zero-shot ({report.model}, {report.templates_name} prompts): top-1 {report.top1:.2%}", fontsize=9
-    )
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
-    plt.close(fig)
-    return path
+    rows = [
+        ("correct", "tab:green", [caption(i) for i in right]),
+        ("incorrect", "tab:red", [caption(i) for i in wrong]),
+    ]
+    title = f"CLIP zero-shot ({report.model}, {report.templates_name} prompts): top-1 {report.top1:.2%}"
+    return captioned_rows(rows, path, title=title)
 
 
 def write_outputs(report: ZeroShotReport, out: Path, *, examples: int = 5, seed: int = 0) -> dict[str, Any]:
