@@ -32,12 +32,17 @@ def fingerprint(path: str | os.PathLike[str]) -> str:
     for f in files:
         st = f.stat()
         digest.update(f"{f.relative_to(root) if root.is_dir() else f.name}:{st.st_size}:{st.st_mtime_ns}".encode())
-        with open(f, "rb") as fh:
-            digest.update(fh.read(_EDGE))
-            if st.st_size > 2 * _EDGE:
-                fh.seek(-_EDGE, os.SEEK_END)
-                digest.update(fh.read(_EDGE))
+        hash_edges(digest, f, st.st_size)
     return digest.hexdigest()[:32]
+
+
+def hash_edges(digest: Any, path: Path, size: int) -> None:
+    """Feed the first and the last MiB of ``path`` (``size`` bytes) to ``digest``."""
+    with open(path, "rb") as fh:
+        digest.update(fh.read(_EDGE))
+        if size > 2 * _EDGE:
+            fh.seek(-_EDGE, os.SEEK_END)
+            digest.update(fh.read(_EDGE))
 
 
 def _normalise(settings: Mapping[str, Any]) -> dict[str, Any]:

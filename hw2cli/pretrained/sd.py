@@ -35,6 +35,7 @@ from typing import Any
 import torch
 
 from hw2cli.errors import RunError, UsageError
+from hw2cli.io.manifest import hash_edges
 
 SINGLE_FILE_SUFFIXES = (".ckpt", ".safetensors", ".pt", ".pth", ".bin")
 LIGHTNING_CALLBACK = "pytorch_lightning.callbacks.model_checkpoint.ModelCheckpoint"
@@ -44,7 +45,6 @@ V1_PREFIXES = {
     "first_stage_model.": 248,
     "cond_stage_model.transformer.text_model.": 196,
 }
-_EDGE = 1 << 20
 _ZIP_MAGIC = b"PK\x03\x04"
 _PICKLE_PROTOCOLS = (b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05")
 
@@ -167,11 +167,7 @@ def check_sd_v1(keys: Iterable[str], path: Path) -> None:
 def _source_key(path: Path) -> str:
     st = path.stat()
     digest = hashlib.sha256(f"{st.st_size}:{st.st_mtime_ns}".encode())
-    with open(path, "rb") as fh:
-        digest.update(fh.read(_EDGE))
-        if st.st_size > 2 * _EDGE:
-            fh.seek(-_EDGE, os.SEEK_END)
-            digest.update(fh.read(_EDGE))
+    hash_edges(digest, path, st.st_size)
     return digest.hexdigest()[:16]
 
 
