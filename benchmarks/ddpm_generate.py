@@ -1,7 +1,15 @@
-"""`hw2 ddpm generate` (1,000 images) with the default sampler against a TeaPearce-style 400-step
-DDPM sampler, in one run: seconds, images/s and the P1 accuracy of each folder.
+"""`hw2 ddpm generate` (1,000 graded images): the guided teacher's 20-step DPM-Solver++, each
+speed-up alone and combined, the guidance-distilled student, and TeaPearce's ContextUnet with its
+400-step sampler, all in one run: seconds, images/s, speed-up and the P1 accuracy of each folder.
 
-    python benchmarks/ddpm_generate.py [--checkpoint PATH] [--repeats 3] [--device cpu]
+    python benchmarks/ddpm_generate.py [--teacher PATH] [--student PATH] [--repeats 3] [--device cpu]
+                                       [--rows name,name,...]
+
+Rows marked "key" are timed ``--repeats`` times (median); the others once. TeaPearce's row is an
+estimate: its network (n_feat 128, random weights: the time does not depend on them) is timed
+on a few guided evaluations of a 100-image batch and the time scaled to 400 steps × 10 batches;
+its accuracy is not measured (no trained weights here). The last row times the whole command,
+`hw2 ddpm generate OUT` with every default, as a user runs it (process start, imports, PNGs).
 
 Writes benchmarks/results/ddpm_generate.json.
 """
@@ -10,48 +18,98 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
 from _common import median_time, write_result
 
+# name: (model, sampler, steps, dtype, channels_last, key)
+ROWS = {
+    "teacher-dpm20": ("teacher", "dpm", 20, "fp32", False, True),
+    "teacher-dpm8": ("teacher", "dpm", 8, "fp32", False, False),
+    "teacher-unipc8": ("teacher", "unipc", 8, "fp32", False, False),
+    "teacher-dpm20-nhwc": ("teacher", "dpm", 20, "fp32", True, False),
+    "teacher-dpm20-bf16": ("teacher", "dpm", 20, "bf16", False, False),
+    "student-dpm20": ("student", "dpm", 20, "fp32", False, False),
+    "student-dpm8-nhwc": ("student", "dpm", 8, "fp32", True, True),
+    "student-dpm8-nhwc-bf16": ("student", "dpm", 8, "bf16", True, False),
+    "student-unipc8-nhwc": ("student", "unipc", 8, "fp32", True, False),
+}
+
+
+def teapearce_estimate(device, batch: int = 100, evaluations: int = 5) -> dict:
+    """Seconds for 1,000 images with TeaPearce's sampler (400 steps, guided: a doubled batch)."""
+    import torch
+
+    from hw2cli.diffusion.wrappers import ContextUnetEps
+    from hw2cli.models import ContextUnet
+
+    net = ContextUnetEps(ContextUnet(3, 128, 20), 400).to(device).eval()
+    x = torch.randn(2 * batch, 3, 28, 28, device=device)
+    t = torch.full((2 * batch,), 200, device=device)
+    c = torch.cat([torch.arange(batch) % 20, torch.full((batch,), 20)]).to(device)
+
+    def run() -> None:
+        with torch.inference_mode():
+            net(x, t, c)
+
+    per_eval, times = median_time(run, repeats=evaluations, warmup=1)
+    total = per_eval * 400 * (1000 // batch)
+    return {"seconds_per_guided_evaluation": per_eval, "evaluations_timed": times, "seconds_estimate": total}
+
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--checkpoint", default=None)
+    parser.add_argument("--teacher", default=None, help="default: the embedded teacher")
+    parser.add_argument("--student", default=None, help="default: the embedded default (the student)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--configs", default="dpm:20,ddim:50,ddpm:400")
+    parser.add_argument("--rows", default=",".join([*ROWS, "teapearce", "command"]))
     args = parser.parse_args()
 
     import torch
 
     from hw2cli import settings
-    from hw2cli.io.checkpoints import load_model
+    from hw2cli.io.checkpoints import default_checkpoint, load_model
     from hw2cli.runtime import setup
-    from hw2cli.tasks.ddpm import generate_graded
+    from hw2cli.tasks.ddpm import default_steps, generate_graded
     from hw2cli.tasks.grading import evaluate_generated
 
     settings.set_current(*settings.load({"device": args.device}))
     device, _ = setup()
-    model = load_model(args.checkpoint, device)
+    teacher = args.teacher or default_checkpoint("digit_ddpm_teacher.safetensors")
+    models = {"teacher": load_model(teacher, device), "student": load_model(args.student, device)}
+    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16}
+    wanted = [r.strip() for r in args.rows.split(",") if r.strip()]
     rows = []
-    for spec in args.configs.split(","):
-        sampler, steps = spec.split(":")
-        out = Path(tempfile.mkdtemp(prefix=f"bench_{sampler}_"))
+    state = Path(tempfile.mkdtemp(prefix="bench_state_"))
+    for name in wanted:
+        if name not in ROWS:
+            continue
+        which, sampler, steps, dtype, nhwc, key = ROWS[name]
+        model = models[which]
+        out = Path(tempfile.mkdtemp(prefix=f"bench_{name}_"))
 
-        def run(out: Path = out, sampler: str = sampler, steps: int = int(steps)) -> None:
+        def run(out: Path = out, model=model, sampler=sampler, steps=steps, dtype=dtype, nhwc=nhwc) -> None:
             shutil.rmtree(out, ignore_errors=True)
-            generate_graded(model, out, sampler=sampler, steps=steps)
+            generate_graded(model, out, sampler=sampler, steps=steps, dtype=dtypes[dtype], channels_last=nhwc,
+                            resume=False, state_dir=state)  # fmt: skip
             if device.type == "cuda":
                 torch.cuda.synchronize()
 
-        med, times = median_time(run, repeats=args.repeats, warmup=0 if device.type == "cpu" else 1)
+        med, times = median_time(run, repeats=args.repeats if key else 1, warmup=0 if device.type == "cpu" else 1)
         score = evaluate_generated(out, device, {"mnistm": None, "svhn": None})
         rows.append(
             {
+                "row": name,
+                "model": which,
                 "sampler": sampler,
-                "steps": int(steps),
+                "steps": steps,
+                "evaluations_per_step": 1 if getattr(model.net, "guidance_distilled", False) else 2,
+                "dtype": dtype,
+                "channels_last": nhwc,
                 "seconds_median": med,
                 "seconds_all": times,
                 "images_per_second": 1000 / med,
@@ -62,14 +120,49 @@ def main() -> None:
         )
         shutil.rmtree(out, ignore_errors=True)
         r = rows[-1]
-        print(
-            f"{sampler:5s} {steps:>4s} steps  {med:7.1f} s  {r['images_per_second']:7.1f} img/s  "
-            f"acc mnistm {r['accuracy_mnistm']:.2%} svhn {r['accuracy_svhn']:.2%} mean {r['accuracy_mean']:.2%}"
+        print(f"{name:24s} {med:7.1f} s ({len(times)} runs)  {r['images_per_second']:6.1f} img/s  "
+              f"mnistm {r['accuracy_mnistm']:.2%} svhn {r['accuracy_svhn']:.2%} mean {r['accuracy_mean']:.2%}",
+              flush=True)  # fmt: skip
+    if "teapearce" in wanted:
+        est = teapearce_estimate(device)
+        seconds = est["seconds_estimate"]
+        rows.append(
+            {
+                "row": "teapearce-ddpm400",
+                "model": "TeaPearce ContextUnet (n_feat 128)",
+                "sampler": "ddpm",
+                "steps": 400,
+                "evaluations_per_step": 2,
+                "estimate": True,
+                **est,
+                "seconds_median": seconds,
+                "images_per_second": 1000 / seconds,
+            }
         )
-    base = rows[-1]["seconds_median"]
-    for r in rows:
-        r["speedup_vs_last"] = base / r["seconds_median"]
-    print("wrote", write_result("ddpm_generate", {"model": model.source, "device": str(device), "rows": rows}))
+        per = est["seconds_per_guided_evaluation"]
+        print(f"teapearce-ddpm400 ≈ {seconds:.0f} s (estimate: {per:.3f} s per guided evaluation of 100 images)")
+    if "command" in wanted:
+        out = Path(tempfile.mkdtemp(prefix="bench_cmd_")) / "out"
+        cmd = [sys.executable, "-m", "hw2cli", "-q", "--device", args.device, "ddpm", "generate", str(out),
+               "--no-resume"]  # fmt: skip
+
+        def whole() -> None:
+            shutil.rmtree(out, ignore_errors=True)
+            subprocess.run(cmd, check=True, capture_output=True)
+
+        med, times = median_time(whole, repeats=args.repeats, warmup=0)
+        student = models["student"]
+        rows.append({"row": "command", "command": "hw2 ddpm generate OUT", "seconds_median": med,
+                     "seconds_all": times, "images_per_second": 1000 / med,
+                     "default_steps": default_steps(student, "dpm")})  # fmt: skip
+        print(f"hw2 ddpm generate OUT (whole process) {med:.1f} s ({len(times)} runs)", flush=True)
+    base = next((r["seconds_median"] for r in rows if r["row"] == "teacher-dpm20"), None)
+    if base:
+        for r in rows:
+            r["speedup_vs_teacher_dpm20"] = base / r["seconds_median"]
+    path = write_result("ddpm_generate", {"teacher": str(teacher), "student": models["student"].source,
+                                          "device": str(device), "rows": rows})  # fmt: skip
+    print("wrote", path)
 
 
 if __name__ == "__main__":

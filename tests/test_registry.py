@@ -149,3 +149,36 @@ def test_help_and_plugins_do_not_import_torch(tmp_path):
     proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip().endswith("OK")
+
+
+def test_bracketed_words_in_option_help_survive_rich_markup(run_cli, monkeypatch):
+    """Rich reads ``[default: …]`` or ``ᾱ[t−1]`` as a markup tag and drops it unless escaped; every
+    option's bracketed words must reach the rendered ``--help``."""
+    import re
+
+    import typer.main
+    from typer._click import Context
+
+    from hw2cli.app import app
+
+    monkeypatch.setenv("COLUMNS", "200")
+    root = typer.main.get_command(app)
+    checked = 0
+
+    def walk(cmd, path):
+        nonlocal checked
+        cmd = cmd.real() if hasattr(cmd, "real") else cmd  # a plugin's stand-in: its real command group
+        if hasattr(cmd, "list_commands"):
+            ctx = Context(cmd)
+            for name in cmd.list_commands(ctx):
+                walk(cmd.get_command(ctx, name), [*path, name])
+            return
+        rendered = " ".join(run_cli(*path, "--help").out.replace("│", " ").split())
+        for param in cmd.params:
+            for inside in re.findall(r"\\?\[([^\]]+)\]", getattr(param, "help", None) or ""):
+                words = inside.split()
+                assert all(w in rendered for w in words), (path, param.name, inside)
+                checked += 1
+
+    walk(root, [])
+    assert checked > 15

@@ -15,6 +15,7 @@ from hw2cli.diffusion import (
     sample_ddim,
     sample_ddpm,
     sample_dpm,
+    sample_unipc,
 )
 
 
@@ -156,6 +157,7 @@ def gaussian_eps(mu: float, std: float, schedule: NoiseSchedule):
         ("ddim", lambda m, x, s: sample_ddim(m, x, s, 999)),
         ("ddim-eta1", lambda m, x, s: sample_ddim(m, x, s, 999, eta=1.0, generator=torch.Generator().manual_seed(3))),
         ("dpm", lambda m, x, s: sample_dpm(m, x, s, 50)),
+        ("unipc", lambda m, x, s: sample_unipc(m, x, s, 50)),
     ],
 )
 def test_samplers_reach_the_data_distribution(name, run):
@@ -226,12 +228,13 @@ def test_ddim_step_clips_x0_before_using_it():
     torch.testing.assert_close(out, math.sqrt(ab_prev) * expected_x0 + math.sqrt(1 - ab_prev) * eps)
 
 
-def test_dpm_with_clipping_keeps_a_far_data_mean_in_range():
+@pytest.mark.parametrize("sampler", [sample_dpm, sample_unipc])
+def test_dpm_with_clipping_keeps_a_far_data_mean_in_range(sampler):
     """Data far outside [-1, 1]: without thresholding the sampler follows it, with it the output stays bounded."""
     s = NoiseSchedule.linear()
     x = torch.randn(64, 1, 2, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    free = sample_dpm(gaussian_eps(5.0, 0.1, s), x.clone(), s, 20)
-    clipped = sample_dpm(gaussian_eps(5.0, 0.1, s), x.clone(), s, 20, clip_x0=True)
+    free = sampler(gaussian_eps(5.0, 0.1, s), x.clone(), s, 20)
+    clipped = sampler(gaussian_eps(5.0, 0.1, s), x.clone(), s, 20, clip_x0=True)
     assert free.mean() > 4 and clipped.abs().max() <= 1.0 + 1e-6
 
 

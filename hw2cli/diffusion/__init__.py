@@ -14,9 +14,10 @@ from hw2cli.diffusion.samplers import (
     sample_ddim,
     sample_ddpm,
     sample_dpm,
+    sample_unipc,
 )
 from hw2cli.diffusion.schedules import NoiseSchedule
-from hw2cli.diffusion.wrappers import EpsModel, GraphedEps, autocast_eps, classifier_free_guidance
+from hw2cli.diffusion.wrappers import EpsModel, GraphedEps, autocast_eps, classifier_free_guidance, guided_eps
 
 __all__ = [
     "SAMPLERS",
@@ -25,6 +26,7 @@ __all__ = [
     "NoiseSchedule",
     "autocast_eps",
     "classifier_free_guidance",
+    "guided_eps",
     "ddim_step",
     "ddpm_step",
     "make_timesteps",
@@ -32,4 +34,5 @@ __all__ = [
     "sample_ddim",
     "sample_ddpm",
     "sample_dpm",
+    "sample_unipc",
 ]

@@ -86,6 +86,33 @@ def classifier_free_guidance(model: EpsModel, guidance_scale: float, null_cond: 
     return guided
 
 
+def guided_eps(
+    net: Any,
+    guidance_scale: float,
+    null_cond: torch.Tensor,
+    device: torch.device,
+    dtype: torch.dtype,
+    *,
+    channels_last: bool = False,
+) -> EpsModel:
+    """The ε a sampler calls at guidance weight ``w``, in ``dtype``: one evaluation of a
+    guidance-distilled student (it takes ``w``), else :func:`classifier_free_guidance`'s batched
+    pair of evaluations. ``channels_last`` hands the network NHWC inputs (give it NHWC weights too)."""
+    distilled = bool(getattr(net, "guidance_distilled", False))
+
+    def call(x: torch.Tensor, t: torch.Tensor, cond: Any = None) -> torch.Tensor:
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        if distilled:
+            eps = net(x, t, cond, torch.full((x.shape[0],), float(guidance_scale), device=x.device))
+        else:
+            eps = net(x, t, cond)
+        return eps.contiguous() if channels_last else eps
+
+    inner = autocast_eps(call, device, dtype)
+    return inner if distilled else classifier_free_guidance(inner, guidance_scale, null_cond)
+
+
 def autocast_eps(model: EpsModel, device: torch.device, dtype: torch.dtype) -> EpsModel:
     """Run ``model`` under autocast in ``dtype`` (bf16/fp16) and return fp32 ε; fp32 returns it unchanged."""
     if dtype == torch.float32:

@@ -251,9 +251,10 @@ def load_face_unet(path: str | Path, device: torch.device) -> nn.Module:
     return model.to(device).eval()
 
 
-def default_checkpoint() -> Path:
-    """The embedded digit model shipped in ``hw2cli/assets``."""
-    return Path(str(resources.files("hw2cli.assets").joinpath("digit_ddpm.safetensors")))
+def default_checkpoint(name: str = "digit_ddpm.safetensors") -> Path:
+    """The embedded digit model shipped in ``hw2cli/assets`` (``digit_ddpm_teacher.safetensors``:
+    the guided teacher the default was distilled from)."""
+    return Path(str(resources.files("hw2cli.assets").joinpath(name)))
 
 
 @dataclass

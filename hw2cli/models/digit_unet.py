@@ -31,6 +31,8 @@ class DigitUNetConfig:
     groups: int = 8
     num_conditions: int = 20  # 10 digits × 2 data sets; index 20 is "no condition"
     dropout: float = 0.1
+    # a guidance-distilled student (Meng et al. 2023) also takes the guidance weight w
+    guidance_embedding: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -82,6 +84,9 @@ class Block(nn.Module):
         return self.attn(x) if self.attn is not None else x
 
 
+GUIDANCE_SCALE = 100.0  # w ∈ [0, 10] spread over sinusoid phases as timesteps are
+
+
 class DigitUNet(nn.Module):
     """``forward(x [B,3,28,28] in [-1,1], t [B] int, cond [B] int in 0..num_conditions) -> ε``."""
 
@@ -92,6 +97,11 @@ class DigitUNet(nn.Module):
         emb_dim = 4 * c0
         self.time_mlp = nn.Sequential(nn.Linear(c0, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
         self.cond_emb = nn.Embedding(cfg.num_conditions + 1, emb_dim)
+        self.guidance_mlp: nn.Module | None = None
+        if cfg.guidance_embedding:  # zero last layer: a fresh student is its teacher's conditional ε
+            self.guidance_mlp = nn.Sequential(nn.Linear(c0, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+            nn.init.zeros_(self.guidance_mlp[2].weight)
+            nn.init.zeros_(self.guidance_mlp[2].bias)
         self.conv_in = nn.Conv2d(cfg.in_channels, c0, 3, padding=1)
 
         self.down = nn.ModuleList()
@@ -126,8 +136,21 @@ class DigitUNet(nn.Module):
     def null_condition(self) -> int:
         return self.config.num_conditions
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+    @property
+    def guidance_distilled(self) -> bool:
+        return self.guidance_mlp is not None
+
+    def forward(
+        self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, guidance: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``guidance`` ([B] float, the weight w) only for a guidance-distilled student, which then
+        returns the guided ε ``(1 + w)·ε(c) − w·ε(∅)`` of its teacher in one evaluation."""
         emb = self.time_mlp(sinusoidal_embedding(t, self.config.base_channels).to(x.dtype)) + self.cond_emb(cond)
+        if self.guidance_mlp is not None:
+            if guidance is None:
+                raise ValueError("this guidance-distilled DigitUNet needs the guidance weight")
+            w = sinusoidal_embedding(guidance * GUIDANCE_SCALE, self.config.base_channels).to(x.dtype)
+            emb = emb + self.guidance_mlp(w)
         h = self.conv_in(x)
         skips = [h]
         for layer in self.down:

@@ -8,6 +8,7 @@ checks live here, at the plugin boundary, so the core only ever sees finite, bou
 from __future__ import annotations
 
 import math
+import re
 from typing import Any
 
 import typer
@@ -24,13 +25,18 @@ def finite(value: Any) -> Any:
     return value
 
 
+def rich_safe(text: str) -> str:
+    """Escape the brackets of ``[default: …]`` or ``ᾱ[t−1]`` that Rich would read as markup and drop."""
+    return re.sub(r"(?<!\\)\[(?!/?(bold|dim|italic)?\])", r"\\[", text)
+
+
 def number(default: Any, *decls: str, min: float | None = None, max: float | None = None, help: str = "") -> Any:
     """A float option: finite, and within ``[min, max]`` where given."""
-    return typer.Option(default, *decls, min=min, max=max, callback=finite, help=help)
+    return typer.Option(default, *decls, min=min, max=max, callback=finite, help=rich_safe(help))
 
 
 def seed(default: int | None = 0, help: str = "Random seed.") -> Any:
-    return typer.Option(default, "--seed", min=0, max=MAX_SEED, help=help)
+    return typer.Option(default, "--seed", min=0, max=MAX_SEED, help=rich_safe(help))
 
 
 def float_list(

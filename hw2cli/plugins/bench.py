@@ -13,7 +13,7 @@ app = typer.Typer(
     help="Benchmarks: fused kernels and sampling loops (eager, Triton, torch.compile).", no_args_is_help=True
 )
 
-DTYPE_HELP = "fp32, bf16 or fp16 [default: bf16 on CUDA, fp32 on CPU]."
+DTYPE_HELP = "fp32, bf16 or fp16 \\[default: bf16 on CUDA, fp32 on CPU]."
 Dtype = Literal["fp32", "bf16", "fp16"]
 
 
@@ -83,7 +83,7 @@ def sample(
     model: Literal["digit", "face", "sd"] = typer.Option(
         "digit", help="digit, face (official size, 256²) or sd (SD v1 UNet, 64² latents)."
     ),
-    batch: int = typer.Option(None, min=1, max=100_000, help="Images per batch [default: digit 500, face 10, sd 2]."),
+    batch: int = typer.Option(None, min=1, max=100_000, help="Images per batch \\[default: digit 500, face 10, sd 2]."),
     steps: int = typer.Option(50, min=1, max=1000, help="DDIM steps."),
     dtype: Dtype = typer.Option(None, help=DTYPE_HELP),
     repeats: int = typer.Option(3, min=1, max=1000, help="Timed repeats (median)."),

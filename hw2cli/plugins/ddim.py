@@ -55,14 +55,14 @@ AlphaPrev = Literal["next", "t-1"]
 FinalAlpha = Literal["first", "one"]
 Normalize = Literal["minmax", "clip"]
 STEPS = typer.Option(50, min=1, max=1000, help="DDIM steps (50: t = 981, 961, …, 1).")
-ALPHA_PREV = typer.Option("next", help="ᾱ_prev: next (ᾱ[t−20], the spec's) or t-1 (ᾱ[t−1]).")
-FINAL_ALPHA = typer.Option("first", help="ᾱ after the last step: first (ᾱ[0], the spec's) or one (1.0).")
+ALPHA_PREV = typer.Option("next", help="ᾱ_prev: next (ᾱ\\[t−20], the spec's) or t-1 (ᾱ\\[t−1]).")
+FINAL_ALPHA = typer.Option("first", help="ᾱ after the last step: first (ᾱ\\[0], the spec's) or one (1.0).")
 CLIP_X0 = typer.Option(
     None,
     "--clip-x0/--no-clip-x0",
-    help="Clamp the predicted x0 to [−1, 1] [default: off for the face UNet (the spec's), on for the digit model].",
+    help="Clamp the predicted x0 to \\[−1, 1] \\[default: off for the face UNet (the spec's), on for the digit model].",
 )
-NORMALIZE = typer.Option("minmax", help="Saving: minmax (per image, as passing solutions) or clip ([−1, 1]).")
+NORMALIZE = typer.Option("minmax", help="Saving: minmax (per image, as passing solutions) or clip (\\[−1, 1]).")
 DIGIT = typer.Option(0, min=0, max=9, help="Without --unet: which digit the digit model draws.")
 DATASET = typer.Option("mnistm", help="Without --unet: mnistm or svhn.")
 CHECKPOINT = typer.Option(None, help="Without --unet: a digit model other than the embedded one.")
@@ -70,7 +70,7 @@ CHECKPOINT = typer.Option(None, help="Without --unet: a digit model other than t
 
 @app.command("sample")
 def sample_command(
-    noise_dir: Path = typer.Argument(..., help="Folder of noise files (*.pt, [1,3,H,W] or [3,H,W])."),
+    noise_dir: Path = typer.Argument(..., help="Folder of noise files (*.pt, \\[1,3,H,W] or \\[3,H,W])."),
     out: Path = typer.Argument(..., help="Output folder: one PNG per noise file, same name."),
     unet: Path = typer.Option(None, "--unet", help=UNET_HELP),
     eta: float = number(0.0, min=0.0, max=MAX_ETA, help="η: 0 is deterministic DDIM, 1 is DDPM-like."),
@@ -121,7 +121,7 @@ def eta_grid_command(
     etas: str = typer.Option("0,0.25,0.5,0.75,1", help="Comma-separated η values (rows), each 0 to 10."),
     noise: list[Path] = typer.Option(None, help="Noise files (columns); repeat or comma-separate."),
     noise_dir: Path = typer.Option(
-        None, help="Use the first --count files of this folder [default with --unet: DATA_ROOT/face/noise]."
+        None, help="Use the first --count files of this folder \\[default with --unet: DATA_ROOT/face/noise]."
     ),
     count: int = typer.Option(4, min=1, max=100, help="Columns when noise comes from a folder or a seed."),
     unet: Path = typer.Option(None, "--unet", help=UNET_HELP),
@@ -159,8 +159,8 @@ def eta_grid_command(
 
 @app.command("interpolate")
 def interpolate_command(
-    a: Path = typer.Argument(None, help="First noise file [default with --unet: DATA_ROOT/face/noise/00.pt]."),
-    b: Path = typer.Argument(None, help="Second noise file [default: .../01.pt]."),
+    a: Path = typer.Argument(None, help="First noise file \\[default with --unet: DATA_ROOT/face/noise/00.pt]."),
+    b: Path = typer.Argument(None, help="Second noise file \\[default: .../01.pt]."),
     out: Path = typer.Option(Path("figures/interpolation.png"), help="Output PNG."),
     mode: Literal["slerp", "lerp", "both"] = typer.Option("both", help="slerp, lerp or both (one figure, a row each)."),
     alphas: str = typer.Option(

@@ -18,8 +18,11 @@ app = typer.Typer(
 )
 
 CHECKPOINT_HELP = "model.safetensors, its folder, or a legacy .pth (TeaPearce ContextUnet too). Default: embedded."
-SAMPLER_HELP = "dpm (DPM-Solver++, 20 steps), ddim (50 steps) or ddpm (every step)."
-Sampler = Literal["dpm", "ddim", "ddpm"]
+SAMPLER_HELP = (
+    "dpm (DPM-Solver++(2M); 20 steps, or the steps a distilled checkpoint records), unipc (UniPC, 20), "
+    "ddim (50) or ddpm (every step)."
+)
+Sampler = Literal["dpm", "unipc", "ddim", "ddpm"]
 DatasetChoice = Literal["mnistm", "svhn", "both"]
 DataRange = Literal["01", "pm1"]
 CondLayout = Literal["dataset-major", "digit-major", "digit-only"]
@@ -50,7 +53,7 @@ def train(
     out: Path = typer.Option(Path("runs/ddpm"), help="Run folder: checkpoints, samples, log."),
     datasets: str = typer.Option("mnistm,svhn", help="Comma-separated data sets to train on."),
     steps: int = typer.Option(
-        None, min=1, max=10_000_000, help="Optimizer steps [default: 12000; on --resume, the saved value]."
+        None, min=1, max=10_000_000, help="Optimizer steps \\[default: 12000; on --resume, the saved value]."
     ),
     batch: int = typer.Option(64, min=1, max=65_536, help="Global batch size (split across processes)."),
     lr: float = number(1e-3, min=1e-9, max=1.0, help="Peak AdamW learning rate (linear warm-up, cosine decay)."),
@@ -112,6 +115,82 @@ def train(
     ui.result(f"done: step {result.step}, loss {result.loss:.4f}; checkpoint {result.checkpoint}")
 
 
+@app.command()
+def distill(
+    data: Path = typer.Option(None, help="Digits folder holding mnistm/ and svhn/ (default: DATA_ROOT/digits)."),
+    out: Path = typer.Option(Path("runs/distill"), help="Run folder: checkpoints, samples, log."),
+    teacher: Path = typer.Option(
+        None, help="The guided teacher (a DigitUNet from hw2 ddpm train) \\[default: the embedded teacher]."
+    ),
+    steps: int = typer.Option(
+        None, min=1, max=10_000_000, help="Optimizer steps \\[default: 6000; on --resume, the saved value]."
+    ),
+    batch: int = typer.Option(64, min=1, max=65_536, help="Global batch size (split across processes)."),
+    lr: float = number(2e-4, min=1e-9, max=1.0, help="Peak AdamW learning rate (linear warm-up, cosine decay)."),
+    guidance_min: float = number(0.0, min=0.0, max=10.0, help="Smallest guidance weight w the student learns."),
+    guidance_max: float = number(4.0, min=0.0, max=10.0, help="Largest guidance weight w the student learns."),
+    sampler_steps: int = typer.Option(
+        8, min=1, max=1000, help="DPM-Solver++ steps recorded as the student's default for sampling."
+    ),
+    checkpoint_every: int = typer.Option(500, min=1, help="Save a resumable checkpoint every N steps."),
+    sample_every: int = typer.Option(1000, min=0, help="Write a sample grid every N steps (0: never)."),
+    seed: int = seed_option(None, "Random seed [default: the seed setting]."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out exactly where it stopped."),
+) -> None:
+    """Guidance distillation (Meng et al. 2023): a student that takes w and matches the guided teacher in one pass.
+
+    The student starts as the teacher and learns (1+w)·ε(c) − w·ε(∅) of the teacher for w drawn
+    per image from [--guidance-min, --guidance-max], on noised training images; sampling it costs
+    one network evaluation per step instead of two. Ctrl-C saves; --resume continues bit-exactly;
+    torchrun / accelerate launch as for train.
+
+    Examples:
+      hw2 ddpm distill --data hw2_data/digits --out runs/student
+      hw2 ddpm generate out --checkpoint runs/student
+    """
+    from hw2cli import runtime, settings
+    from hw2cli.errors import UsageError
+    from hw2cli.io.atomic import check_output_folder
+    from hw2cli.io.checkpoints import default_checkpoint
+    from hw2cli.tasks.train_ddpm import TrainOptions, train_ddpm
+
+    if guidance_min > guidance_max:
+        raise UsageError(f"--guidance-min {guidance_min:g} is above --guidance-max {guidance_max:g}.")
+    if teacher is None:
+        teacher = default_checkpoint("digit_ddpm_teacher.safetensors")
+        if not teacher.exists():
+            teacher = default_checkpoint()
+    check_output_folder(out, "run folder")
+    device, _ = runtime.setup()
+    current = settings.get()
+    opts = TrainOptions(
+        data=str(data or current.data_root / "digits"),
+        out=str(out),
+        steps=6000,
+        batch=batch,
+        lr=lr,
+        warmup=200,
+        drop_prob=0.0,
+        checkpoint_every=checkpoint_every,
+        sample_every=sample_every,
+        seed=current.seed if seed is None else seed,
+        teacher=str(teacher),
+        guidance_range=(guidance_min, guidance_max),
+        sampler_steps=sampler_steps,
+    )
+    ui.info(f"distilling {teacher} on {device}; run folder {out}")
+    with ui.progress("distill", None) as bar:
+        result = train_ddpm(
+            opts,
+            device=device,
+            resume=resume,
+            steps=steps,
+            on_start=lambda first, total: bar.reset(total, first),
+            on_step=lambda step, metrics: bar.update(1, **metrics),
+        )
+    ui.result(f"done: step {result.step}, loss {result.loss:.6f}; checkpoint {result.checkpoint}")
+
+
 @app.command("sample")
 def sample_command(
     digit: int = typer.Option(..., "--digit", "-d", min=0, max=9, help="The digit, 0-9."),
@@ -119,10 +198,10 @@ def sample_command(
     n: int = typer.Option(10, "-n", min=1, max=10_000, help="Images per data set."),
     guidance: float = number(2.0, min=-1.0, max=100.0, help=GUIDANCE_HELP),
     sampler: Sampler = typer.Option("dpm", help=SAMPLER_HELP),
-    steps: int = typer.Option(None, min=1, max=1000, help="Sampler steps [default: per sampler]."),
+    steps: int = typer.Option(None, min=1, max=1000, help="Sampler steps \\[default: per sampler]."),
     seed: int = seed_option(None, "Random seed [default: the seed setting]."),
     checkpoint: Path = typer.Option(None, help=CHECKPOINT_HELP),
-    out: Path = typer.Option(None, help="Output folder [default: OUTPUT_ROOT/samples]."),
+    out: Path = typer.Option(None, help="Output folder \\[default: OUTPUT_ROOT/samples]."),
     data_range: DataRange = typer.Option(None, help="Legacy checkpoints: 01 or pm1 pixel range."),
     cond_layout: CondLayout = typer.Option(None, help="Legacy checkpoints: dataset-major, digit-major or digit-only."),
     clip_x0: bool = typer.Option(True, "--clip-x0/--no-clip-x0", help=CLIP_HELP),
@@ -154,12 +233,12 @@ def generate(
     out: Path = typer.Argument(..., help="Output folder; gets mnistm/ and svhn/."),
     checkpoint: Path = typer.Option(None, help=CHECKPOINT_HELP),
     sampler: Sampler = typer.Option("dpm", help=SAMPLER_HELP),
-    steps: int = typer.Option(None, min=1, max=1000, help="Sampler steps [default: per sampler]."),
+    steps: int = typer.Option(None, min=1, max=1000, help="Sampler steps \\[default: per sampler]."),
     guidance: float = number(2.0, min=-1.0, max=100.0, help=GUIDANCE_HELP),
     seed: int = seed_option(2024, "Fixed seed: the same files on every run."),
     per_digit: int = typer.Option(50, min=1, max=999, help="Images per digit and data set (the homework: 50)."),
     batch: int = typer.Option(
-        None, min=1, max=10_000, help="Images per forward batch [default: 100 on CPU, 500 on CUDA]."
+        None, min=1, max=10_000, help="Images per forward batch \\[default: 100 on CPU, 500 on CUDA]."
     ),
     data_range: DataRange = typer.Option(None, help="Legacy checkpoints: 01 or pm1 pixel range."),
     cond_layout: CondLayout = typer.Option(None, help="Legacy checkpoints: dataset-major, digit-major or digit-only."),
@@ -247,7 +326,7 @@ def grid(
 @app.command()
 def trajectory(
     out: Path = typer.Option(Path("figures/trajectory.png"), help="Output PNG."),
-    timesteps: str = typer.Option(None, help="Comma-separated t to show [default: six, evenly spaced]."),
+    timesteps: str = typer.Option(None, help="Comma-separated t to show \\[default: six, evenly spaced]."),
     digit: int = typer.Option(0, min=0, max=9, help="Which digit's reverse process."),
     checkpoint: Path = typer.Option(None, help=CHECKPOINT_HELP),
     guidance: float = number(2.0, min=-1.0, max=100.0, help=GUIDANCE_HELP),

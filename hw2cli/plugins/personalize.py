@@ -31,7 +31,7 @@ def _check_resolution(value: int | None) -> None:
 @app.command()
 def train(
     model: str = typer.Option(..., "--model", help=MODEL_HELP),
-    concept: list[str] = typer.Option(..., "--concept", help="'<new1>=folder:initword[:object|style]'; repeat."),
+    concept: list[str] = typer.Option(..., "--concept", help="'<new1>=folder:initword\\[:object|style]'; repeat."),
     method: Literal["textual-inversion", "custom-diffusion"] = typer.Option(
         "textual-inversion", help="textual-inversion or custom-diffusion."
     ),
@@ -95,7 +95,7 @@ def train(
 @app.command()
 def generate(
     input_json: Path = typer.Argument(None, help="The homework's input.json (graded layout)."),
-    out: Path = typer.Argument(None, help="Output folder [default: outputs/personalize]."),
+    out: Path = typer.Argument(None, help="Output folder \\[default: outputs/personalize]."),
     model: str = typer.Option(..., "--model", help=MODEL_HELP),
     embeds: list[Path] = typer.Option(None, help="Learned embeddings (run folder, token folder or .safetensors)."),
     prompt: str = typer.Option(
@@ -107,7 +107,7 @@ def generate(
     sampler: Literal["dpm", "ddim"] = typer.Option("dpm", help="dpm (DPM-Solver++) or ddim."),
     seed: int = seed_option(0, "Seed: the same images on every run."),
     batch: int = typer.Option(5, min=1, max=64, help="Images per batch."),
-    resolution: int = typer.Option(None, **RESOLUTION, help="Image side, a multiple of 8 [default: the model's]."),
+    resolution: int = typer.Option(None, **RESOLUTION, help="Image side, a multiple of 8 \\[default: the model's]."),
     resume: bool = typer.Option(
         True, "--resume/--no-resume", help="Keep images a previous run with the same settings finished."
     ),

@@ -14,8 +14,8 @@ from typing import Any
 import torch
 
 from hw2cli.data.noise import load_noise_dir, load_noise_file, seeded_noise, stack_noise
-from hw2cli.diffusion import NoiseSchedule, classifier_free_guidance, make_timesteps, sample_ddim
-from hw2cli.diffusion.wrappers import EpsModel, GraphedEps, autocast_eps
+from hw2cli.diffusion import NoiseSchedule, make_timesteps, sample_ddim
+from hw2cli.diffusion.wrappers import EpsModel, GraphedEps, autocast_eps, guided_eps
 from hw2cli.errors import UsageError
 from hw2cli.io.atomic import check_output_file, check_output_folder, confine, save_image
 from hw2cli.io.checkpoints import load_face_unet, load_model
@@ -114,7 +114,7 @@ def digit_source(
     model = load_model(checkpoint, device)
     cond = torch.tensor([model.condition(digit, dataset)], device=device)
     null = torch.tensor([model.null_condition], device=device)
-    guided = classifier_free_guidance(autocast_eps(model.net, device, dtype), guidance, null)
+    guided = guided_eps(model.net, guidance, null, device, dtype)
 
     def eps(x: torch.Tensor, t: torch.Tensor, _: Any = None) -> torch.Tensor:
         return guided(x, t, cond.expand(x.shape[0]))

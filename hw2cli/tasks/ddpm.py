@@ -11,15 +11,14 @@ from typing import Any
 import torch
 
 from hw2cli.data import DATASETS
-from hw2cli.diffusion import classifier_free_guidance, sample
-from hw2cli.diffusion.wrappers import autocast_eps
+from hw2cli.diffusion import guided_eps, sample
 from hw2cli.errors import RunError, UsageError
 from hw2cli.io.atomic import check_output_folder, confine, remove_stale_temporaries, save_image
 from hw2cli.io.checkpoints import DigitModel
 from hw2cli.io.images import labelled_grid, to_uint8
 from hw2cli.io.manifest import fingerprint, prepare_outputs
 
-DEFAULT_STEPS = {"ddpm": None, "ddim": 50, "dpm": 20}
+DEFAULT_STEPS = {"ddpm": None, "ddim": 50, "dpm": 20, "unipc": 20}
 GRADED_SEED = 2024
 
 
@@ -45,6 +44,12 @@ def sample_digits(
     return torch.cat([images for _, images in iter_samples(model, digits, datasets, **kwargs)])
 
 
+def default_steps(model: DigitModel, sampler: str) -> int | None:
+    """The sampler's steps recorded in the checkpoint (a distilled student's), else the sampler's default."""
+    recorded = model.config.extra.get("sampler_steps", {})
+    return int(recorded[sampler]) if isinstance(recorded, dict) and sampler in recorded else DEFAULT_STEPS[sampler]
+
+
 def iter_samples(
     model: DigitModel,
     digits: Sequence[int],
@@ -58,20 +63,22 @@ def iter_samples(
     dtype: torch.dtype = torch.float32,
     clip_x0: bool = True,
     cuda_graph: bool = False,
+    channels_last: bool | None = None,
     skip: Callable[[int, int], bool] | None = None,
     on_batch: Callable[[int], None] | None = None,
     callback: Callable[[dict[str, Any]], None] | None = None,
 ) -> Iterator[tuple[int, torch.Tensor]]:
     """Yield ``(start, uint8 images)`` batch by batch; ``skip(start, stop)`` true leaves a batch out
     (it is then not sampled at all, and the others are unchanged). ``cuda_graph`` replays each
-    guided network evaluation from one CUDA graph."""
+    guided network evaluation from one CUDA graph. ``channels_last`` (default: on a CPU, where
+    oneDNN's convolutions are ~1.15× faster on NHWC) runs the network on NHWC tensors."""
     if sampler not in DEFAULT_STEPS:
-        raise UsageError(f"the sampler {sampler!r} is not known; expected ddpm, ddim or dpm.")
+        raise UsageError(f"the sampler {sampler!r} is not known; expected ddpm, ddim, dpm or unipc.")
     if len(digits) != len(datasets):
         raise ValueError("one data set per digit")
     if not math.isfinite(guidance):
         raise UsageError(f"the guidance weight must be a finite number, got {guidance}.")
-    steps = steps if steps is not None else DEFAULT_STEPS[sampler]
+    steps = steps if steps is not None else default_steps(model, sampler)
     batch = batch or default_batch(model.device)
     if batch < 1:
         raise UsageError(f"the batch size must be at least 1, got {batch}.")
@@ -81,7 +88,9 @@ def iter_samples(
     cond_all = torch.tensor([model.condition(d, n) for d, n in zip(digits, datasets, strict=True)])
     device = model.device
     null = torch.tensor([model.null_condition], device=device)
-    eps_model = classifier_free_guidance(autocast_eps(model.net, device, dtype), guidance, null)
+    channels_last = device.type == "cpu" if channels_last is None else channels_last
+    model.net.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    eps_model = guided_eps(model.net, guidance, null, device, dtype, channels_last=channels_last)
     if cuda_graph:
         from hw2cli.diffusion.wrappers import GraphedEps
 
@@ -100,7 +109,7 @@ def iter_samples(
         dev_gen = torch.Generator(device).manual_seed(seed * 1_000_003 + k)
         # pixel-space model: keep the predicted x0 inside the data range (Ho et al. clip it too)
         kwargs: dict[str, Any] = {"cond": cond, "callback": callback, "clip_x0": clip_x0}
-        if sampler != "dpm":
+        if sampler in ("ddpm", "ddim"):  # the two that draw noise
             kwargs["generator"] = dev_gen
         with torch.inference_mode():
             x = sample(sampler, eps_model, x, model.schedule, steps, **kwargs)
@@ -151,6 +160,7 @@ def generate_graded(
     dtype: torch.dtype = torch.float32,
     clip_x0: bool = True,
     cuda_graph: bool = False,
+    channels_last: bool | None = None,
     resume: bool = True,
     state_dir: Path | None = None,
     on_batch: Callable[[int], None] | None = None,
@@ -193,6 +203,7 @@ def generate_graded(
         "dtype": str(dtype),
         "device": model.device.type,
         "batch": batch if sampler == "ddpm" else None,  # only DDPM's per-batch noise depends on it
+        "channels_last": model.device.type == "cpu" if channels_last is None else channels_last,
     }
     files = [out / dataset / name for dataset in DATASETS for name in names]
     done = prepare_outputs(out, settings, files, state_dir=state_dir or out.parent, resume=resume)
@@ -213,6 +224,7 @@ def generate_graded(
                 dtype=dtype,
                 clip_x0=clip_x0,
                 cuda_graph=cuda_graph,
+                channels_last=channels_last,
                 skip=lambda a, b, paths=paths: all(p in done for p in paths[a:b]),
                 on_batch=on_batch,
             ):
@@ -270,7 +282,7 @@ def trajectory_figure(
         x_start = torch.randn((1, 3, 28, 28), generator=torch.Generator().manual_seed(seed)).to(model.device)
         null = torch.tensor([model.null_condition], device=model.device)
         cond = torch.tensor([model.condition(digit, dataset)], device=model.device)
-        eps = classifier_free_guidance(model.net, guidance, null)
+        eps = guided_eps(model.net, guidance, null, model.device, torch.float32)
         with torch.inference_mode():
             sample(
                 "ddpm",

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from hw2cli.data.tensors import load_digit_tensors
-from hw2cli.diffusion import NoiseSchedule, classifier_free_guidance, sample_dpm
+from hw2cli.diffusion import NoiseSchedule, guided_eps, sample_dpm
 from hw2cli.diffusion.wrappers import build_network
 from hw2cli.errors import UsageError
 from hw2cli.io.atomic import remove_stale_temporaries
@@ -69,6 +69,11 @@ class TrainOptions:
     seed: int = 0
     model: dict[str, Any] = field(default_factory=dict)
     schedule: dict[str, Any] = field(default_factory=lambda: {"kind": "linear", "num_steps": 1000})
+    # guidance distillation (Meng et al. 2023, stage one): a student initialised from ``teacher``
+    # learns the teacher's guided ε at a weight w drawn per image from ``guidance_range``
+    teacher: str | None = None
+    guidance_range: tuple[float, float] = (0.0, 4.0)
+    sampler_steps: int | None = None  # the DPM-Solver++ steps recorded as the student's default
 
     def validate(self) -> None:
         checks = [
@@ -78,6 +83,10 @@ class TrainOptions:
             (0 <= self.drop_prob < 1, f"{{opt:drop_prob}} must be in [0, 1), got {self.drop_prob}."),
             (0 <= self.ema_decay < 1, f"{{opt:ema}} must be in [0, 1), got {self.ema_decay}."),
             (self.checkpoint_every >= 1, f"{{opt:checkpoint_every}} must be at least 1, got {self.checkpoint_every}."),
+            (
+                0 <= self.guidance_range[0] <= self.guidance_range[1] <= 10,
+                f"{{opt:guidance_range}} must be two weights 0 ≤ low ≤ high ≤ 10, got {list(self.guidance_range)}.",
+            ),
         ]
         for ok, message in checks:
             if not ok:
@@ -119,7 +128,10 @@ def _diffusion_config(opts: TrainOptions, model_cfg: dict[str, Any]) -> Diffusio
         datasets=list(opts.datasets),
         condition_layout="dataset-major",
         data_range=(-1.0, 1.0),
-        extra={"train": {k: v for k, v in asdict(opts).items() if k not in ("data", "out")}},
+        extra={
+            "train": {k: v for k, v in asdict(opts).items() if k not in ("data", "out")},
+            **({"sampler_steps": {"dpm": opts.sampler_steps}} if opts.sampler_steps is not None else {}),
+        },
     )
 
 
@@ -148,6 +160,7 @@ def train_ddpm(
         try:
             saved_opts = {**mark["options"], "data": opts.data, "out": opts.out}
             saved_opts["datasets"] = tuple(saved_opts["datasets"])
+            saved_opts["guidance_range"] = tuple(saved_opts.get("guidance_range", (0.0, 4.0)))
             opts = TrainOptions(**saved_opts)
             float(mark["loss_window"][0]), int(mark["loss_window"][1])  # noqa: B018
         except (KeyError, TypeError, IndexError, ValueError) as exc:
@@ -175,6 +188,9 @@ def _train(
     cuda = device.type == "cuda"
     accelerator = Accelerator(cpu=not cuda, mixed_precision="bf16" if cuda and torch.cuda.is_bf16_supported() else "no")
     device = accelerator.device
+    teacher: torch.nn.Module | None = None
+    if opts.teacher is not None:  # checked first: a wrong teacher fails before the data loads
+        teacher = _load_teacher(opts, device)
     data = load_digit_tensors(opts.data, tuple(opts.datasets), "train")
     world, rank = accelerator.num_processes, accelerator.process_index
     if opts.batch % world:
@@ -189,6 +205,10 @@ def _train(
     config = _diffusion_config(opts, opts.model)
     model = build_network(config).to(device)
     config.model = model.config.to_dict()  # type: ignore[union-attr]
+    if teacher is not None and folder is None:  # the student starts as its teacher (w enters at zero)
+        missing, unexpected = model.load_state_dict(teacher.state_dict(), strict=False)
+        if unexpected or any(not k.startswith("guidance_mlp.") for k in missing):
+            raise UsageError(f"the teacher {opts.teacher} does not fit the student network.")
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     optimizer = torch.optim.AdamW(model.parameters(), lr=opts.lr, weight_decay=opts.weight_decay)
     model, optimizer = accelerator.prepare(model, optimizer)
@@ -267,8 +287,16 @@ def _train(
             # 3. ε-prediction loss, Ho et al. eq. 14 (bf16 autocast on a GPU, via accelerate)
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(step, opts)
-            eps = model(x_t, t, cond)
-            loss = F.mse_loss(eps.float(), noise)
+            if teacher is None:
+                target = noise
+                eps = model(x_t, t, cond)
+            else:  # the teacher's guided ε at a weight drawn per image, in one batched pair of passes
+                w_lo, w_hi = opts.guidance_range
+                w = (w_lo + (w_hi - w_lo) * torch.rand(opts.batch, generator=gen))[lo:hi].to(device)
+                with accelerator.autocast():
+                    target = guided_target(teacher, x_t, t, cond, null, w)
+                eps = model(x_t, t, cond, w)
+            loss = F.mse_loss(eps.float(), target)
             optimizer.zero_grad(set_to_none=True)
             accelerator.backward(loss)
             if opts.grad_clip > 0:
@@ -304,6 +332,37 @@ def _train(
     return TrainResult(step=step, loss=last_loss, out=out, checkpoint=checkpoint, model=raw, ema=ema)
 
 
+@torch.no_grad()
+def guided_target(
+    teacher: torch.nn.Module, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, null: int, w: torch.Tensor
+) -> torch.Tensor:
+    """The teacher's classifier-free-guided ε ``(1 + w)·ε(c) − w·ε(∅)`` with a weight per image
+    (``w`` is ``[B]``), from one batched pair of passes; fp32."""
+    both = teacher(torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([cond, torch.full_like(cond, null)]))
+    e_cond, e_null = both.float().chunk(2)
+    return e_cond + w.float()[:, None, None, None] * (e_cond - e_null)
+
+
+def _load_teacher(opts: TrainOptions, device: torch.device) -> torch.nn.Module:
+    """The frozen teacher; sets the student's network (the teacher's, with a guidance input) and
+    schedule in ``opts``."""
+    from hw2cli.io.checkpoints import load_model
+
+    teacher = load_model(opts.teacher, device)
+    if teacher.config.architecture != "DigitUNet" or getattr(teacher.net, "guidance_distilled", False):
+        raise UsageError(
+            f"the teacher {opts.teacher} must be a DigitUNet trained with label dropout (hw2 ddpm train), "
+            "not a TeaPearce ContextUnet or an already distilled student."
+        )
+    if tuple(teacher.config.datasets) != tuple(opts.datasets):
+        raise UsageError(
+            f"the teacher was trained on {', '.join(teacher.config.datasets)}, not {', '.join(opts.datasets)}."
+        )
+    opts.model = {**teacher.config.model, "guidance_embedding": True}
+    opts.schedule = dict(teacher.config.schedule)
+    return teacher.net.eval().requires_grad_(False)
+
+
 def _saved_step(path: Path) -> int | None:
     """The training step recorded in a model.safetensors we wrote (``None`` if unreadable)."""
     import json
@@ -323,6 +382,6 @@ def _sample_grid(ema: torch.nn.Module, schedule: NoiseSchedule, null: int, devic
     gen = torch.Generator().manual_seed(1234)
     cond = torch.arange(20, device=device)
     x = torch.randn((20, 3, 28, 28), generator=gen).to(device)
-    eps = classifier_free_guidance(ema, 2.0, torch.tensor([null], device=device))
+    eps = guided_eps(ema, 2.0, torch.tensor([null], device=device), device, torch.float32)
     images = sample_dpm(eps, x, schedule, 20, cond=cond, clip_x0=True)  # as `hw2 ddpm sample` does by default
     save_grid(to_uint8(images), path, nrow=10)
