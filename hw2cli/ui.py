@@ -132,6 +132,7 @@ class ProgressBar:
         self.description = description
         self.total = total
         self.done = 0
+        self._base = 0  # steps done before this run started (a resumed run): not part of its rate
         self.metrics: dict[str, Any] = {}
         self._mode = "off" if _state["quiet"] else ("rich" if err().is_terminal else "plain")
         self._progress: Progress | None = None
@@ -161,10 +162,17 @@ class ProgressBar:
         return self
 
     def reset(self, total: int | None, done: int = 0) -> None:
-        """Change the total and the count already done (e.g. a resumed run)."""
-        self.total, self.done = total, done
+        """Change the total and the count already done (e.g. a resumed run).
+
+        The steps already done count toward the bar, not toward the rate or the time remaining:
+        the clock restarts here.
+        """
+        self.total, self.done, self._base = total, done, done
+        self._start = self._last_plain = time.perf_counter()
+        self._next_pct = 10 * (int(100 * done / total) // 10 + 1) if total else 10
         if self._progress is not None:
-            self._progress.update(self._task_id, total=total, completed=done)
+            # Progress.reset also drops Rich's speed samples, which would otherwise count `done` as one advance.
+            self._progress.reset(self._task_id, total=total, completed=done)
 
     def update(self, advance: int = 1, **metrics: Any) -> None:
         self.done += advance
@@ -186,7 +194,7 @@ class ProgressBar:
 
     def _plain_line(self) -> None:
         elapsed = time.perf_counter() - self._start
-        rate = self.done / elapsed if elapsed > 0 else 0.0
+        rate = (self.done - self._base) / elapsed if elapsed > 0 else 0.0
         total = f"/{self.total}" if self.total else ""
         eta = ""
         if self.total and rate > 0 and self.done < self.total:

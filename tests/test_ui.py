@@ -31,3 +31,17 @@ def test_table_and_json_go_to_stdout(capsys):
     ui.print_json({"a": 1})
     out = capsys.readouterr().out
     assert "0.1235" in out and '"a": 1' in out
+
+
+def test_resumed_progress_rate_counts_only_this_runs_steps(capsys, monkeypatch):
+    clock = iter(float(t) for t in range(1000))
+    monkeypatch.setattr(ui.time, "perf_counter", lambda: next(clock))
+    with ui.progress("train", total=100) as bar:
+        bar.reset(100, 50)  # 50 steps were done before the resume
+        for _ in range(10):
+            bar.update(1)  # one step per clock tick
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("train:")]
+    assert lines, "no progress line"
+    assert lines[0].startswith("train: 60/100 ")  # the first line is at 60 %, not at once
+    rate = float(lines[-1].split()[2])
+    assert 0.5 <= rate <= 1.0  # ~1 it/s; counting the resumed 50 steps would say ~6 it/s
