@@ -701,6 +701,7 @@ model, refs, out, dump, cache = sys.argv[1:6]
 opts = PersonalizeOptions(model=model, concepts=[f"<new1>={refs}/0:dog", f"<new2>={refs}/1:painting"], out=out,
                           steps=4, resolution=32, checkpoint_every=2, batch=1, lr=0.05)
 r = train_personalization(opts, device=torch.device("cpu"), cache=__import__("pathlib").Path(cache))
+assert not torch.distributed.is_initialized()  # destroyed before exit: live Gloo threads can abort it
 torch.save({"rows": r.rows, "seen": r.seen}, f"{dump}/rank{os.environ.get('RANK', 'single')}.pt")
 """
 

@@ -40,6 +40,7 @@ from hw2cli.tasks.training import (
     deferred_interrupts,
     interrupted_twice,
     load_state_folder,
+    release,
     restore_rng,
     save_state,
     state_folders,
@@ -329,6 +330,8 @@ def _train(
             stop_here(requested, stop, step, opts.steps, saved_now, save, out)
     except KeyboardInterrupt:  # a second Ctrl-C: stop now; the last checkpoint stays consistent
         raise interrupted_twice(out) from None
+    finally:
+        release(accelerator)
     return TrainResult(step=step, loss=last_loss, out=out, checkpoint=checkpoint, model=raw, ema=ema)
 
 

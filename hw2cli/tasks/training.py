@@ -222,6 +222,17 @@ def save_state(
     return final
 
 
+def release(accelerator: Any) -> None:
+    """Destroy the process group of a multi-process run once training is over, on every process.
+
+    A process that exits with Gloo's worker threads still alive can abort in interpreter
+    finalisation ("terminate called without an active exception", SIGABRT), turning a finished
+    run into a failed one; destroying the group while Python is fully alive prevents it.
+    """
+    if accelerator.num_processes > 1 and torch.distributed.is_initialized():
+        accelerator.state.destroy_process_group()
+
+
 def load_state_folder(accelerator: Any, folder: Path, mark: dict[str, Any]) -> dict[str, Any]:
     """``accelerator.load_state`` of a checked state; returns this process's ``process`` dict."""
     saved_by = len(mark["processes"])

@@ -40,6 +40,7 @@ from hw2cli.tasks.training import (
     deferred_interrupts,
     interrupted_twice,
     load_state_folder,
+    release,
     restore_rng,
     save_state,
     state_folders,
@@ -361,4 +362,6 @@ def train_personalization(
                         break
         except KeyboardInterrupt:  # a second Ctrl-C: stop now; the last checkpoint stays consistent
             raise interrupted_twice(out) from None
+        finally:
+            release(accelerator)
     return PersonalizeResult(step, last, out, tokens, rows=rows.detach().cpu().clone(), seen=seen)
