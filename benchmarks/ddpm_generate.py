@@ -10,6 +10,7 @@ estimate: its network (n_feat 128, random weights: the time does not depend on t
 on a few guided evaluations of a 100-image batch and the time scaled to 400 steps × 10 batches;
 its accuracy is not measured (no trained weights here). The last row times the whole command,
 `hw2 ddpm generate OUT` with every default, as a user runs it (process start, imports, PNGs).
+The ``-1thread`` row runs on one intra-op thread; the others on torch's default (one per core).
 
 Writes benchmarks/results/ddpm_generate.json.
 """
@@ -36,6 +37,7 @@ ROWS = {
     "student-dpm8-nhwc": ("student", "dpm", 8, "fp32", True, True),
     "student-dpm8-nhwc-bf16": ("student", "dpm", 8, "bf16", True, False),
     "student-unipc8-nhwc": ("student", "unipc", 8, "fp32", True, False),
+    "student-dpm8-nhwc-1thread": ("student", "dpm", 8, "fp32", True, False),  # torch's default: one per core
 }
 
 
@@ -84,11 +86,14 @@ def main() -> None:
     dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16}
     wanted = [r.strip() for r in args.rows.split(",") if r.strip()]
     rows = []
+    default_threads = torch.get_num_threads()
     state = Path(tempfile.mkdtemp(prefix="bench_state_"))
     for name in wanted:
         if name not in ROWS:
             continue
         which, sampler, steps, dtype, nhwc, key = ROWS[name]
+        threads = 1 if name.endswith("-1thread") else default_threads
+        torch.set_num_threads(threads)
         model = models[which]
         out = Path(tempfile.mkdtemp(prefix=f"bench_{name}_"))
 
@@ -100,6 +105,7 @@ def main() -> None:
                 torch.cuda.synchronize()
 
         med, times = median_time(run, repeats=args.repeats if key else 1, warmup=0 if device.type == "cpu" else 1)
+        torch.set_num_threads(default_threads)
         score = evaluate_generated(out, device, {"mnistm": None, "svhn": None})
         rows.append(
             {
@@ -110,6 +116,7 @@ def main() -> None:
                 "evaluations_per_step": 1 if getattr(model.net, "guidance_distilled", False) else 2,
                 "dtype": dtype,
                 "channels_last": nhwc,
+                "threads": threads,
                 "seconds_median": med,
                 "seconds_all": times,
                 "images_per_second": 1000 / med,

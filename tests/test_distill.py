@@ -135,7 +135,7 @@ def test_the_cli_distills_and_generate_uses_the_students_recorded_steps(run_cli,
                 "--batch", "8", "--sampler-steps", "3", "--sample-every", "0")  # fmt: skip
     assert r.code == 0, r.err
     model = load_model(out, CPU)
-    assert model.net.guidance_distilled and model.config.extra["sampler_steps"] == {"dpm": 3}
+    assert model.net.guidance_distilled and model.config.extra["sampler_steps"] == {"dpm": 3, "unipc": 3}
     calls = []
     forward = DigitUNet.forward
 
@@ -148,6 +148,11 @@ def test_the_cli_distills_and_generate_uses_the_students_recorded_steps(run_cli,
                 "--out", tmp_path / "s")  # fmt: skip
     assert r.code == 0, r.err
     assert calls == [2, 2, 2]  # three DPM-Solver++ steps, one evaluation of the 2 images each
+    calls.clear()
+    r = run_cli("ddpm", "sample", "-d", "4", "-n", "2", "--dataset", "mnistm", "--checkpoint", out,
+                "--out", tmp_path / "u", "--sampler", "unipc")  # fmt: skip
+    assert r.code == 0, r.err
+    assert calls == [2, 2, 2]  # UniPC: the same recorded steps
     calls.clear()
     r = run_cli("ddpm", "sample", "-d", "4", "-n", "2", "--dataset", "mnistm", "--checkpoint", teacher,
                 "--out", tmp_path / "t", "--steps", "3")  # fmt: skip

@@ -130,7 +130,7 @@ def distill(
     guidance_min: float = number(0.0, min=0.0, max=10.0, help="Smallest guidance weight w the student learns."),
     guidance_max: float = number(4.0, min=0.0, max=10.0, help="Largest guidance weight w the student learns."),
     sampler_steps: int = typer.Option(
-        8, min=1, max=1000, help="DPM-Solver++ steps recorded as the student's default for sampling."
+        6, min=1, max=1000, help="DPM-Solver++ and UniPC steps recorded as the student's default for sampling."
     ),
     checkpoint_every: int = typer.Option(500, min=1, help="Save a resumable checkpoint every N steps."),
     sample_every: int = typer.Option(1000, min=0, help="Write a sample grid every N steps (0: never)."),

@@ -74,7 +74,7 @@ class TrainOptions:
     # learns the teacher's guided ε at a weight w drawn per image from ``guidance_range``
     teacher: str | None = None
     guidance_range: tuple[float, float] = (0.0, 4.0)
-    sampler_steps: int | None = None  # the DPM-Solver++ steps recorded as the student's default
+    sampler_steps: int | None = None  # DPM-Solver++ / UniPC steps recorded as the student's default
 
     def validate(self) -> None:
         checks = [
@@ -131,7 +131,8 @@ def _diffusion_config(opts: TrainOptions, model_cfg: dict[str, Any]) -> Diffusio
         data_range=(-1.0, 1.0),
         extra={
             "train": {k: v for k, v in asdict(opts).items() if k not in ("data", "out")},
-            **({"sampler_steps": {"dpm": opts.sampler_steps}} if opts.sampler_steps is not None else {}),
+            # the two multistep solvers hold the student's accuracy at the same few steps
+            **({"sampler_steps": dict.fromkeys(("dpm", "unipc"), opts.sampler_steps)} if opts.sampler_steps else {}),
         },
     )
 
