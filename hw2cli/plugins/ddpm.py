@@ -19,8 +19,8 @@ app = typer.Typer(
 
 CHECKPOINT_HELP = "model.safetensors, its folder, or a legacy .pth (TeaPearce ContextUnet too). Default: embedded."
 SAMPLER_HELP = (
-    "dpm (DPM-Solver++(2M); 20 steps, or the steps a distilled checkpoint records), unipc (UniPC, 20), "
-    "ddim (50) or ddpm (every step)."
+    "dpm (DPM-Solver++(2M)) or unipc (UniPC): 20 steps, or the steps a distilled checkpoint records "
+    "(as the embedded default does); ddim (50) or ddpm (every step)."
 )
 Sampler = Literal["dpm", "unipc", "ddim", "ddpm"]
 DatasetChoice = Literal["mnistm", "svhn", "both"]
