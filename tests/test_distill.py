@@ -182,3 +182,18 @@ def test_distill_errors_are_one_sentence(run_cli, digits, teacher, tmp_path):
 def test_an_old_checkpoint_config_still_builds_a_plain_network():
     net = build_network(DiffusionConfig(model=dict(TINY)))
     assert not net.guidance_distilled and net.guidance_mlp is None
+
+
+def test_a_weight_outside_the_students_range_is_warned_about_and_the_teacher_is_not(run_cli, digits, teacher,
+                                                                                    tmp_path):  # fmt: skip
+    out = tmp_path / "student"
+    r = run_cli("--quiet", "ddpm", "distill", "--data", digits, "--teacher", teacher, "--out", out, "--steps", "1",
+                "--batch", "8", "--guidance-max", "3", "--sample-every", "0")  # fmt: skip
+    assert r.code == 0, r.err
+    args = ["ddpm", "sample", "-d", "4", "-n", "1", "--dataset", "mnistm", "--steps", "1"]
+    inside = run_cli(*args, "--checkpoint", out, "--guidance", "3", "--out", tmp_path / "a")
+    outside = run_cli(*args, "--checkpoint", out, "--guidance", "3.5", "--out", tmp_path / "b")
+    by_teacher = run_cli(*args, "--checkpoint", teacher, "--guidance", "3.5", "--out", tmp_path / "c")
+    assert inside.code == outside.code == by_teacher.code == 0, (inside.err, outside.err, by_teacher.err)
+    assert "extrapolates" not in inside.err and "extrapolates" not in by_teacher.err
+    assert "learned guidance weights 0 to 3; at w = 3.5 it extrapolates" in " ".join(outside.err.split())

@@ -39,12 +39,19 @@ def _legacy(data_range: str | None, cond_layout: str | None) -> dict:
     return legacy
 
 
-def _model(checkpoint: Path | None, data_range: str | None = None, cond_layout: str | None = None):
+def _model(
+    checkpoint: Path | None, data_range: str | None = None, cond_layout: str | None = None, guidance: float = 2.0
+):
     from hw2cli import runtime
     from hw2cli.io.checkpoints import load_model
+    from hw2cli.tasks.ddpm import guidance_outside_training
 
     device, dtype = runtime.setup()
-    return load_model(checkpoint, device, **_legacy(data_range, cond_layout)), dtype
+    model = load_model(checkpoint, device, **_legacy(data_range, cond_layout))
+    note = guidance_outside_training(model, guidance)
+    if note:
+        ui.warn(note)
+    return model, dtype
 
 
 @app.command()
@@ -219,7 +226,7 @@ def sample_command(
     names = ["mnistm", "svhn"] if dataset == "both" else [dataset]
     current = settings.get()
     out = check_output_folder(out or current.output_root / "samples")
-    model, dtype = _model(checkpoint, data_range, cond_layout)
+    model, dtype = _model(checkpoint, data_range, cond_layout, guidance)
     with ui.progress(f"sample {digit}", n * len(names)) as bar:
         files, grid = sample_folder(
             model, digit, names, n, out, sampler=sampler, steps=steps, guidance=guidance,
@@ -264,7 +271,7 @@ def generate(
     from hw2cli.tasks.ddpm import generate_graded
 
     check_output_folder(out)
-    model, dtype = _model(checkpoint, data_range, cond_layout)
+    model, dtype = _model(checkpoint, data_range, cond_layout, guidance)
     if cuda_graph and model.device.type != "cuda":
         from hw2cli.errors import RunError
 
@@ -306,7 +313,7 @@ def grid(
 
     names = ["mnistm", "svhn"] if dataset == "both" else [dataset]
     check_output_folder(out)
-    model, dtype = _model(checkpoint)
+    model, dtype = _model(checkpoint, guidance=guidance)
     with ui.progress("grid", 100 * len(names)) as bar:
         for name in names:
             path = grid_figure(
@@ -346,7 +353,7 @@ def trajectory(
         ts = [int(v) for v in parts]
         if len(ts) > 50:
             raise UsageError(f"--timesteps lists {len(ts)} values; a figure takes at most 50.")
-    model, _ = _model(checkpoint)
+    model, _ = _model(checkpoint, guidance=guidance)
     path = trajectory_figure(model, out, timesteps=ts, digit=digit, guidance=guidance, seed=seed)
     ui.result(f"wrote {path}")
 

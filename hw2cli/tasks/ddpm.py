@@ -50,6 +50,18 @@ def default_steps(model: DigitModel, sampler: str) -> int | None:
     return int(recorded[sampler]) if isinstance(recorded, dict) and sampler in recorded else DEFAULT_STEPS[sampler]
 
 
+def guidance_outside_training(model: DigitModel, guidance: float) -> str | None:
+    """A sentence when a guidance-distilled student is asked for a weight outside the range it
+    learned (it then extrapolates), else ``None``."""
+    if not getattr(model.net, "guidance_distilled", False):
+        return None
+    lo, hi = model.config.extra.get("train", {}).get("guidance_range", (0.0, 4.0))
+    if lo <= guidance <= hi:
+        return None
+    return (f"this distilled model learned guidance weights {lo:g} to {hi:g}; at w = {guidance:g} it "
+            f"extrapolates (its teacher samples any weight).")  # fmt: skip
+
+
 def iter_samples(
     model: DigitModel,
     digits: Sequence[int],
