@@ -260,6 +260,18 @@ def dpm_scheduler(schedule: NoiseSchedule, num_steps: int, order: int = 2, clip_
     return scheduler
 
 
+def _run_scheduler(
+    model: EpsModel, x: torch.Tensor, scheduler: Any, cond: Any, callback: Callable[[dict[str, Any]], None] | None
+) -> torch.Tensor:
+    """The loop of a deterministic diffusers multistep scheduler: one ε evaluation and one ``step`` per timestep."""
+    for i, t in enumerate(scheduler.timesteps.tolist()):
+        eps = model(x, _t_batch(int(t), x), cond)
+        x = scheduler.step(eps, int(t), x).prev_sample
+        if callback is not None:
+            callback({"i": i, "t": int(t), "x": x, "x0": None})
+    return x
+
+
 @torch.inference_mode()
 def sample_dpm(
     model: EpsModel,
@@ -277,13 +289,7 @@ def sample_dpm(
     """DPM-Solver++(2M) through diffusers; deterministic (no noise is drawn)."""
     if not isinstance(steps, int):
         raise ValueError("the dpm sampler takes a number of steps, not explicit timesteps")
-    scheduler = dpm_scheduler(schedule, steps, order, clip_x0)
-    for i, t in enumerate(scheduler.timesteps.tolist()):
-        eps = model(x, _t_batch(int(t), x), cond)
-        x = scheduler.step(eps, int(t), x).prev_sample
-        if callback is not None:
-            callback({"i": i, "t": int(t), "x": x, "x0": None})
-    return x
+    return _run_scheduler(model, x, dpm_scheduler(schedule, steps, order, clip_x0), cond, callback)
 
 
 def unipc_scheduler(schedule: NoiseSchedule, num_steps: int, order: int = 2, clip_x0: bool = False) -> Any:
@@ -325,13 +331,7 @@ def sample_unipc(
     """UniPC (predictor-corrector, one network evaluation per step) through diffusers; deterministic."""
     if not isinstance(steps, int):
         raise ValueError("the unipc sampler takes a number of steps, not explicit timesteps")
-    scheduler = unipc_scheduler(schedule, steps, order, clip_x0)
-    for i, t in enumerate(scheduler.timesteps.tolist()):
-        eps = model(x, _t_batch(int(t), x), cond)
-        x = scheduler.step(eps, int(t), x).prev_sample
-        if callback is not None:
-            callback({"i": i, "t": int(t), "x": x, "x0": None})
-    return x
+    return _run_scheduler(model, x, unipc_scheduler(schedule, steps, order, clip_x0), cond, callback)
 
 
 SAMPLERS: dict[str, Callable[..., torch.Tensor]] = {

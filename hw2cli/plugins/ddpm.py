@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import typer
 
@@ -54,6 +54,22 @@ def _model(
     return model, dtype
 
 
+def _run_training(opts: Any, label: str, device: Any, resume: bool, steps: int | None, *, loss_digits: int) -> None:
+    """``train_ddpm`` behind a progress bar (a resumed run starts it at its saved step), then one result line."""
+    from hw2cli.tasks.train_ddpm import train_ddpm
+
+    with ui.progress(label, None) as bar:
+        result = train_ddpm(
+            opts,
+            device=device,
+            resume=resume,
+            steps=steps,
+            on_start=lambda first, total: bar.reset(total, first),
+            on_step=lambda step, metrics: bar.update(1, **metrics),
+        )
+    ui.result(f"done: step {result.step}, loss {result.loss:.{loss_digits}f}; checkpoint {result.checkpoint}")
+
+
 @app.command()
 def train(
     data: Path = typer.Option(None, help="Digits folder holding mnistm/ and svhn/ (default: DATA_ROOT/digits)."),
@@ -86,7 +102,7 @@ def train(
     from hw2cli import runtime, settings
     from hw2cli.errors import UsageError
     from hw2cli.io.atomic import check_output_folder
-    from hw2cli.tasks.train_ddpm import TrainOptions, train_ddpm
+    from hw2cli.tasks.train_ddpm import TrainOptions
 
     if width % 8:
         raise UsageError(f"--width is {width}; expected a multiple of 8 (its GroupNorms have 8 groups).")
@@ -110,16 +126,7 @@ def train(
         model={"base_channels": width},
     )
     ui.info(f"training on {device}; run folder {out}")
-    with ui.progress("train", None) as bar:
-        result = train_ddpm(
-            opts,
-            device=device,
-            resume=resume,
-            steps=steps,
-            on_start=lambda first, total: bar.reset(total, first),
-            on_step=lambda step, metrics: bar.update(1, **metrics),
-        )
-    ui.result(f"done: step {result.step}, loss {result.loss:.4f}; checkpoint {result.checkpoint}")
+    _run_training(opts, "train", device, resume, steps, loss_digits=4)
 
 
 @app.command()
@@ -159,7 +166,7 @@ def distill(
     from hw2cli.errors import UsageError
     from hw2cli.io.atomic import check_output_folder
     from hw2cli.io.checkpoints import default_checkpoint
-    from hw2cli.tasks.train_ddpm import TrainOptions, train_ddpm
+    from hw2cli.tasks.train_ddpm import TrainOptions
 
     if guidance_min > guidance_max:
         raise UsageError(f"--guidance-min {guidance_min:g} is above --guidance-max {guidance_max:g}.")
@@ -186,16 +193,7 @@ def distill(
         sampler_steps=sampler_steps,
     )
     ui.info(f"distilling {teacher} on {device}; run folder {out}")
-    with ui.progress("distill", None) as bar:
-        result = train_ddpm(
-            opts,
-            device=device,
-            resume=resume,
-            steps=steps,
-            on_start=lambda first, total: bar.reset(total, first),
-            on_step=lambda step, metrics: bar.update(1, **metrics),
-        )
-    ui.result(f"done: step {result.step}, loss {result.loss:.6f}; checkpoint {result.checkpoint}")
+    _run_training(opts, "distill", device, resume, steps, loss_digits=6)
 
 
 @app.command("sample")
