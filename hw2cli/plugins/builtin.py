@@ -9,7 +9,7 @@ TOOLS = "Tools"
 
 data = Plugin(
     name="data",
-    help="Synthetic MNIST-M / SVHN look-alikes in the homework layout; check a data folder.",
+    help="Digits in the homework layout (MNIST-M by its recipe, SVHN, look-alikes); fetch hw2_data.zip; check.",
     app="hw2cli.plugins.data:app",
     panel=TOOLS,
 )

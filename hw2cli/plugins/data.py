@@ -16,7 +16,7 @@ from hw2cli.plugins._options import number
 from hw2cli.plugins._options import seed as seed_option
 
 app = typer.Typer(
-    help="Synthetic MNIST-M / SVHN look-alikes in the homework layout; check a data folder.",
+    help="Digits in the homework layout (MNIST-M by its recipe, SVHN, look-alikes); fetch hw2_data.zip; check.",
     no_args_is_help=True,
     rich_markup_mode="rich",
 )
