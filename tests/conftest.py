@@ -3,6 +3,7 @@ from the outside, and sees only hw2's own plugins unless it installs one itself.
 
 from __future__ import annotations
 
+import functools
 import os
 
 # CPU CI: the kernel tests run under Triton's interpreter; a GPU run may export TRITON_INTERPRET=0.
@@ -127,3 +128,42 @@ def nested_equal(a, b) -> bool:
 def bit_equal():
     """``bit_equal(a, b)``: nested state equal bit for bit (see :func:`nested_equal`)."""
     return nested_equal
+
+
+@functools.cache
+def _interpreter_problem() -> str | None:
+    """Why Triton's interpreter cannot run hw2's kernels here, or None. Triton ≤ 3.6's interpreter
+    turns a runtime integer into a one-element NumPy array and calls ``int()`` on it, which NumPy
+    ≥ 2.4 refuses: every kernel with a loop over a runtime bound then fails (fixed upstream)."""
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        return None
+    import numpy as np
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def count(out_ptr, n):
+        total = 0
+        for _ in range(0, n, 1):
+            total += 1
+        tl.store(out_ptr, total)
+
+    out = torch.zeros(1, dtype=torch.int32)
+    try:
+        count[(1,)](out, 3)
+    except Exception as exc:  # reported, never hidden
+        return (f"triton {triton.__version__}'s interpreter cannot run a loop over a runtime bound with numpy "
+                f"{np.__version__} ({type(exc).__name__}: {exc}); the kernel tests fail for that reason alone: "
+                "use a newer triton (torch) or numpy<2.4 to run them on a CPU")  # fmt: skip
+    return None if int(out) == 3 else f"triton's interpreter counted {int(out)} iterations of 3"
+
+
+def pytest_report_header(config):
+    problem = _interpreter_problem()
+    return [f"WARNING: {problem}"] if problem else []
+
+
+def pytest_terminal_summary(terminalreporter):
+    problem = _interpreter_problem()
+    if problem and terminalreporter.stats.get("failed"):
+        terminalreporter.write_line(f"WARNING: {problem}", yellow=True, bold=True)
