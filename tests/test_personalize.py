@@ -715,7 +715,7 @@ def test_two_gloo_processes_see_different_images_and_end_identical(sd, tmp_path)
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
     env = {k: v for k, v in os.environ.items() if not k.startswith("HW2_")} | {"OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29541"]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
     proc = subprocess.run([*cmd, str(script), str(model), str(refs), str(tmp_path / "run"), str(tmp_path),
                            str(tmp_path / "cache")], env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-4000:]

@@ -241,7 +241,7 @@ def test_two_gloo_processes_stay_identical_and_match_one_process(digits, tmp_pat
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
     env = {k: v for k, v in os.environ.items() if not k.startswith("HW2_")} | {"OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29533"]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
     proc = subprocess.run(
         [*cmd, str(script), str(digits), str(tmp_path / "ddp"), str(tmp_path)],
         env=env,

@@ -223,14 +223,29 @@ def save_state(
 
 
 def release(accelerator: Any) -> None:
-    """Destroy the process group of a multi-process run once training is over, on every process.
+    """Take a multi-process run's process group down once training is over, on every process.
 
-    A process that exits with Gloo's worker threads still alive can abort in interpreter
-    finalisation ("terminate called without an active exception", SIGABRT), turning a finished
-    run into a failed one; destroying the group while Python is fully alive prevents it.
+    Two ways a finished Gloo run could still fail, both seen here: a process that exits with Gloo's
+    worker threads alive can abort in interpreter finalisation (SIGABRT), so the group is destroyed
+    while Python is fully alive; and if DDP's C++ ``Reducer`` (with the ``Logger`` that wraps it)
+    holds the last reference to the group, freeing it when the training function returns runs the
+    group's destructor with the GIL held, which joins a Gloo thread that is waiting for the GIL to
+    free a finished all-reduce: a deadlock (about one run in seven with torch 2.11). So the reducers
+    go first, while the group is still registered, and the group itself is freed last through its
+    Python binding, which releases the GIL while it joins.
     """
     if accelerator.num_processes > 1 and torch.distributed.is_initialized():
+        from torch.nn.parallel import DistributedDataParallel
+
+        group = torch.distributed.group.WORLD
+        accelerator.wait_for_everyone()
+        for model in getattr(accelerator, "_models", []):  # what accelerator.prepare wrapped
+            if isinstance(model, DistributedDataParallel):
+                for name in ("logger", "reducer"):
+                    if hasattr(model, name):
+                        delattr(model, name)
         accelerator.state.destroy_process_group()
+        del group
 
 
 def load_state_folder(accelerator: Any, folder: Path, mark: dict[str, Any]) -> dict[str, Any]:
