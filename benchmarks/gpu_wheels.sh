@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Build .whl/ for the GPU machine: hw2's own wheel plus every runtime dependency its image lacks.
+# Build .whl/ (git-ignored) for the GPU machine: hw2's own wheel plus every runtime dependency its image lacks.
 #
 #     bash benchmarks/gpu_wheels.sh            # here, before the device call (seconds; needs PyPI)
 #
@@ -30,7 +30,6 @@ fi
 
 rm -rf "$dest"
 mkdir -p "$dest"
-grep -qxF "/.whl/" "$root/.git/info/exclude" 2>/dev/null || { mkdir -p "$root/.git/info"; echo "/.whl/" >>"$root/.git/info/exclude"; }
 "$python" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
   --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
   -d "$dest" "${MISSING_ON_IMAGE[@]}"
