@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_the_gpu_suite_dry_run_goes_end_to_end(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("HW2_")}
-    env |= {"OMP_NUM_THREADS": "1", "HW2_WEIGHTS_DIR": str(tmp_path / "cache")}
+    env |= {"OMP_NUM_THREADS": "1", "HW2_WEIGHTS_DIR": str(tmp_path / "cache"), "PYTHON": sys.executable}
     cmd = ["bash", str(ROOT / "benchmarks" / "gpu_suite.sh"), str(tmp_path / "out"), "--dry-run",
            "--bundle", str(tmp_path / "bundle")]  # fmt: skip
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
