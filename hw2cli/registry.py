@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import inspect
 import os
 import re
 from dataclasses import dataclass, field
@@ -176,8 +177,28 @@ def load_command(record: PluginRecord) -> Any:
         group.name = record.name
         if not group.help:
             group.help = record.plugin.help
+        _reflow_help(group)
         record._command = group
     return record._command
+
+
+def reflow(text: str | None) -> str | None:
+    """Join the wrapped lines of each prose paragraph of a docstring: Typer's rich help keeps every
+    line break after the first paragraph, so source-wrapped prose printed as ragged half-lines.
+    A paragraph with an indented line (an ``Examples:`` block) or a leading ``\\b`` stays as written."""
+    if not text:
+        return text
+    paragraphs = inspect.cleandoc(text).split("\n\n")
+    return "\n\n".join(
+        p if p.startswith("\b") or any(line.startswith(" ") for line in p.splitlines()) else " ".join(p.split("\n"))
+        for p in paragraphs
+    )
+
+
+def _reflow_help(command: Any) -> None:
+    command.help = reflow(command.help)
+    for sub in getattr(command, "commands", {}).values():
+        _reflow_help(sub)
 
 
 def reset() -> None:

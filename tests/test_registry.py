@@ -182,3 +182,29 @@ def test_bracketed_words_in_option_help_survive_rich_markup(run_cli, monkeypatch
 
     walk(root, [])
     assert checked > 15
+
+
+def test_help_prose_is_reflowed_but_examples_keep_their_lines():
+    doc = """Summary line.
+
+    A paragraph wrapped
+    in the source.
+
+    Examples:
+      hw2 a
+      hw2 b
+
+    \bkept
+    as is"""
+    from hw2cli.registry import reflow
+
+    want = "Summary line.\n\nA paragraph wrapped in the source.\n\nExamples:\n  hw2 a\n  hw2 b\n\n\bkept\nas is"
+    assert reflow(doc) == want
+
+
+def test_command_help_prints_whole_sentences(run_cli):
+    r = run_cli("ddpm", "generate", "--help")
+    assert r.code == 0
+    flat = " ".join(line.strip(" │") for line in r.out.splitlines())
+    assert "keeps the images already there and makes only the missing ones" in " ".join(flat.split())
+    assert "\n   hw2 ddpm generate out/p1 && hw2 ddpm eval out/p1" in r.out  # the example keeps its own line
