@@ -56,6 +56,41 @@ def test_graded_sample_layout_and_determinism(run_cli, face, tmp_path):
         assert Image.open(tmp_path / "a" / name).size == (SIDE, SIDE)
 
 
+@pytest.mark.parametrize("eta", ["0", "0.5"])
+def test_an_interrupted_graded_sample_resumes_to_identical_bytes(run_cli, face, tmp_path, monkeypatch, eta):
+    from hw2cli.tasks import ddim as core
+
+    root, _ = face
+    common = ["--unet", root / "UNet.pt", "--steps", "3", "--eta", eta]
+    assert run_cli("ddim", "sample", root / "noise", tmp_path / "straight", *common).code == 0  # CPU: batch 1
+    real, calls = core.save_named, []
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(core, "save_named", interrupted)
+    out = tmp_path / "resumed"
+    assert run_cli("ddim", "sample", root / "noise", out, *common).code == 130
+    monkeypatch.setattr(core, "save_named", real)
+    assert sorted(p.name for p in out.iterdir()) == ["00.png"]  # written when its batch was done
+    first = (out / "00.png").stat().st_mtime_ns
+    r = run_cli("ddim", "sample", root / "noise", out, *common)
+    assert r.code == 0 and "kept 1 finished by an earlier run" in r.out, r.out + r.err
+    assert (out / "00.png").stat().st_mtime_ns == first  # kept, not made again
+    for name in ("00.png", "01.png", "02.png"):
+        assert (out / name).read_bytes() == (tmp_path / "straight" / name).read_bytes()
+    assert sorted(p.name for p in out.iterdir()) == ["00.png", "01.png", "02.png"]  # nothing but images
+    # other settings make everything anew; so does --no-resume
+    r = run_cli("ddim", "sample", root / "noise", out, *common, "--normalize", "clip")
+    assert r.code == 0 and "kept" not in r.out
+    assert (out / "00.png").read_bytes() != (tmp_path / "straight" / "00.png").read_bytes()
+    r = run_cli("ddim", "sample", root / "noise", out, *common, "--normalize", "clip", "--no-resume")
+    assert r.code == 0 and "kept" not in r.out
+
+
 def test_saved_pixels_are_the_minmax_formula(run_cli, face, tmp_path):
     root, model = face
     run_cli("ddim", "sample", root / "noise", tmp_path, "--unet", root / "UNet.pt", "--steps", "4")

@@ -61,3 +61,12 @@ def float_list(
     if len(values) > most:
         raise UsageError(f"{option} lists {len(values)} values; at most {most} are allowed.")
     return values
+
+
+def keep_finished() -> Any:
+    """``--resume/--no-resume`` of the generating commands: keep what an interrupted run finished."""
+    return typer.Option(
+        True,
+        "--resume/--no-resume",
+        help="Keep the images a previous run with the same settings finished (an interrupted run continues).",
+    )

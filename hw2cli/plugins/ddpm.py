@@ -8,7 +8,7 @@ from typing import Any, Literal
 import typer
 
 from hw2cli import ui
-from hw2cli.plugins._options import number
+from hw2cli.plugins._options import keep_finished, number
 from hw2cli.plugins._options import seed as seed_option
 
 app = typer.Typer(
@@ -248,11 +248,7 @@ def generate(
     data_range: DataRange = typer.Option(None, help="Legacy checkpoints: 01 or pm1 pixel range."),
     cond_layout: CondLayout = typer.Option(None, help="Legacy checkpoints: dataset-major, digit-major or digit-only."),
     clip_x0: bool = typer.Option(True, "--clip-x0/--no-clip-x0", help=CLIP_HELP),
-    resume: bool = typer.Option(
-        True,
-        "--resume/--no-resume",
-        help="Keep the images a previous run with the same settings finished (an interrupted run continues).",
-    ),
+    resume: bool = keep_finished(),
     cuda_graph: bool = typer.Option(False, "--cuda-graph", help="CUDA: replay each step from one CUDA graph."),
 ) -> None:
     """The graded hw2_1.sh contract: OUT/mnistm and OUT/svhn with 0_001.png … 9_050.png each.

@@ -8,7 +8,7 @@ from typing import Literal
 import typer
 
 from hw2cli import ui
-from hw2cli.plugins._options import number
+from hw2cli.plugins._options import keep_finished, number
 from hw2cli.plugins._options import seed as seed_option
 
 app = typer.Typer(
@@ -108,9 +108,7 @@ def generate(
     seed: int = seed_option(0, "Seed: the same images on every run."),
     batch: int = typer.Option(5, min=1, max=64, help="Images per batch."),
     resolution: int = typer.Option(None, **RESOLUTION, help="Image side, a multiple of 8 \\[default: the model's]."),
-    resume: bool = typer.Option(
-        True, "--resume/--no-resume", help="Keep images a previous run with the same settings finished."
-    ),
+    resume: bool = keep_finished(),
 ) -> None:
     """The graded hw2_3.sh layout: OUT/<key>/<idx>/source<key>_prompt<idx>_<n>.png, 25 per prompt.
 
