@@ -91,6 +91,48 @@ def test_an_interrupted_graded_sample_resumes_to_identical_bytes(run_cli, face, 
     assert r.code == 0 and "kept" not in r.out
 
 
+@pytest.mark.parametrize(
+    ("command", "total"),
+    [(["eta-grid", "--etas", "0,0.5,1", "--count", "2"], 3), (["interpolate", "--alphas", "0,0.5,1"], 6)],
+)
+def test_an_interrupted_figure_continues_where_it_stopped(run_cli, face, tmp_path, monkeypatch, command, total):
+    from hw2cli.tasks import ddim as core
+
+    root, _ = face
+    monkeypatch.setenv("HW2_WEIGHTS_DIR", str(tmp_path / "weights"))
+    noise = (
+        ["--noise-dir", root / "noise"]
+        if command[0] == "eta-grid"
+        else [root / "noise" / "00.pt", root / "noise" / "01.pt"]
+    )
+    common = [*command, *noise, "--unet", root / "UNet.pt", "--steps", "3"]
+    if command[0] == "interpolate":
+        common += ["--eta", "0.5"]  # per-step noise: a resumed batch must draw what it drew uninterrupted
+    assert run_cli("ddim", *common, "--out", tmp_path / "straight.png").code == 0
+    real, calls = core.to_images, []
+
+    def counted(*args, **kwargs):  # one call per batch of images actually sampled
+        calls.append(1)
+        if interrupt_at and len(calls) == interrupt_at:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(core, "to_images", counted)
+    interrupt_at = 3
+    assert run_cli("ddim", *common, "--out", tmp_path / "resumed.png").code == 130
+    assert not (tmp_path / "resumed.png").exists()
+    calls.clear()
+    interrupt_at = None
+    r = run_cli("ddim", *common, "--out", tmp_path / "resumed.png")
+    assert r.code == 0, r.err
+    assert len(calls) == total - 2  # the two batches finished before the interruption were kept
+    assert (tmp_path / "resumed.png").read_bytes() == (tmp_path / "straight.png").read_bytes()
+    assert not list((tmp_path / "weights" / "outputs").glob("figure-*"))  # kept only until the figure exists
+    calls.clear()
+    assert run_cli("ddim", *common, "--out", tmp_path / "again.png", "--normalize", "clip").code == 0
+    assert len(calls) == total  # other settings: nothing reused
+
+
 def test_saved_pixels_are_the_minmax_formula(run_cli, face, tmp_path):
     root, model = face
     run_cli("ddim", "sample", root / "noise", tmp_path, "--unet", root / "UNet.pt", "--steps", "4")

@@ -143,8 +143,12 @@ def eta_grid_command(
     digit: int = DIGIT,
     dataset: Literal["mnistm", "svhn"] = DATASET,
     checkpoint: Path = CHECKPOINT,
+    resume: bool = keep_finished(),
 ) -> None:
     """The report's grid: rows η, columns noise (00–03 by default), labelled.
+
+    Finished rows are kept (in the weights folder) until the figure is written, so an
+    interrupted grid continues where it stopped: on a CPU each face takes minutes.
 
     Examples:
       hw2 ddim eta-grid --unet hw2_data/face/UNet.pt
@@ -161,7 +165,8 @@ def eta_grid_command(
         path = eta_grid_figure(
             out, _spec(unet, digit, dataset, checkpoint), eta_values, opts, device=device, dtype=dtype,
             noise_files=files, noise_dir=noise_dir, default_noise_dir=settings.get().data_root / "face" / "noise",
-            count=count, seed=seed, normalize=normalize, on_start=lambda n: bar.reset(n), on_batch=bar.update,
+            count=count, seed=seed, normalize=normalize, resume=resume, state_dir=settings.get().weights_dir,
+            on_start=lambda n: bar.reset(n), on_batch=bar.update,
         )  # fmt: skip
     ui.result(f"wrote {path}")
 
@@ -186,8 +191,12 @@ def interpolate_command(
     digit: int = DIGIT,
     dataset: Literal["mnistm", "svhn"] = DATASET,
     checkpoint: Path = CHECKPOINT,
+    resume: bool = keep_finished(),
 ) -> None:
     """Slerp and lerp between two noises, α = 0, 0.1, …, 1: one labelled figure.
+
+    Finished frames are kept (in the weights folder) until the figure is written, so an
+    interrupted run continues where it stopped.
 
     Examples:
       hw2 ddim interpolate hw2_data/face/noise/00.pt hw2_data/face/noise/01.pt --unet hw2_data/face/UNet.pt
@@ -203,7 +212,7 @@ def interpolate_command(
         path = interpolation_figure(
             out, _spec(unet, digit, dataset, checkpoint), values, modes, opts, device=device, dtype=dtype, a=a, b=b,
             default_noise_dir=settings.get().data_root / "face" / "noise", seed=seed, normalize=normalize,
-            on_start=lambda n: bar.reset(n), on_batch=bar.update,
+            resume=resume, state_dir=settings.get().weights_dir, on_start=lambda n: bar.reset(n), on_batch=bar.update,
         )  # fmt: skip
     ui.result(f"wrote {path}")
 

@@ -6,7 +6,9 @@ interpolation (:func:`interpolation_figure`), one call per command. The grader's
 from __future__ import annotations
 
 import hashlib
+import json
 import math
+import shutil
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +20,14 @@ from hw2cli.data.noise import load_noise_dir, load_noise_file, seeded_noise, sta
 from hw2cli.diffusion import NoiseSchedule, make_timesteps, sample_ddim
 from hw2cli.diffusion.wrappers import EpsModel, GraphedEps, autocast_eps, guided_eps
 from hw2cli.errors import UsageError
-from hw2cli.io.atomic import check_output_file, check_output_folder, confine, remove_stale_temporaries, save_image
+from hw2cli.io.atomic import (
+    check_output_file,
+    check_output_folder,
+    confine,
+    remove_stale_temporaries,
+    save_image,
+    save_safetensors,
+)
 from hw2cli.io.checkpoints import load_face_unet, load_model
 from hw2cli.io.images import labelled_grid, to_uint8
 from hw2cli.io.manifest import fingerprint, prepare_outputs
@@ -215,6 +224,48 @@ def save_named(images: torch.Tensor, names: Sequence[str], out: Path) -> list[Pa
     return [save_image(img, out / f"{name}.png") for img, name in zip(images, names, strict=True)]
 
 
+class FinishedBatches:
+    """The finished batches of a figure, kept as safetensors (uint8 images) in
+    ``state_dir/outputs/figure-<key of its settings>/`` until the figure is written, so an
+    interrupted figure continues where it stopped: on a CPU one face takes minutes, and the
+    report's η grid is 20 of them. ``state_dir`` None keeps nothing."""
+
+    def __init__(self, state_dir: Path | None, settings: dict[str, Any], *, resume: bool = True) -> None:
+        key = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:24]
+        self.folder = None if state_dir is None else Path(state_dir) / "outputs" / f"figure-{key}"
+        self.reused = 0
+        if self.folder is not None and not resume:
+            shutil.rmtree(self.folder, ignore_errors=True)
+
+    def load(self, name: str, on_batch: Callable[[int], None] | None = None) -> torch.Tensor | None:
+        """The images of batch ``name`` if an earlier run with these settings finished it."""
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        path = None if self.folder is None else self.folder / f"{name}.safetensors"
+        if path is None or not path.is_file():
+            return None
+        try:
+            images = load_file(str(path))["images"]
+        except (SafetensorError, KeyError, OSError):
+            return None
+        self.reused += images.shape[0]
+        if on_batch is not None:
+            on_batch(images.shape[0])
+        return images
+
+    def save(self, name: str, images: torch.Tensor) -> torch.Tensor:
+        if self.folder is not None:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            with confine(self.folder):
+                save_safetensors({"images": images}, self.folder / f"{name}.safetensors")
+        return images
+
+    def finish(self) -> None:
+        if self.folder is not None:
+            shutil.rmtree(self.folder, ignore_errors=True)
+
+
 # ---------------------------------------------------------------------------- figures
 
 
@@ -229,14 +280,20 @@ def eta_grid(
     seed: int = 0,
     normalize: str = "minmax",
     on_batch: Callable[[int], None] | None = None,
+    kept: FinishedBatches | None = None,
 ) -> Path:
     """Rows: eta; columns: noise. Each row uses the same starting noise and the same seed."""
+    kept = kept or FinishedBatches(None, {})
     rows = []
-    for eta in etas:
-        row_opts = DDIMOptions(**{**opts.__dict__, "eta": eta})
-        rows.append(to_images(run_ddim(source, noise, row_opts, seed=seed, batch=len(names)), normalize))
-        if on_batch is not None:
-            on_batch(len(names))
+    for k, eta in enumerate(etas):
+        images = kept.load(f"row-{k}", on_batch)
+        if images is None:
+            row_opts = DDIMOptions(**{**opts.__dict__, "eta": eta})
+            x = run_ddim(source, noise, row_opts, seed=seed, batch=len(names))
+            images = kept.save(f"row-{k}", to_images(x, normalize))
+            if on_batch is not None:
+                on_batch(len(names))
+        rows.append(images)
     return labelled_grid(
         torch.cat(rows),
         path,
@@ -276,15 +333,23 @@ def interpolate(
     normalize: str = "minmax",
     batch: int = 11,
     on_batch: Callable[[int], None] | None = None,
+    kept: FinishedBatches | None = None,
 ) -> Path:
     """Rows: slerp and/or lerp; columns: alpha. DDIM (eta = 0 unless set) from each mixed noise."""
+    kept = kept or FinishedBatches(None, {})
     rows = []
     for mode in modes:
         if mode not in ("slerp", "lerp"):
             raise UsageError(f"the interpolation {mode!r} is not known; expected slerp or lerp.")
         mix = slerp if mode == "slerp" else lerp
         noise = torch.cat([mix(a, b, alpha) for alpha in alphas])
-        rows.append(to_images(run_ddim(source, noise, opts, batch=batch, on_batch=on_batch), normalize))
+        starts = range(0, noise.shape[0], batch)
+        done = {start: kept.load(f"{mode}-{start // batch}", on_batch) for start in starts}
+        for start, x in iter_ddim(
+            source, noise, opts, batch=batch, on_batch=on_batch, skip=lambda a, _, done=done: done[a] is not None
+        ):
+            done[start] = kept.save(f"{mode}-{start // batch}", to_images(x, normalize))
+        rows.append(torch.cat([done[start] for start in starts]))
     return labelled_grid(
         torch.cat(rows),
         path,
@@ -332,17 +397,8 @@ def graded_sample(
     files = [out / f"{name}.png" for name in names]
     if out.is_dir():
         remove_stale_temporaries(out)
-    settings = {
-        "command": "ddim sample",
-        "network": fingerprint(spec.unet) if spec.unet is not None else _digit_identity(spec),
-        "noise": hashlib.sha256(noise.numpy().tobytes()).hexdigest()[:32],
-        "options": opts.__dict__,
-        "seed": seed,
-        "batch": batch,
-        "normalize": normalize,
-        "device": device.type,
-        "dtype": str(dtype),
-    }
+    settings = {"command": "ddim sample", **_figure_settings(spec, noise, opts, device, dtype), "seed": seed,
+                "batch": batch, "normalize": normalize}  # fmt: skip
     done = prepare_outputs(out, settings, files, state_dir=state_dir or out.parent, resume=resume)
     if on_start is not None:
         on_start(len(names), source.description)
@@ -401,10 +457,13 @@ def eta_grid_figure(
     count: int = 4,
     seed: int = 0,
     normalize: str = "minmax",
+    resume: bool = True,
+    state_dir: Path | None = None,
     on_start: Callable[[int], None] | None = None,
     on_batch: Callable[[int], None] | None = None,
 ) -> Path:
-    """The report's grid: rows η, columns noise (the homework's 00–03 by default)."""
+    """The report's grid: rows η, columns noise (the homework's 00–03 by default). With a
+    ``state_dir``, finished rows are kept there until the figure is written (:class:`FinishedBatches`)."""
     out = check_output_file(Path(out), "figure", image=True)
     for eta in etas:
         DDIMOptions(**{**opts.__dict__, "eta": eta}).validate()
@@ -414,8 +473,25 @@ def eta_grid_figure(
     check_noise(x, source, names)
     if on_start is not None:
         on_start(len(etas) * len(names))
+    figure = {"command": "ddim eta-grid", "etas": list(etas), "seed": seed, "normalize": normalize}
+    kept = FinishedBatches(state_dir, {**figure, **_figure_settings(spec, x, opts, device, dtype)}, resume=resume)
     with confine(out.parent):
-        return eta_grid(source, x, names, etas, out, opts, seed=seed, normalize=normalize, on_batch=on_batch)
+        path = eta_grid(source, x, names, etas, out, opts, seed=seed, normalize=normalize, on_batch=on_batch, kept=kept)
+    kept.finish()
+    return path
+
+
+def _figure_settings(
+    spec: SourceSpec, noise: torch.Tensor, opts: DDIMOptions, device: torch.device, dtype: torch.dtype
+) -> dict[str, Any]:
+    """What decides a DDIM figure's pixels besides its own options: network, noise, DDIM options."""
+    return {
+        "network": fingerprint(spec.unet) if spec.unet is not None else _digit_identity(spec),
+        "noise": hashlib.sha256(noise.contiguous().numpy().tobytes()).hexdigest()[:32],
+        "options": opts.__dict__,
+        "device": device.type,
+        "dtype": str(dtype),
+    }
 
 
 def interpolation_figure(
@@ -432,6 +508,8 @@ def interpolation_figure(
     default_noise_dir: Path | None = None,
     seed: int = 0,
     normalize: str = "minmax",
+    resume: bool = True,
+    state_dir: Path | None = None,
     on_start: Callable[[int], None] | None = None,
     on_batch: Callable[[int], None] | None = None,
 ) -> Path:
@@ -456,5 +534,14 @@ def interpolation_figure(
     check_noise(xa, source, names)
     if on_start is not None:
         on_start(len(alphas) * len(modes))
+    batch = 11 if device.type == "cuda" else 1  # on a CPU a face takes minutes: keep each one as it is done
+    figure = {"command": "ddim interpolate", "alphas": list(alphas), "modes": list(modes), "normalize": normalize,
+              "batch": batch}  # fmt: skip
+    settings = {**figure, **_figure_settings(spec, torch.cat([xa, xb]), opts, device, dtype)}
+    kept = FinishedBatches(state_dir, settings, resume=resume)
     with confine(out.parent):
-        return interpolate(source, xa, xb, alphas, modes, out, opts, normalize=normalize, on_batch=on_batch)
+        path = interpolate(
+            source, xa, xb, alphas, modes, out, opts, normalize=normalize, batch=batch, on_batch=on_batch, kept=kept
+        )
+    kept.finish()
+    return path
