@@ -209,6 +209,45 @@ def test_classifier_train_and_use(run_cli, digits, tmp_path):
     assert r.code == 2 and "--dataset is 'cifar'; expected one of" in r.err
 
 
+@pytest.mark.parametrize("signum", ["SIGINT", "SIGTERM"])
+def test_an_interrupted_classifier_run_resumes_bit_exactly(run_cli, digits, tmp_path, monkeypatch, signum):
+    import os
+    import signal
+
+    from safetensors.torch import load_file
+
+    from hw2cli.tasks import classify
+
+    args = ["classifier", "train", "--data", digits, "--dataset", "mnistm", "--epochs", "3", "--batch", "16"]
+    assert run_cli(*args, "--out", tmp_path / "straight.safetensors").code == 0
+    real, calls = classify._augment, []
+
+    def signalled(*a, **kw):  # the signal arrives in the middle of a step of the second epoch
+        calls.append(1)
+        if len(calls) == steps_per_epoch + 2:
+            os.kill(os.getpid(), getattr(signal, signum))
+        return real(*a, **kw)
+
+    from hw2cli.data.tensors import load_digit_tensors
+
+    steps_per_epoch = len(load_digit_tensors(digits, ("mnistm",), "train")) // 16
+    monkeypatch.setattr(classify, "_augment", signalled)
+    out = tmp_path / "resumed.safetensors"
+    r = run_cli(*args, "--out", out)
+    assert r.code == 130, r.err
+    assert not out.exists() and classify.state_folders(classify.run_folder(out))  # the state, not a classifier
+    monkeypatch.setattr(classify, "_augment", real)
+    r = run_cli(*args, "--out", out)  # a new run must not overwrite the unfinished one
+    assert r.code == 2 and "--resume" in r.err
+    r = run_cli(*args[:-4], "--epochs", "4", "--batch", "16", "--out", out, "--resume")
+    assert r.code == 2 and "same options" in r.err
+    r = run_cli(*args, "--out", out, "--resume")
+    assert r.code == 0, r.err
+    want, got = load_file(tmp_path / "straight.safetensors"), load_file(out)
+    assert want.keys() == got.keys() and all(torch.equal(want[k], got[k]) for k in want)
+    assert not classify.run_folder(out).exists()  # finished: nothing left to resume
+
+
 def test_teapearce_checkpoint_samples_through_the_cli(run_cli, tmp_path):
     from hw2cli.models import ContextUnet
 

@@ -26,11 +26,16 @@ def train(
     batch: int = typer.Option(128, min=1, max=65_536, help="Batch size."),
     lr: float = number(2e-3, min=1e-9, max=10.0, help="Peak learning rate (one-cycle)."),
     seed: int = seed_option(None, "Random seed [default: the seed setting]."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the unfinished run for --out where it stopped."),
 ) -> None:
     """Train a digit classifier on one data set and report its validation accuracy.
 
+    Ctrl-C or SIGTERM saves the run (beside --out, as NAME.run/) after the running step, as
+    does the end of every epoch; --resume continues it bit for bit.
+
     Examples:
       hw2 classifier train --data hw2_data/digits --dataset mnistm --arch lenet
+      hw2 classifier train --data hw2_data/digits --dataset mnistm --arch lenet --resume
     """
     from hw2cli import runtime, settings
     from hw2cli.errors import UsageError
@@ -54,6 +59,8 @@ def train(
             lr=lr,
             seed=current.seed if seed is None else seed,
             device=device,
+            resume=resume,
+            on_start=lambda done, total: bar.reset(total, done),
             on_step=lambda step, m: bar.update(1, **m),
         )
     ui.result(f"val accuracy {result.val_accuracy:.2%} (train {result.train_accuracy:.2%}); wrote {result.path}")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,9 +20,23 @@ import torch.nn.functional as F
 
 from hw2cli.data.tensors import load_digit_tensors
 from hw2cli.errors import UsageError
-from hw2cli.io.atomic import save_safetensors, write_json
+from hw2cli.io.atomic import remove_stale_temporaries, save_safetensors, write_json
 from hw2cli.models.classifiers import ARCHITECTURES, build_classifier
 from hw2cli.tasks.grading import grader_tensor, predict
+from hw2cli.tasks.training import (
+    StopRequest,
+    capture_rng,
+    check_run_folder,
+    check_state_files,
+    deferred_interrupts,
+    interrupted_twice,
+    load_state_folder,
+    release,
+    restore_rng,
+    save_state,
+    state_folders,
+    stop_here,
+)
 
 # ------------------------------------------------------------------------------------ training
 
@@ -32,6 +47,11 @@ class ClassifierTrainResult:
     val_accuracy: float
     train_accuracy: float
     epochs: int
+
+
+def run_folder(out: str | Path) -> Path:
+    """Where an unfinished classifier run keeps its resume state: ``NAME.run/`` beside ``NAME.safetensors``."""
+    return Path(out).with_suffix(".run")
 
 
 def train_classifier(
@@ -45,9 +65,17 @@ def train_classifier(
     lr: float = 2e-3,
     seed: int = 0,
     device: torch.device,
+    resume: bool = False,
+    on_start: Callable[[int, int], None] | None = None,
     on_step: Callable[[int, dict[str, float]], None] | None = None,
 ) -> ClassifierTrainResult:
-    """Train a digit classifier on one data set's train split (light augmentation); report val accuracy."""
+    """Train a digit classifier on one data set's train split (light augmentation); report val accuracy.
+
+    The state is saved after every epoch and when Ctrl-C or SIGTERM arrives (the running step
+    finishes first), in :func:`run_folder`; ``resume`` continues it bit for bit (model, optimizer,
+    one-cycle schedule, the epoch's order, random state). The folder is removed once the
+    classifier is written.
+    """
     if arch not in ARCHITECTURES:
         raise UsageError(f"{{opt:arch}} {arch!r} is not known; expected {' or '.join(ARCHITECTURES)}.")
     if epochs < 1 or batch < 1 or lr <= 0:
@@ -55,36 +83,27 @@ def train_classifier(
             f"{{opt:epochs}} and {{opt:batch}} must be at least 1 and {{opt:lr}} positive "
             f"(got {epochs}, {batch}, {lr})."
         )
+    options = {"arch": arch, "dataset": dataset, "epochs": epochs, "batch": batch, "lr": lr, "seed": seed}
+    run = run_folder(out)
+    remove_stale_temporaries(run)
+    saved = state_folders(run)
+    check_run_folder(run, bool(saved), resume, "unfinished classifier run")
+    mark = None
+    if resume:  # checked before anything is built: a bad or foreign state fails at once
+        mark = check_state_files(saved[0])
+        if mark.get("options") != options:
+            raise UsageError(
+                f"{run} was started with {mark.get('options')}; resume it with the same options, or delete it."
+            )
     train = load_digit_tensors(data, (dataset,), "train")
     try:
         val = load_digit_tensors(data, (dataset,), "val")
     except UsageError:
         val = None
-    torch.manual_seed(seed)
-    gen = torch.Generator().manual_seed(seed)
-    model = build_classifier(arch).to(device)
-    steps_per_epoch = max(1, len(train) // batch)
-    total = epochs * steps_per_epoch
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=total)
-    images = train.images
-    step = 0
-    for _ in range(epochs):
-        perm = torch.randperm(len(train), generator=gen)
-        model.train()
-        for i in range(steps_per_epoch):
-            idx = perm[i * batch : (i + 1) * batch]
-            x = grader_tensor(_augment(images[idx], gen)).to(device)
-            y = train.labels[idx].to(device)
-            loss = F.cross_entropy(model(x), y, label_smoothing=0.05)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            step += 1
-            if on_step is not None:
-                on_step(step, {"loss": loss.item()})
+    with deferred_interrupts() as stop:
+        model = _train(train, options, run, saved[0] if mark else None, mark, device, stop, on_start, on_step)
     model.eval()
+    images = train.images
     train_acc = float((predict(model, images[:5000], device) == train.labels[:5000]).float().mean())
     val_acc = (
         float((predict(model, val.images, device) == val.labels).float().mean()) if val is not None else float("nan")
@@ -99,7 +118,75 @@ def train_classifier(
     }
     save_safetensors(model.state_dict(), out, metadata=meta)
     write_json(out.with_suffix(".json"), {**meta, "train_accuracy": train_acc, "data": str(data)})
+    shutil.rmtree(run, ignore_errors=True)
     return ClassifierTrainResult(out, val_acc, train_acc, epochs)
+
+
+def _train(
+    train: Any,
+    options: dict[str, Any],
+    run: Path,
+    folder: Path | None,
+    mark: dict[str, Any] | None,
+    device: torch.device,
+    stop: StopRequest,
+    on_start: Callable[[int, int], None] | None,
+    on_step: Callable[[int, dict[str, float]], None] | None,
+) -> torch.nn.Module:
+    from accelerate import Accelerator
+    from safetensors.torch import load_file
+
+    batch, seed = options["batch"], options["seed"]
+    accelerator = Accelerator(cpu=device.type != "cuda")
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    model = build_classifier(options["arch"]).to(accelerator.device)
+    steps_per_epoch = max(1, len(train) // batch)
+    total = options["epochs"] * steps_per_epoch
+    optimizer = torch.optim.AdamW(model.parameters(), lr=options["lr"], weight_decay=1e-4)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=options["lr"], total_steps=total)
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    step, perm = 0, None
+    if folder is not None and mark is not None:
+        process = load_state_folder(accelerator, folder, mark)
+        restore_rng(process["rng"], gen)
+        step = int(mark["step"])
+        perm = load_file(str(folder / "epoch.safetensors"))["perm"]
+
+    def save(step_done: int) -> None:
+        save_state(accelerator, run, step_done, {"rng": capture_rng(gen)}, {"options": options},
+                   {"epoch.safetensors": {"perm": perm}})  # fmt: skip
+
+    if on_start is not None:
+        on_start(step, total)
+    images = train.images
+    try:
+        model.train()
+        while step < total:
+            within = step % steps_per_epoch
+            if within == 0:  # each epoch's order from the run's generator, as it stood at the epoch's start
+                perm = torch.randperm(len(train), generator=gen)
+            assert perm is not None
+            idx = perm[within * batch : (within + 1) * batch]
+            x = grader_tensor(_augment(images[idx], gen)).to(accelerator.device)
+            y = train.labels[idx].to(accelerator.device)
+            loss = F.cross_entropy(model(x), y, label_smoothing=0.05)
+            optimizer.zero_grad(set_to_none=True)
+            accelerator.backward(loss)
+            optimizer.step()
+            scheduler.step()
+            step += 1
+            if on_step is not None:
+                on_step(step, {"loss": loss.item()})
+            saved_now = step % steps_per_epoch == 0 and step < total
+            if saved_now:
+                save(step)
+            stop_here(bool(stop), stop, step, total, saved_now, save, run)
+    except KeyboardInterrupt:  # a second Ctrl-C: stop now; the last saved epoch stays consistent
+        raise interrupted_twice(run) from None
+    finally:
+        release(accelerator)
+    return accelerator.unwrap_model(model).to(device)
 
 
 def _augment(images: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
