@@ -57,24 +57,16 @@ def test_graded_sample_layout_and_determinism(run_cli, face, tmp_path):
 
 
 @pytest.mark.parametrize("eta", ["0", "0.5"])
-def test_an_interrupted_graded_sample_resumes_to_identical_bytes(run_cli, face, tmp_path, monkeypatch, eta):
+def test_an_interrupted_graded_sample_resumes_to_identical_bytes(run_cli, face, tmp_path, interrupt_on_call, eta):
     from hw2cli.tasks import ddim as core
 
     root, _ = face
     common = ["--unet", root / "UNet.pt", "--steps", "3", "--eta", eta]
     assert run_cli("ddim", "sample", root / "noise", tmp_path / "straight", *common).code == 0  # CPU: batch 1
-    real, calls = core.save_named, []
-
-    def interrupted(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(core, "save_named", interrupted)
+    restore = interrupt_on_call(core, "save_named", 2)
     out = tmp_path / "resumed"
     assert run_cli("ddim", "sample", root / "noise", out, *common).code == 130
-    monkeypatch.setattr(core, "save_named", real)
+    restore()
     assert sorted(p.name for p in out.iterdir()) == ["00.png"]  # written when its batch was done
     first = (out / "00.png").stat().st_mtime_ns
     r = run_cli("ddim", "sample", root / "noise", out, *common)

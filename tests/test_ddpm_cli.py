@@ -326,7 +326,7 @@ def test_assets_stay_small():
     assert total < 15_000_000
 
 
-def test_an_interrupted_generate_resumes_to_identical_bytes(run_cli, checkpoint, tmp_path, monkeypatch):
+def test_an_interrupted_generate_resumes_to_identical_bytes(run_cli, checkpoint, tmp_path, interrupt_on_call):
     import os
     import subprocess
     import sys
@@ -335,18 +335,10 @@ def test_an_interrupted_generate_resumes_to_identical_bytes(run_cli, checkpoint,
 
     common = ["--checkpoint", checkpoint, "--steps", "2", "--per-digit", "3", "--batch", "7"]
     assert run_cli("ddpm", "generate", tmp_path / "straight", *common).code == 0
-    real, calls = core.write_samples, []
-
-    def interrupted(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(core, "write_samples", interrupted)
+    restore = interrupt_on_call(core, "write_samples", 3)
     out = tmp_path / "resumed"
     assert run_cli("ddpm", "generate", out, *common).code == 130
-    monkeypatch.setattr(core, "write_samples", real)
+    restore()
     # a kill -9 in the middle of a write leaves its temporary behind: the rerun must not trip over it
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()

@@ -574,7 +574,7 @@ def test_the_writer_refuses_anything_outside_the_confined_folder(tmp_path):
 
 
 def test_an_interrupted_graded_generation_resumes_to_identical_bytes(
-    sd, trained, tmp_path, monkeypatch, isolated_cache
+    sd, trained, tmp_path, isolated_cache, interrupt_on_call
 ):
     from hw2cli.tasks.personalize import generate as P
 
@@ -587,17 +587,9 @@ def test_an_interrupted_graded_generation_resumes_to_identical_bytes(
         return main([str(a) for a in ["personalize", "generate", input_json, out, *common]])
 
     assert generate(tmp_path / "a") == 0
-    real, calls = P.save_image, []
-
-    def interrupted(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 23:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(P, "save_image", interrupted)
+    restore = interrupt_on_call(P, "save_image", 23)
     assert generate(tmp_path / "b") == 130
-    monkeypatch.setattr(P, "save_image", real)
+    restore()
     assert generate(tmp_path / "b") == 0
     a = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*.png"))
     b = sorted(p.relative_to(tmp_path / "b") for p in (tmp_path / "b").rglob("*.png"))

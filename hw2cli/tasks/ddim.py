@@ -397,7 +397,7 @@ def graded_sample(
     files = [out / f"{name}.png" for name in names]
     if out.is_dir():
         remove_stale_temporaries(out)
-    settings = {"command": "ddim sample", **_figure_settings(spec, noise, opts, device, dtype), "seed": seed,
+    settings = {"command": "ddim sample", **_ddim_settings(spec, noise, opts, device, dtype), "seed": seed,
                 "batch": batch, "normalize": normalize}  # fmt: skip
     done = prepare_outputs(out, settings, files, state_dir=state_dir or out.parent, resume=resume)
     if on_start is not None:
@@ -474,17 +474,17 @@ def eta_grid_figure(
     if on_start is not None:
         on_start(len(etas) * len(names))
     figure = {"command": "ddim eta-grid", "etas": list(etas), "seed": seed, "normalize": normalize}
-    kept = FinishedBatches(state_dir, {**figure, **_figure_settings(spec, x, opts, device, dtype)}, resume=resume)
+    kept = FinishedBatches(state_dir, {**figure, **_ddim_settings(spec, x, opts, device, dtype)}, resume=resume)
     with confine(out.parent):
         path = eta_grid(source, x, names, etas, out, opts, seed=seed, normalize=normalize, on_batch=on_batch, kept=kept)
     kept.finish()
     return path
 
 
-def _figure_settings(
+def _ddim_settings(
     spec: SourceSpec, noise: torch.Tensor, opts: DDIMOptions, device: torch.device, dtype: torch.dtype
 ) -> dict[str, Any]:
-    """What decides a DDIM figure's pixels besides its own options: network, noise, DDIM options."""
+    """What decides the pixels of any DDIM output besides its command's own options: network, noise, DDIM options."""
     return {
         "network": fingerprint(spec.unet) if spec.unet is not None else _digit_identity(spec),
         "noise": hashlib.sha256(noise.contiguous().numpy().tobytes()).hexdigest()[:32],
@@ -537,7 +537,7 @@ def interpolation_figure(
     batch = 11 if device.type == "cuda" else 1  # on a CPU a face takes minutes: keep each one as it is done
     figure = {"command": "ddim interpolate", "alphas": list(alphas), "modes": list(modes), "normalize": normalize,
               "batch": batch}  # fmt: skip
-    settings = {**figure, **_figure_settings(spec, torch.cat([xa, xb]), opts, device, dtype)}
+    settings = {**figure, **_ddim_settings(spec, torch.cat([xa, xb]), opts, device, dtype)}
     kept = FinishedBatches(state_dir, settings, resume=resume)
     with confine(out.parent):
         path = interpolate(
