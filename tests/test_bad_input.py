@@ -240,6 +240,21 @@ ROWS = [
     (["classifier", "train", "--data", "{digits}", "--dataset", "mnistm", "--lr", "nan"], 2, "nan"),
     (["classifier", "train", "--data", "{digits}", "--dataset", "mnistm", "--batch", "0"], 2, "--batch is 0"),
     (["classifier", "train", "--data", "{digits}", "--dataset", "mnistm", "--out", "{root}/c.txt"], 2, "c.txt"),
+    (
+        [
+            "classifier",
+            "train",
+            "--data",
+            "{digits}",
+            "--dataset",
+            "mnistm",
+            "--out",
+            "{root}/c.safetensors",
+            "--resume",
+        ],
+        2,
+        "holds no unfinished classifier run",
+    ),
     # --- ddim sample
     (["ddim", "sample", "{missing}", "{root}/o"], 2, "does-not-exist"),
     (["ddim", "sample", "{file}", "{root}/o"], 2, "is a file"),

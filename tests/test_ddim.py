@@ -352,3 +352,17 @@ def test_digit_model_clips_x0_by_default_and_the_face_unet_does_not(run_cli, dig
         )
         assert r.code == 0, r.err
     assert (tmp_path / "fdefault" / "00.png").read_bytes() == (tmp_path / "foff" / "00.png").read_bytes()
+
+
+def test_a_damaged_kept_batch_is_made_again(tmp_path):
+    from hw2cli.tasks.ddim import FinishedBatches
+
+    kept = FinishedBatches(tmp_path, {"command": "x"})
+    images = torch.randint(0, 255, (2, 3, 4, 4), dtype=torch.uint8)
+    kept.save("row-0", images)
+    assert torch.equal(FinishedBatches(tmp_path, {"command": "x"}).load("row-0"), images)
+    assert FinishedBatches(tmp_path, {"command": "y"}).load("row-0") is None  # other settings, other folder
+    (kept.folder / "row-0.safetensors").write_bytes(b"not a safetensors file")
+    again = FinishedBatches(tmp_path, {"command": "x"})
+    assert again.load("row-0") is None and again.reused == 0
+    assert FinishedBatches(tmp_path, {"command": "x"}, resume=False).folder.exists() is False  # --no-resume forgets
