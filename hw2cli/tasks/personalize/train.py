@@ -258,7 +258,12 @@ def train_personalization(
     # 2. data: every concept's images, resized once, sharded across processes by the prepared loader
     samples = [(c, p) for c in concepts for p in c.images]
     dataset = ConceptImages([_image_tensor(p, opts.resolution) for _, p in samples])
-    loader = torch.utils.data.DataLoader(dataset, batch_size=opts.batch, shuffle=True, drop_last=False)
+    # the loader's own generator: each new iterator draws a seed from it, which a resume mid-epoch
+    # (one more iterator) would otherwise take from the global generator saved in the state; the
+    # order itself comes from accelerate's seedable sampler, reseeded every epoch
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=opts.batch, shuffle=True, drop_last=False, generator=torch.Generator()
+    )
     reg = [_image_tensor(p, opts.resolution) for p in reg_images]
     learned, optimizer, loader = accelerator.prepare(learned, optimizer, loader)
 
