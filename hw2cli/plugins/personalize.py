@@ -109,11 +109,30 @@ def generate(
     batch: int = typer.Option(5, min=1, max=64, help="Images per batch."),
     resolution: int = typer.Option(None, **RESOLUTION, help="Image side, a multiple of 8 \\[default: the model's]."),
     resume: bool = keep_finished(),
+    train_missing: bool = typer.Option(
+        False,
+        "--train-missing",
+        help="Learn the tokens no embedding provides first (textual inversion on the concept's reference "
+        "images; what hw2_3.sh does); kept in WEIGHTS_DIR/personalize, so a rerun reuses or continues them.",
+    ),
+    refs: Path = typer.Option(
+        None, help="With --train-missing: the reference folders (REFS/<key>) \\[default: the input.json's folder]."
+    ),
+    train_steps: int = typer.Option(
+        2000, min=1, max=1_000_000, help="With --train-missing: textual-inversion steps per concept."
+    ),
 ) -> None:
     """The graded hw2_3.sh layout: OUT/<key>/<idx>/source<key>_prompt<idx>_<n>.png, 25 per prompt.
 
+    Each `<token>` the prompts use needs learned embeddings: --embeds, the ones this install
+    ships, or --train-missing, which learns them here from the images in REFS/<key> (or
+    REFS/<src_image>), starting from the word prompt_4_clip_eval puts in the token's place, as a
+    style where a prompt says "in the style of <token>". Training takes minutes on a GPU and
+    hours on a CPU; an interrupted one continues on the next run.
+
     Examples:
       hw2 personalize generate hw2_data/textual_inversion/input.json out/p3 --model sd-v1-4.ckpt
+      hw2 personalize generate hw2_data/textual_inversion/input.json out/p3 --model sd-v1-4.ckpt --train-missing
       hw2 personalize generate --prompt "A <new1> in the style of <new2>." -n 4 --model sd-v1-4.ckpt --embeds runs/cd
     """
     from hw2cli import runtime, settings
@@ -137,8 +156,18 @@ def generate(
     for source in embeds or []:
         if not Path(source).exists():
             raise UsageError(f"--embeds {source} does not exist.")
+    if entries is None and (train_missing or refs is not None):
+        raise UsageError(
+            "--train-missing and --refs learn the concepts of an input.json; a free --prompt needs --embeds."
+        )
     device, dtype = runtime.setup()
     current = settings.get()
+    sources = list(embeds or [])
+    if train_missing and entries is not None:
+        sources = _train_missing(
+            entries, sources, model=model, refs=refs or input_json.parent, steps=train_steps,
+            resolution=resolution, device=device, current=current,
+        )  # fmt: skip
     with ui.progress("generate", None) as bar:
 
         def started(total: int, tokens: list[str]) -> None:
@@ -148,13 +177,46 @@ def generate(
 
         result = generate(
             model, out, device=device, dtype=dtype, weights_dir=current.weights_dir, offline=current.offline,
-            entries=entries, prompt=prompt, embeddings=list(embeds or []), n=n, steps=steps, guidance=guidance,
+            entries=entries, prompt=prompt, embeddings=sources, n=n, steps=steps, guidance=guidance,
             sampler=sampler, seed=seed, batch=batch, resolution=resolution, resume=resume, note=ui.info,
             on_start=started, on_batch=bar.update,
         )  # fmt: skip
     kept = f"; kept {result['reused']} finished by an earlier run" if result["reused"] else ""
     where = f"to {out}" if prompt is not None else f"under {out}"
     ui.result(f"wrote {result['written']} images {where}{kept}")
+
+
+def _train_missing(
+    entries: dict, sources: list[Path], *, model: str, refs: Path, steps: int, resolution: int | None, device, current
+) -> list[Path]:
+    """``sources`` plus the run that learns the tokens none of them provides (trained now, or
+    found finished, or continued)."""
+    from hw2cli.tasks.personalize import auto
+    from hw2cli.tasks.personalize.generate import embedding_sources
+
+    prompts = [p for e in entries.values() for p in e["prompt"]]
+    sources, missing = embedding_sources(prompts, sources)
+    if not missing:
+        return sources
+    plan = auto.plan_training(
+        model, entries, missing, refs, weights_dir=current.weights_dir, steps_per_concept=steps,
+        resolution=resolution, seed=current.seed,
+    )  # fmt: skip
+    if auto.finished(plan):
+        ui.info(f"using {', '.join(missing)} learned by an earlier run ({plan.out})")
+    else:
+        ui.info(
+            f"no embeddings for {', '.join(missing)}: learning {plan.describe()}; {plan.opts.steps} steps "
+            f"on {device.type}{' (hours on a CPU)' if device.type == 'cpu' else ''}, kept in {plan.out} "
+            "(an interrupted run continues)"
+        )
+        with ui.progress("textual inversion", None) as bar:
+            auto.train_planned(
+                plan, device=device, offline=current.offline, note=ui.info,
+                on_start=lambda first, total: bar.reset(total, first),
+                on_step=lambda step, metrics: bar.update(1, **metrics),
+            )  # fmt: skip
+    return [*sources, plan.out]
 
 
 @app.command("eval")

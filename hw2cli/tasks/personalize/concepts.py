@@ -71,7 +71,7 @@ def parse_concept(spec: str) -> Concept:
     elif len(parts) >= 2:
         folder, init = rest.rsplit(":", 1)
     else:
-        raise UsageError(f"{{opt:concept}} {spec!r} has no initialiser word; add ':dog' (or another single word).")
+        raise UsageError(f"{{opt:concept}} {spec!r} has no initialiser word; add ':dog' (a word or a short phrase).")
     folder_path = Path(folder)
     if not folder_path.is_dir():
         raise UsageError(f"{{opt:concept}} {token}: the image folder {folder_path} does not exist.")
@@ -86,17 +86,15 @@ def parse_concept(spec: str) -> Concept:
 
 
 def add_tokens(pipe: Any, concepts: Sequence[Concept]) -> list[int]:
-    """Add each concept's token, initialised from its word's embedding; return the new ids."""
+    """Add each concept's token, initialised from its word's embedding (the mean of its tokens'
+    embeddings when the initialiser is a phrase); return the new ids."""
     tokenizer, text_encoder = pipe.tokenizer, pipe.text_encoder
     init_ids = []
     for c in concepts:
         ids = tokenizer.encode(c.init, add_special_tokens=False)
-        if len(ids) != 1:
-            raise UsageError(
-                f"{{opt:concept}} {c.token}: the initialiser {c.init!r} is {len(ids)} tokens; "
-                "choose a single-token word."
-            )
-        init_ids.append(ids[0])
+        if not ids:
+            raise UsageError(f"{{opt:concept}} {c.token}: the initialiser {c.init!r} holds no word to start from.")
+        init_ids.append(ids)
     tokens = [c.token for c in concepts]
     if len(set(tokens)) != len(tokens):
         raise UsageError(f"two concepts use the same token: {', '.join(tokens)}.")
@@ -109,7 +107,7 @@ def add_tokens(pipe: Any, concepts: Sequence[Concept]) -> list[int]:
     weight = text_encoder.get_input_embeddings().weight
     with torch.no_grad():
         for new, init in zip(new_ids, init_ids, strict=True):
-            weight[new] = weight[init].clone()
+            weight[new] = weight[init].mean(dim=0)  # a phrase ("David Revoy") starts as its tokens' mean
     return list(new_ids)
 
 

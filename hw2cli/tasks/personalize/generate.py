@@ -8,7 +8,7 @@ byte-identical to an uninterrupted run.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -168,6 +168,23 @@ def generate_graded(
     return {"written": written, "reused": len(done)}
 
 
+def embedding_sources(prompts: Sequence[str], embeddings: Sequence[str | Path] | None) -> tuple[list[Path], list[str]]:
+    """The embeddings to load for ``prompts`` (the given ones, else the shipped ones where the
+    prompts use a ``<token>``) and the tokens the prompts use that none of them provides."""
+    from hw2cli.tasks.personalize.auto import provided_tokens
+    from hw2cli.tasks.personalize.concepts import default_embeddings, prompt_tokens
+
+    needed = prompt_tokens(prompts)
+    sources = [Path(s) for s in embeddings or []]
+    for source in sources:
+        if not source.exists():
+            raise UsageError(f"the embeddings {source} do not exist.")
+    if not sources and needed and (default := default_embeddings()) is not None:
+        sources = [default]
+    provided = provided_tokens(sources) if needed else set()
+    return sources, [t for t in needed if t not in provided]
+
+
 def hash_key(key: str) -> int:
     """A stable small integer per concept key (Python's hash() is salted per process)."""
     return sum((i + 1) * ord(ch) for i, ch in enumerate(key)) % 997 * 100_000
@@ -200,24 +217,23 @@ def generate(
     or ``n`` images of ``prompt``. Embeddings are needed only for the ``<tokens>`` the prompts use
     (the shipped ones unless ``embeddings`` are given). Returns ``{"written", "reused", "paths"}``."""
     from hw2cli.pretrained.sd import load_pipeline
-    from hw2cli.tasks.personalize.concepts import default_embeddings, load_embeddings, prompt_tokens
+    from hw2cli.tasks.personalize.concepts import load_embeddings
 
     if (entries is None) == (prompt is None):
         raise UsageError("generate either the graded layout of an input.json or one free prompt, not both.")
     prompts = [prompt] if prompt is not None else [p for e in entries.values() for p in e["prompt"]]  # type: ignore[union-attr]
-    needed = prompt_tokens(prompts)
-    sources = list(embeddings or [])
-    if not sources and needed:
-        default = default_embeddings()
-        if default is None:
+    sources, missing = embedding_sources(prompts, embeddings)
+    if missing:  # before the model loads
+        if not sources:
             raise RunError(
-                f"the prompts use {', '.join(needed)}, but this install ships no trained embeddings yet; give "
-                "learned embeddings (hw2 personalize train makes them)."
+                f"the prompts use {', '.join(missing)}, but this install ships no trained embeddings yet; give "
+                "{opt:embeds} (hw2 personalize train makes them), or {opt:train_missing} to learn them now from "
+                "the reference images beside the input.json."
             )
-        sources = [default]
-    for source in sources:
-        if not Path(source).exists():
-            raise UsageError(f"the embeddings {source} do not exist.")
+        raise UsageError(
+            f"the prompts use {', '.join(missing)}, which none of the embeddings given provides; "
+            "pass {opt:embeds} with its learned_embeds.safetensors."
+        )
     if device.type == "cpu":
         dtype = torch.float32  # half precision on a CPU is slow and lossy
     pipe = load_pipeline(model, device=device, dtype=dtype, cache=weights_dir, offline=offline, note=note)
