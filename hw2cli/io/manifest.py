@@ -5,8 +5,11 @@ sampler, steps, guidance, seed, ...) before it writes any of them, in a small JS
 the weights/cache folder under a hash of the output folder's path (so the graded folder itself
 holds nothing but images).
 A rerun into the same folder with the same settings keeps the files already there (each one was
-written atomically, so it is complete) and makes only the missing ones; a rerun with other
-settings first deletes the old files it would overwrite, so a folder never mixes two runs.
+written atomically; an image is kept only if it still opens and passes Pillow's check, since
+someone else may have damaged it) and makes only the missing ones; a rerun with other settings
+first deletes the old files it would overwrite, so a folder never mixes two runs. The record is a
+convenience: where the weights folder cannot be written, the run goes on without it (an
+interruption then starts over).
 """
 
 from __future__ import annotations
@@ -14,10 +17,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from hw2cli.errors import HW2Error, RunError
 from hw2cli.io.atomic import write_json
 
 _EDGE = 1 << 20
@@ -54,11 +58,37 @@ def manifest_path(folder: Path, state_dir: Path) -> Path:
     return Path(state_dir) / "outputs" / f"{key}.json"
 
 
+def finished_file(path: Path) -> bool:
+    """``path`` is a complete file: not empty and, for an image, one Pillow opens and verifies
+    (a truncated or damaged PNG fails its chunk CRCs)."""
+    from hw2cli.data import IMAGE_SUFFIXES
+
+    if not path.is_file() or path.stat().st_size == 0:
+        return False
+    if path.suffix.lower() not in IMAGE_SUFFIXES:
+        return True
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            image.verify()
+    except Exception:  # any failure to parse means: make it again
+        return False
+    return True
+
+
 def prepare_outputs(
-    folder: Path, settings: Mapping[str, Any], files: Iterable[Path], *, state_dir: Path, resume: bool = True
+    folder: Path,
+    settings: Mapping[str, Any],
+    files: Iterable[Path],
+    *,
+    state_dir: Path,
+    resume: bool = True,
+    note: Callable[[str], None] | None = None,
 ) -> set[Path]:
     """Record ``settings`` for ``folder``; return those of ``files`` that a previous run with the same
-    settings finished (empty without ``resume`` or when the settings differ, after deleting them)."""
+    settings finished (empty without ``resume`` or when the settings differ, after deleting them).
+    Where the record cannot be written, ``note`` says so and the run goes on without it."""
     files = list(files)
     wanted = {"folder": str(Path(folder).resolve()), **_normalise(settings)}
     manifest = manifest_path(folder, state_dir)
@@ -69,9 +99,21 @@ def prepare_outputs(
         except (OSError, json.JSONDecodeError):
             previous = None
     if resume and previous == wanted:
-        return {f for f in files if f.is_file() and f.stat().st_size > 0}
+        return {f for f in files if finished_file(f)}
     for f in files:
         if f.is_file():
             f.unlink()
-    write_json(manifest, wanted)
+    try:
+        write_json(manifest, wanted)
+    except (OSError, HW2Error) as exc:
+        if previous is not None:  # an old record left in place would vouch for these new files later
+            try:
+                manifest.unlink()
+            except OSError:
+                raise RunError(f"cannot update {manifest} ({exc}); make it writable or remove it.") from None
+        if note is not None:
+            note(
+                f"cannot record this run's settings in {manifest.parent} ({exc}); the images are made all the same, "
+                "but an interrupted run will start over (set HW2_WEIGHTS_DIR to a writable folder to keep them)."
+            )
     return set()

@@ -118,7 +118,7 @@ def sample_command(
         written = graded_sample(
             noise_dir, out, _spec(unet, digit, dataset, checkpoint, cuda_graph), opts, device=device, dtype=dtype,
             seed=seed, batch=batch, normalize=normalize, resume=resume, state_dir=settings.get().weights_dir,
-            on_start=started, on_batch=bar.update,
+            on_start=started, on_batch=bar.update, note=ui.warn,
         )  # fmt: skip
     kept = f"; kept {written.reused} finished by an earlier run" if written.reused else ""
     ui.result(f"wrote {len(written.paths)} images to {out}{kept} ({described.get('source', '')})")

@@ -286,6 +286,7 @@ def generate(
             resume=resume,
             state_dir=settings.get().weights_dir,
             on_batch=bar.update,
+            note=ui.warn,
         )
     kept = f"; kept {written['reused']} finished by an earlier run" if written["reused"] else ""
     ui.result(f"wrote {written['mnistm']} + {written['svhn']} images under {out}{kept} ({model.source})")

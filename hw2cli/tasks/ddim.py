@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from hw2cli.data import IMAGE_SUFFIXES
 from hw2cli.data.noise import load_noise_dir, load_noise_file, seeded_noise, stack_noise
 from hw2cli.diffusion import NoiseSchedule, make_timesteps, sample_ddim
 from hw2cli.diffusion.wrappers import EpsModel, GraphedEps, autocast_eps, guided_eps
@@ -378,6 +379,7 @@ def graded_sample(
     state_dir: Path | None = None,
     on_start: Callable[[int, str], None] | None = None,
     on_batch: Callable[[int], None] | None = None,
+    note: Callable[[str], None] | None = None,
 ) -> GradedImages:
     """The ``hw2_2.sh`` contract: ``out/<name>.png`` for every ``<name>.pt`` in ``noise_dir``.
 
@@ -390,16 +392,22 @@ def graded_sample(
     """
     out = check_output_folder(Path(out))
     names, noise = load_noise_dir(noise_dir)
+    files = [out / f"{name}.png" for name in names]
+    if out.is_dir():
+        remove_stale_temporaries(out)
+        stray = sorted(p.name for p in out.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p not in set(files))
+        if stray:  # the grader pairs OUT/<name>.png with GT/<name>.png: an old image would pass for a new one
+            raise UsageError(
+                f"{out} already holds {stray[0]} (and {len(stray) - 1} more), which this run does not make (its noise "
+                "folder has no such .pt); use an empty output folder or remove them."
+            )
     source = open_source(spec, device, dtype)
     opts = _with_clip_default(opts, source)
     check_noise(noise, source, names)
     batch = batch or (10 if device.type == "cuda" else 1)
-    files = [out / f"{name}.png" for name in names]
-    if out.is_dir():
-        remove_stale_temporaries(out)
     settings = {"command": "ddim sample", **_ddim_settings(spec, noise, opts, device, dtype), "seed": seed,
                 "batch": batch, "normalize": normalize}  # fmt: skip
-    done = prepare_outputs(out, settings, files, state_dir=state_dir or out.parent, resume=resume)
+    done = prepare_outputs(out, settings, files, state_dir=state_dir or out.parent, resume=resume, note=note)
     if on_start is not None:
         on_start(len(names), source.description)
     with confine(out):

@@ -176,6 +176,7 @@ def generate_graded(
     resume: bool = True,
     state_dir: Path | None = None,
     on_batch: Callable[[int], None] | None = None,
+    note: Callable[[str], None] | None = None,
 ) -> dict[str, int]:
     """The ``hw2_1.sh`` contract: ``out/{mnistm,svhn}/{digit}_{001..050}.png``, nothing else there.
 
@@ -218,7 +219,7 @@ def generate_graded(
         "channels_last": model.device.type == "cpu" if channels_last is None else channels_last,
     }
     files = [out / dataset / name for dataset in DATASETS for name in names]
-    done = prepare_outputs(out, settings, files, state_dir=state_dir or out.parent, resume=resume)
+    done = prepare_outputs(out, settings, files, state_dir=state_dir or out.parent, resume=resume, note=note)
     written = {"reused": len(done)}
     with confine(out):
         for k, dataset in enumerate(DATASETS):

@@ -112,6 +112,7 @@ def generate_graded(
     state_dir: Path | None = None,
     resume: bool = True,
     on_batch: Callable[[int], None] | None = None,
+    note: Callable[[str], None] | None = None,
 ) -> dict[str, int]:
     """The ``hw2_3.sh`` layout: ``out/<key>/<idx>/source<key>_prompt<idx>_<n>.png``, 25 per prompt.
 
@@ -145,7 +146,7 @@ def generate_graded(
         "device": str(pipe.device.type),
     }
     files = [p for paths in layout.values() for p in paths]
-    done = prepare_outputs(out, settings, files, state_dir=state_dir or out.parent, resume=resume)
+    done = prepare_outputs(out, settings, files, state_dir=state_dir or out.parent, resume=resume, note=note)
     written = 0
     with confine(out):
         for (key, idx), paths in layout.items():
@@ -254,5 +255,5 @@ def generate(
         "embeddings": [fingerprint(s) for s in sources],
     }
     result = generate_graded(pipe, entries, out, identity=identity, state_dir=weights_dir, resume=resume,  # type: ignore[arg-type]
-                             on_batch=on_batch, **common)  # fmt: skip
+                             on_batch=on_batch, note=note, **common)  # fmt: skip
     return {**result, "paths": []}

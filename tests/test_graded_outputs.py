@@ -1,0 +1,90 @@
+"""The graded folders as a grader meets them: a damaged image from an earlier run is made again,
+an old image this run does not make is refused, and an unwritable weights folder (a read-only
+home in a grading container) costs only the resume record, never the images."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from hw2cli.diffusion.wrappers import build_network
+from hw2cli.io.checkpoints import DiffusionConfig, save_checkpoint
+from hw2cli.models import FaceUNet
+
+SIDE = 32
+
+
+@pytest.fixture(scope="module")
+def face(tmp_path_factory):
+    root = tmp_path_factory.mktemp("face")
+    torch.manual_seed(0)
+    torch.save(FaceUNet(width=32).state_dict(), root / "UNet.pt")
+    noise = root / "noise"
+    noise.mkdir()
+    g = torch.Generator().manual_seed(1)
+    for i in range(3):
+        torch.save(torch.randn(1, 3, SIDE, SIDE, generator=g), noise / f"{i:02d}.pt")
+    return root
+
+
+@pytest.fixture(scope="module")
+def digit_ckpt(tmp_path_factory):
+    torch.manual_seed(0)
+    config = DiffusionConfig(model={"base_channels": 8, "head_dim": 8, "groups": 4, "channel_mult": [1, 2]})
+    return save_checkpoint(build_network(config), config, tmp_path_factory.mktemp("digit"))
+
+
+def sample(run_cli, face, out, noise=None):
+    return run_cli("ddim", "sample", noise or face / "noise", out, "--unet", face / "UNet.pt", "--steps", "2")
+
+
+def test_a_damaged_image_an_earlier_run_left_is_made_again(run_cli, face, tmp_path, monkeypatch):
+    monkeypatch.setenv("HW2_WEIGHTS_DIR", str(tmp_path / "cache"))
+    out = tmp_path / "out"
+    assert sample(run_cli, face, out).code == 0
+    good = {p.name: p.read_bytes() for p in out.iterdir()}
+    (out / "02.png").write_bytes(good["02.png"][:100])  # truncated, as a full disk or a copy cut short leaves it
+    (out / "01.png").unlink()
+    r = sample(run_cli, face, out)
+    assert r.code == 0, r.err
+    assert "kept 1 finished" in r.out
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == good
+
+
+def test_an_old_image_this_run_does_not_make_is_refused(run_cli, face, tmp_path, monkeypatch):
+    import shutil
+
+    monkeypatch.setenv("HW2_WEIGHTS_DIR", str(tmp_path / "cache"))
+    out = tmp_path / "out"
+    assert sample(run_cli, face, out).code == 0
+    two = tmp_path / "two"
+    two.mkdir()
+    for name in ("00.pt", "01.pt"):
+        shutil.copy(face / "noise" / name, two / name)
+    r = sample(run_cli, face, out, noise=two)
+    assert r.code == 2 and "already holds 02.png" in r.err and "Traceback" not in r.err
+    (out / "02.png").unlink()
+    (out / "notes.txt").write_text("the grader reads only the images")
+    assert sample(run_cli, face, out, noise=two).code == 0
+
+
+@pytest.mark.parametrize("command", ["ddim", "ddpm"])
+def test_an_unwritable_weights_folder_costs_only_the_resume_record(
+    run_cli, face, digit_ckpt, tmp_path, monkeypatch, command
+):
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the weights folder should be")
+    monkeypatch.setenv("HW2_WEIGHTS_DIR", str(blocker))
+    out = tmp_path / "out"
+    if command == "ddim":
+        r = sample(run_cli, face, out)
+        expected = {"00.png", "01.png", "02.png"}
+    else:
+        r = run_cli("ddpm", "generate", out, "--checkpoint", digit_ckpt, "--steps", "2", "--per-digit", "1")
+        expected = {"mnistm", "svhn"}
+    assert r.code == 0, r.err
+    assert "cannot record this run's settings" in r.err and "an interrupted run will start over" in r.err
+    assert {p.name for p in out.iterdir()} == expected
+    if command == "ddpm":
+        assert sorted(p.name for p in (out / "svhn").iterdir()) == [f"{d}_001.png" for d in range(10)]
+
