@@ -41,7 +41,7 @@ _DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 ALLOWED = {
     "device": "auto, cpu, cuda, cuda:N (N a GPU index) or mps",
     "dtype": "fp32, bf16 or fp16",
-    "seed": "a whole number >= 0",
+    "seed": "a whole number from 0 to 4294967295",
     "kernels": "auto, triton or torch",
     "offline": "true or false",
     "data_root": "a folder path",
@@ -88,8 +88,8 @@ class Settings(BaseModel):
     @field_validator("seed")
     @classmethod
     def _check_seed(cls, value: int) -> int:
-        if value < 0:
-            raise ValueError("negative seed")
+        if not 0 <= value < 2**32:
+            raise ValueError("seed out of range")
         return value
 
 

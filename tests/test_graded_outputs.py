@@ -88,3 +88,14 @@ def test_an_unwritable_weights_folder_costs_only_the_resume_record(
     if command == "ddpm":
         assert sorted(p.name for p in (out / "svhn").iterdir()) == [f"{d}_001.png" for d in range(10)]
 
+
+def test_the_largest_seed_samples_with_eta(run_cli, face, tmp_path, monkeypatch):
+    """The per-image generators derive from the seed (seed·1,000,003 + k): at the largest seed the
+    CLI accepts they stay in range."""
+    monkeypatch.setenv("HW2_WEIGHTS_DIR", str(tmp_path / "cache"))
+    r = run_cli("ddim", "sample", face / "noise", tmp_path / "out", "--unet", face / "UNet.pt", "--steps", "2",
+                "--eta", "1", "--seed", str(2**32 - 1))  # fmt: skip
+    assert r.code == 0, r.err
+    monkeypatch.setenv("HW2_SEED", str(2**32))
+    r = run_cli("config", "show")
+    assert r.code == 2 and "from 0 to 4294967295" in r.err

@@ -105,7 +105,7 @@ def test_malformed_toml(run_cli):
 
 
 def test_negative_seed_and_cuda_index_forms():
-    with pytest.raises(UsageError, match="expected a whole number >= 0"):
+    with pytest.raises(UsageError, match="expected a whole number from 0 to 4294967295"):
         settings.load({"seed": -1})
     assert settings.load({"device": "cuda:3"})[0].device == "cuda:3"
     assert settings.load({"device": "CPU"})[0].device == "cpu"

@@ -261,3 +261,12 @@ def test_two_gloo_processes_stay_identical_and_match_one_process(digits, tmp_pat
     for k in single:
         torch.testing.assert_close(rank0[k], single[k], rtol=1e-4, atol=1e-5)
     assert (tmp_path / "ddp" / "model.safetensors").exists()
+
+
+def test_the_largest_seed_the_cli_accepts_trains(digits, tmp_path, run_cli):
+    """--seed is bounded by what numpy's seeding takes (2**32 − 1), and that seed runs to the end."""
+    common = ["ddpm", "train", "--data", digits, "--steps", "1", "--batch", "4", "--width", "8", "--sample-every", "0"]
+    r = run_cli(*common, "--out", tmp_path / "a", "--seed", str(2**32 - 1))
+    assert r.code == 0, r.err
+    r = run_cli(*common, "--out", tmp_path / "b", "--seed", str(2**32))
+    assert r.code == 2 and "4294967296" in r.err and "Traceback" not in r.err

@@ -202,7 +202,8 @@ def _train(
     schedule = NoiseSchedule.from_config(opts.schedule)
     t_min = schedule.first_timestep
 
-    set_seed(opts.seed + rank)  # the global generators (dropout masks differ per process, like any DDP run)
+    # the global generators (numpy takes < 2**32); dropout masks differ per process, like any DDP run
+    set_seed((opts.seed + rank) % 2**32)
     gen = torch.Generator().manual_seed(opts.seed)
     config = _diffusion_config(opts, opts.model)
     model = build_network(config).to(device)

@@ -271,7 +271,8 @@ def train_personalization(
     rank_seed = opts.seed * 1000 + accelerator.process_index  # every process draws its own noise
     rng = random.Random(rank_seed)
     gen = torch.Generator().manual_seed(rank_seed)
-    set_seed(rank_seed)  # the global generators too (dropout, anything a library draws), saved with the state
+    # the global generators too (dropout, anything a library draws; numpy takes < 2**32), saved with the state
+    set_seed(rank_seed % 2**32)
     if state_dir is not None:
         process = load_state_folder(accelerator, state_dir, mark)
         step = int(mark["step"])
