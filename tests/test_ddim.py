@@ -238,6 +238,20 @@ def test_bad_noise_files(run_cli, face, tmp_path, make, message):
     assert message in r.err and "Traceback" not in r.err
 
 
+def test_a_folder_named_like_a_noise_file_is_not_one(face, tmp_path):
+    from hw2cli.data.noise import load_noise_dir, load_noise_file
+    from hw2cli.errors import UsageError
+
+    root, _ = face
+    noise = tmp_path / "noise"
+    (noise / "x.pt").mkdir(parents=True)
+    (noise / "00.pt").write_bytes((root / "noise" / "00.pt").read_bytes())
+    names, x = load_noise_dir(noise)  # the folder is skipped, not reported as a missing file
+    assert names == ["00"] and x.shape == (1, 3, SIDE, SIDE)
+    with pytest.raises(UsageError, match=r"x\.pt is a folder, not a noise file"):
+        load_noise_file(noise / "x.pt")
+
+
 def test_bad_unet_and_options(run_cli, face, tmp_path):
     root, _ = face
     r = run_cli("ddim", "sample", root / "noise", tmp_path, "--unet", tmp_path / "missing.pt")
@@ -331,7 +345,8 @@ def test_alpha_parsing():
     assert parse_alphas("0,0.5,1") == [0.0, 0.5, 1.0]
     from hw2cli.errors import UsageError
 
-    for bad in ("1:0:0.1", "0:1:0", "a,b", "0:1"):
+    assert parse_alphas("-1,2") == [-1.0, 2.0] and parse_alphas("-1:2:1.5") == [-1.0, 0.5, 2.0]
+    for bad in ("1:0:0.1", "0:1:0", "a,b", "0:1", "0,1e300", "-1.5,0", "0:3:1", "-2:1:1"):
         with pytest.raises(UsageError, match="--alphas"):
             parse_alphas(bad)
 

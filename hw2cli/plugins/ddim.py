@@ -10,7 +10,7 @@ from typing import Literal
 import typer
 
 from hw2cli import ui
-from hw2cli.plugins._options import float_list, keep_finished, number, rich_safe
+from hw2cli.plugins._options import SETTING, float_list, keep_finished, number, resolve_seed, rich_safe
 from hw2cli.plugins._options import seed as seed_option
 
 app = typer.Typer(
@@ -67,6 +67,9 @@ DIGIT = typer.Option(0, min=0, max=9, help="Without --unet: which digit the digi
 DATASET = typer.Option("mnistm", help="Without --unet: mnistm or svhn.")
 CHECKPOINT = typer.Option(None, help="Without --unet: a digit model other than the embedded one.")
 
+# an interval's worth of extrapolation each side; far beyond, slerp/lerp leave the noise's shell
+ALPHAS = (-1.0, 2.0)
+
 
 @app.command("sample")
 def sample_command(
@@ -78,7 +81,7 @@ def sample_command(
     batch: int = typer.Option(
         None, min=1, max=1000, help=rich_safe("Images per forward batch [default: 10 on a GPU, 1 on a CPU].")
     ),
-    seed: int = seed_option(0, "Seed of the per-step noise (η > 0 only)."),
+    seed: int = seed_option(None, "Seed of the per-step noise (η > 0 only)" + SETTING + "."),
     alpha_prev: AlphaPrev = ALPHA_PREV,
     final_alpha: FinalAlpha = FINAL_ALPHA,
     clip_x0: bool | None = CLIP_X0,
@@ -117,8 +120,8 @@ def sample_command(
 
         written = graded_sample(
             noise_dir, out, _spec(unet, digit, dataset, checkpoint, cuda_graph), opts, device=device, dtype=dtype,
-            seed=seed, batch=batch, normalize=normalize, resume=resume, state_dir=settings.get().weights_dir,
-            on_start=started, on_batch=bar.update, note=ui.warn,
+            seed=resolve_seed(seed), batch=batch, normalize=normalize, resume=resume,
+            state_dir=settings.get().weights_dir, on_start=started, on_batch=bar.update, note=ui.warn,
         )  # fmt: skip
     kept = f"; kept {written.reused} finished by an earlier run" if written.reused else ""
     ui.result(f"wrote {len(written.paths)} images to {out}{kept} ({described.get('source', '')})")
@@ -135,7 +138,9 @@ def eta_grid_command(
     count: int = typer.Option(4, min=1, max=100, help="Columns when noise comes from a folder or a seed."),
     unet: Path = typer.Option(None, "--unet", help=UNET_HELP),
     steps: int = STEPS,
-    seed: int = seed_option(0, "Seed of the per-step noise (and of the starting noise without --unet)."),
+    seed: int = seed_option(
+        None, "Seed of the per-step noise (and of the starting noise without --unet)" + SETTING + "."
+    ),
     alpha_prev: AlphaPrev = ALPHA_PREV,
     final_alpha: FinalAlpha = FINAL_ALPHA,
     clip_x0: bool | None = CLIP_X0,
@@ -165,8 +170,8 @@ def eta_grid_command(
         path = eta_grid_figure(
             out, _spec(unet, digit, dataset, checkpoint), eta_values, opts, device=device, dtype=dtype,
             noise_files=files, noise_dir=noise_dir, default_noise_dir=settings.get().data_root / "face" / "noise",
-            count=count, seed=seed, normalize=normalize, resume=resume, state_dir=settings.get().weights_dir,
-            on_start=lambda n: bar.reset(n), on_batch=bar.update,
+            count=count, seed=resolve_seed(seed), normalize=normalize, resume=resume,
+            state_dir=settings.get().weights_dir, on_start=lambda n: bar.reset(n), on_batch=bar.update,
         )  # fmt: skip
     ui.result(f"wrote {path}")
 
@@ -178,7 +183,9 @@ def interpolate_command(
     out: Path = typer.Option(Path("figures/interpolation.png"), help="Output PNG."),
     mode: Literal["slerp", "lerp", "both"] = typer.Option("both", help="slerp, lerp or both (one figure, a row each)."),
     alphas: str = typer.Option(
-        "0:1:0.1", help=f"start:stop:step (stop included) or a comma list; at most {MAX_FRAMES} values."
+        "0:1:0.1",
+        help=f"start:stop:step (stop included) or a comma list, each {ALPHAS[0]:g} to {ALPHAS[1]:g} (beyond 0 and 1 "
+        f"extrapolates); at most {MAX_FRAMES} values.",
     ),
     unet: Path = typer.Option(None, "--unet", help=UNET_HELP),
     steps: int = STEPS,
@@ -187,7 +194,7 @@ def interpolate_command(
     final_alpha: FinalAlpha = FINAL_ALPHA,
     clip_x0: bool | None = CLIP_X0,
     normalize: Normalize = NORMALIZE,
-    seed: int = seed_option(0, "Without noise files: the seed of the two noises."),
+    seed: int = seed_option(None, "Without noise files: the seed of the two noises" + SETTING + "."),
     digit: int = DIGIT,
     dataset: Literal["mnistm", "svhn"] = DATASET,
     checkpoint: Path = CHECKPOINT,
@@ -211,7 +218,7 @@ def interpolate_command(
     with ui.progress("interpolate", None) as bar, _face_noise_hint():
         path = interpolation_figure(
             out, _spec(unet, digit, dataset, checkpoint), values, modes, opts, device=device, dtype=dtype, a=a, b=b,
-            default_noise_dir=settings.get().data_root / "face" / "noise", seed=seed, normalize=normalize,
+            default_noise_dir=settings.get().data_root / "face" / "noise", seed=resolve_seed(seed), normalize=normalize,
             resume=resume, state_dir=settings.get().weights_dir, on_start=lambda n: bar.reset(n), on_batch=bar.update,
         )  # fmt: skip
     ui.result(f"wrote {path}")
@@ -224,7 +231,7 @@ def _parse_alphas(text: str) -> list[float]:
     from hw2cli.errors import UsageError
 
     if ":" not in text:
-        return float_list(text, "--alphas", most=MAX_FRAMES)
+        return float_list(text, "--alphas", low=ALPHAS[0], high=ALPHAS[1], most=MAX_FRAMES)
     parts = text.split(":")
     try:
         start, stop, step = (float(v) for v in parts)
@@ -234,6 +241,8 @@ def _parse_alphas(text: str) -> list[float]:
         raise UsageError(f"--alphas {text!r} holds a value that is not a finite number.")
     if step <= 0 or stop < start:
         raise UsageError(f"--alphas {text!r} needs a positive step and stop >= start.")
+    if start < ALPHAS[0] or stop > ALPHAS[1]:
+        raise UsageError(f"--alphas {text!r} reaches beyond {ALPHAS[0]:g} to {ALPHAS[1]:g}; keep start and stop in.")
     n = math.floor((stop - start) / step + 1e-9) + 1
     if n > MAX_FRAMES:
         raise UsageError(f"--alphas {text!r} makes {n:,} frames; at most {MAX_FRAMES} are allowed (raise the step).")
