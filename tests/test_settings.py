@@ -148,3 +148,25 @@ def test_every_source_is_read_once_and_validated_once(monkeypatch, tmp_path):
     settings, origin = S.load()
     assert (settings.seed, settings.dtype) == (3, "bf16") and origin["seed"] == "hw2.toml"
     assert calls == {"toml": 1, "env": 1}
+
+
+@pytest.mark.parametrize("command", ["grid", "eta-grid"])
+def test_the_seed_setting_reaches_the_figure_commands(run_cli, tmp_path, monkeypatch, command):
+    """`hw2 --seed 7 …` (or HW2_SEED) draws what `… --seed 7` draws, and other noise than seed 0."""
+    monkeypatch.setenv("HW2_WEIGHTS_DIR", str(tmp_path / "cache"))
+    if command == "grid":
+        args, figure = ["ddpm", "grid", "--dataset", "mnistm", "--steps", "2"], "grid_mnistm.png"
+    else:
+        args, figure = ["ddim", "eta-grid", "--etas", "0,1", "--count", "2", "--steps", "2", "--no-resume"], "eta.png"
+
+    def draw(name, *extra, before=()):
+        out = tmp_path / name
+        target = ["--out", out] if command == "grid" else ["--out", out / figure]
+        r = run_cli(*before, *args, *target, *extra)
+        assert r.code == 0, r.err
+        return (out / figure).read_bytes()
+
+    default, option, setting = draw("a"), draw("b", "--seed", "7"), draw("c", before=("--seed", "7"))
+    assert option == setting and option != default
+    monkeypatch.setenv("HW2_SEED", "7")
+    assert draw("d") == option

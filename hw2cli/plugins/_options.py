@@ -39,6 +39,16 @@ def seed(default: int | None = 0, help: str = "Random seed.") -> Any:
     return typer.Option(default, "--seed", min=0, max=MAX_SEED, help=rich_safe(help))
 
 
+SETTING = " [default: the seed setting, hw2 --seed / HW2_SEED, 0]"
+
+
+def resolve_seed(value: int | None) -> int:
+    """``--seed`` where given, else the seed setting (``hw2 --seed``, ``HW2_SEED``, a config file)."""
+    from hw2cli import settings
+
+    return settings.get().seed if value is None else value
+
+
 def float_list(
     text: str, option: str, *, low: float | None = None, high: float | None = None, most: int = 1000
 ) -> list[float]:

@@ -8,7 +8,7 @@ from typing import Any, Literal
 import typer
 
 from hw2cli import ui
-from hw2cli.plugins._options import keep_finished, number
+from hw2cli.plugins._options import SETTING, keep_finished, number, resolve_seed
 from hw2cli.plugins._options import seed as seed_option
 
 app = typer.Typer(
@@ -240,7 +240,7 @@ def generate(
     sampler: Sampler = typer.Option("dpm", help=SAMPLER_HELP),
     steps: int = typer.Option(None, min=1, max=1000, help="Sampler steps \\[default: per sampler]."),
     guidance: float = number(2.0, min=-1.0, max=100.0, help=GUIDANCE_HELP),
-    seed: int = seed_option(2024, "Fixed seed: the same files on every run."),
+    seed: int = seed_option(2024, "Fixed seed: the same files on every run (the seed setting does not apply)."),
     per_digit: int = typer.Option(50, min=1, max=999, help="Images per digit and data set (the homework: 50)."),
     batch: int = typer.Option(
         None, min=1, max=10_000, help="Images per forward batch \\[default: 100 on CPU, 500 on CUDA]."
@@ -300,7 +300,7 @@ def grid(
     sampler: Sampler = typer.Option("dpm", help=SAMPLER_HELP),
     steps: int = typer.Option(None, min=1, max=1000, help="Sampler steps."),
     guidance: float = number(2.0, min=-1.0, max=100.0, help=GUIDANCE_HELP),
-    seed: int = seed_option(0),
+    seed: int = seed_option(None, "Random seed" + SETTING + "."),
 ) -> None:
     """The report's 10×10 grid per data set: rows digits, columns different noise."""
     from hw2cli.io.atomic import check_output_folder
@@ -315,7 +315,7 @@ def grid(
                 model,
                 name,
                 out / f"grid_{name}.png",
-                seed=seed,
+                seed=resolve_seed(seed),
                 sampler=sampler,
                 steps=steps,
                 guidance=guidance,
@@ -332,7 +332,7 @@ def trajectory(
     digit: int = typer.Option(0, min=0, max=9, help="Which digit's reverse process."),
     checkpoint: Path = typer.Option(None, help=CHECKPOINT_HELP),
     guidance: float = number(2.0, min=-1.0, max=100.0, help=GUIDANCE_HELP),
-    seed: int = seed_option(0),
+    seed: int = seed_option(None, "Random seed" + SETTING + "."),
 ) -> None:
     """Six snapshots of the reverse process of the first "0" of each data set (full DDPM)."""
     from hw2cli.errors import UsageError
@@ -349,7 +349,7 @@ def trajectory(
         if len(ts) > 50:
             raise UsageError(f"--timesteps lists {len(ts)} values; a figure takes at most 50.")
     model, _ = _model(checkpoint, guidance=guidance)
-    path = trajectory_figure(model, out, timesteps=ts, digit=digit, guidance=guidance, seed=seed)
+    path = trajectory_figure(model, out, timesteps=ts, digit=digit, guidance=guidance, seed=resolve_seed(seed))
     ui.result(f"wrote {path}")
 
 

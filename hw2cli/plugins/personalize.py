@@ -105,7 +105,7 @@ def generate(
     steps: int = typer.Option(50, min=1, max=1000, help="Sampler steps."),
     guidance: float = number(7.5, min=0.0, max=100.0, help="Classifier-free guidance scale."),
     sampler: Literal["dpm", "ddim"] = typer.Option("dpm", help="dpm (DPM-Solver++) or ddim."),
-    seed: int = seed_option(0, "Seed: the same images on every run."),
+    seed: int = seed_option(0, "Seed: the same images on every run (the seed setting does not apply)."),
     batch: int = typer.Option(5, min=1, max=64, help="Images per batch."),
     resolution: int = typer.Option(None, **RESOLUTION, help="Image side, a multiple of 8 \\[default: the model's]."),
     resume: bool = keep_finished(),
