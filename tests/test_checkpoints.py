@@ -60,6 +60,19 @@ def test_legacy_teapearce_pth(tmp_path, wrapped):
     assert cfg.data_range == (-1.0, 1.0)
 
 
+def test_a_checkpoint_with_a_config_refuses_a_contradicting_legacy_override(tmp_path, run_cli):
+    """--data-range / --cond-layout describe files without a config; on an hw2 checkpoint they
+    would sample from the wrong model (SVHN digits drawn as MNIST strokes), so they are refused."""
+    config = small_config()
+    path = save_checkpoint(build_network(config), config, tmp_path / "run")
+    with pytest.raises(UsageError, match="records its own condition layout"):
+        load_checkpoint(path, condition_layout="digit-only")
+    _, cfg = load_checkpoint(path, data_range=(-1.0, 1.0), condition_layout=config.condition_layout)  # agrees: fine
+    assert cfg.data_range == (-1.0, 1.0)
+    r = run_cli("ddpm", "sample", "--digit", "1", "-n", "1", "--out", tmp_path / "s", "--data-range", "01")
+    assert r.code == 2 and "records its own data range (-1..1); --data-range is for checkpoints" in r.err
+
+
 def test_digitunet_pth_without_config_is_a_clear_error(tmp_path):
     torch.save(build_network(small_config()).state_dict(), tmp_path / "x.pth")
     with pytest.raises(UsageError, match="has no config"):

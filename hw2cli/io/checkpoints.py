@@ -180,7 +180,8 @@ def load_checkpoint(path: str | Path, **legacy: Any) -> tuple[nn.Module, Diffusi
     """Load a checkpoint folder, ``.safetensors`` file or legacy ``.pth``/``.pt`` state dict.
 
     ``legacy`` overrides config fields for files without a config (e.g. ``data_range``,
-    ``condition_layout`` or ``schedule`` of a TeaPearce checkpoint).
+    ``condition_layout`` or ``schedule`` of a TeaPearce checkpoint); a checkpoint that records its
+    own config refuses an override that contradicts it (it would sample from the wrong model).
     """
     path = Path(path)
     if path.is_dir():
@@ -198,6 +199,15 @@ def load_checkpoint(path: str | Path, **legacy: Any) -> tuple[nn.Module, Diffusi
         config_data = json.loads((path.parent / "config.json").read_text())
     if config_data is not None:
         config = DiffusionConfig.from_dict(config_data, source=str(path))
+        for key, value in legacy.items():
+            recorded = getattr(config, key, None)
+            if value is not None and value != recorded:
+                shown = "..".join(f"{v:g}" for v in recorded) if key == "data_range" else recorded
+                option = {"condition_layout": "cond_layout"}.get(key, key)  # the parameter that sets it
+                raise UsageError(
+                    f"{path} records its own {key.replace('_', ' ')} ({shown}); {{opt:{option}}} is for checkpoints "
+                    "without a config, such as TeaPearce .pth files."
+                )
     elif "init_conv.conv1.0.weight" in state:
         from hw2cli.models import ContextUnet
 
