@@ -73,7 +73,7 @@ def eval_command(
     text_cache: bool = typer.Option(
         True, "--text-cache/--no-text-cache", help="Reuse the class text features cached under WEIGHTS_DIR."
     ),
-    show_classes: int = typer.Option(10, min=0, help="Rows of the per-class table, worst first (0: all)."),
+    show_classes: int = typer.Option(10, min=0, max=100_000, help="Rows of the per-class table, worst first (0: all)."),
     as_json: bool = typer.Option(False, "--json", help="Print the metrics as JSON."),
 ) -> None:
     """Zero-shot accuracy (top-1, top-5), per-class table, confusions, an example figure, predictions.csv.

@@ -85,8 +85,8 @@ def train(
         0.1, min=0.0, max=0.99, help="Probability of dropping the label (classifier-free guidance)."
     ),
     width: int = typer.Option(16, min=8, max=512, help="DigitUNet base channels, a multiple of 8 (16: ~1 M)."),
-    checkpoint_every: int = typer.Option(1000, min=1, help="Save a resumable checkpoint every N steps."),
-    sample_every: int = typer.Option(2000, min=0, help="Write a sample grid every N steps (0: never)."),
+    checkpoint_every: int = typer.Option(1000, min=1, max=1_000_000, help="Save a resumable checkpoint every N steps."),
+    sample_every: int = typer.Option(2000, min=0, max=1_000_000, help="Write a sample grid every N steps (0: never)."),
     seed: int = seed_option(None, "Random seed [default: the seed setting]."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out exactly where it stopped."),
 ) -> None:
@@ -146,8 +146,8 @@ def distill(
     sampler_steps: int = typer.Option(
         6, min=1, max=1000, help="DPM-Solver++ and UniPC steps recorded as the student's default for sampling."
     ),
-    checkpoint_every: int = typer.Option(500, min=1, help="Save a resumable checkpoint every N steps."),
-    sample_every: int = typer.Option(1000, min=0, help="Write a sample grid every N steps (0: never)."),
+    checkpoint_every: int = typer.Option(500, min=1, max=1_000_000, help="Save a resumable checkpoint every N steps."),
+    sample_every: int = typer.Option(1000, min=0, max=1_000_000, help="Write a sample grid every N steps (0: never)."),
     seed: int = seed_option(None, "Random seed [default: the seed setting]."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out exactly where it stopped."),
 ) -> None:

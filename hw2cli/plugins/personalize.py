@@ -42,7 +42,7 @@ def train(
     resolution: int = typer.Option(512, **RESOLUTION, help="Training resolution (multiple of 8)."),
     reg: str = typer.Option(None, help="Custom Diffusion regularisation: 'folder:class prompt'."),
     out: Path = typer.Option(Path("runs/personalize"), help="Run folder."),
-    checkpoint_every: int = typer.Option(500, min=1, help="Save every N steps."),
+    checkpoint_every: int = typer.Option(500, min=1, max=1_000_000, help="Save every N steps."),
     seed: int = seed_option(None, "Random seed [default: the seed setting]."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out."),
 ) -> None:
