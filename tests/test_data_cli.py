@@ -60,3 +60,30 @@ def test_check_counts_images_that_are_not_28x28_rgb(run_cli, tmp_path):
     assert ("32x32 RGB" in r.err) or ("28x28 L" in r.err)
     rows = [line for line in r.out.splitlines() if "mnistm" in line and ("train" in line or "val" in line)]
     assert sum(int(line.split("│")[4]) for line in rows) == 2
+
+
+def test_svhn_per_class_is_bounded(run_cli, tmp_path, monkeypatch):
+    monkeypatch.setenv("HW2_OFFLINE", "1")
+    args = ("data", "svhn", tmp_path, "--source", "lookalike", "--backgrounds", "none", "--per-class")
+    r = run_cli(*args, "100000000000")  # unbounded, this asked numpy for 7 TiB: "unexpected MemoryError"
+    assert (r.code, r.err.strip()) == (2, "Error: --per-class is 100000000000; expected at most 1000000.")
+    assert not (tmp_path / "digits").exists()
+
+
+def test_data_outputs_are_checked_before_any_work(run_cli, tmp_path, monkeypatch):
+    monkeypatch.setenv("HW2_OFFLINE", "1")
+    monkeypatch.setenv("HW2_WEIGHTS_DIR", str(tmp_path / "empty"))  # nothing cached: any source loading fails
+    for args in (
+        ("synth", "/proc/hw2-x", "--per-class", "1"),
+        ("mnistm", "/proc/hw2-m", "--digits", "auto", "--backgrounds", "auto"),
+        ("svhn", "/proc/hw2-s", "--source", "auto"),
+    ):
+        r = run_cli("data", *args)
+        assert r.code == 2, (args, r.err)
+        expected = (
+            f"Error: the output folder {args[1]} lies under /proc, which holds no real files; choose another folder."
+        )
+        assert r.err.strip() == expected
+    (tmp_path / "file").write_text("x")
+    r = run_cli("data", "mnistm", tmp_path / "file", "--digits", tmp_path / "nothing-here")
+    assert r.code == 2 and "is an existing file" in r.err

@@ -250,7 +250,10 @@ def test_the_svhn_lookalike_offline_uses_photo_textures(run_cli, tmp_path, monke
 # --------------------------------------------------------------------------- the homework archive
 
 
-def homework_zip(path, evil=False):
+def homework_zip(path, evil=False, extra=None, without=()):
+    """The homework's archive in small; ``extra``: more members ``{name: text}``; ``without``: parts left out."""
+    import shutil
+
     from hw2cli.data.synth import synthesize
 
     staging = path.parent / "staging"
@@ -269,12 +272,16 @@ def homework_zip(path, evil=False):
     (ti / "0").mkdir(parents=True)
     Image.new("RGB", (32, 32)).save(ti / "0" / "a.png")
     (ti / "input.json").write_text(json.dumps({"0": {"token_name": "<new1>", "prompt": ["A <new1>."]}}))
+    for part in without:
+        shutil.rmtree(staging / "hw2_data" / part)
     with zipfile.ZipFile(path, "w") as zf:
         for file in sorted(staging.rglob("*")):
             if file.is_file():
                 zf.write(file, file.relative_to(staging).as_posix())
         if evil:
             zf.writestr("../evil.txt", "outside")
+        for name, text in (extra or {}).items():
+            zf.writestr(name, text)
     return path
 
 
@@ -325,6 +332,104 @@ def test_data_fetch_without_a_mirror_fails_at_once_when_drive_is_unreachable(run
     r = run_cli("data", "fetch", tmp_path)  # this machine cannot reach drive.google.com
     assert r.code == 1 and "Google Drive cannot be reached" in r.err and "--url" in r.err
     assert time.perf_counter() - start < 10
+
+
+def served_zip(tmp_path, **kwargs):
+    served = tmp_path / "served"
+    served.mkdir()
+    return homework_zip(served / "hw2_data.zip", **kwargs)
+
+
+def test_data_fetch_never_deletes_or_replaces_a_folder_of_the_user(run_cli, tmp_path):
+    archive = served_zip(tmp_path, extra={"outputs/x.txt": "from the archive"})
+    dest = tmp_path / "dest"
+    (dest / "outputs").mkdir(parents=True)
+    (dest / "outputs" / "p1_results.txt").write_text("my precious results")
+    with FileServer(archive.parent) as server:
+        r = run_cli("data", "fetch", dest, "--url", server.url("hw2_data.zip"))
+        assert r.code == 2, r.err
+        line = r.err.strip().splitlines()[-1]  # after the download's progress line: one sentence
+        assert line.startswith("Error: ") and str(dest / "outputs") in line and "--replace" in line
+        # nothing was moved: the user's folder is untouched and hw2_data was not put in place either
+        assert sorted(p.name for p in dest.iterdir()) == ["hw2_data.zip", "outputs"]
+        assert sorted(p.name for p in (dest / "outputs").iterdir()) == ["p1_results.txt"]
+        r = run_cli("data", "fetch", dest, "--replace")  # asked for: the archive's outputs/ replaces it
+        assert r.code == 0, r.err
+        assert sorted(p.name for p in (dest / "outputs").iterdir()) == ["x.txt"]
+        assert sorted(p.name for p in dest.iterdir()) == ["hw2_data", "hw2_data.zip", "outputs"]
+
+
+def test_data_fetch_reports_a_checked_hw2_data_as_in_place_and_keeps_what_the_user_added(run_cli, tmp_path):
+    archive = served_zip(tmp_path)
+    dest = tmp_path / "dest"
+    with FileServer(archive.parent) as server:
+        assert run_cli("data", "fetch", dest, "--url", server.url("hw2_data.zip")).code == 0
+        (dest / "hw2_data" / "mynotes.txt").write_text("mine")
+        (dest / "hw2_data.zip").unlink()
+        asked = len(server.requests)
+        r = run_cli("data", "fetch", dest, "--url", server.url("hw2_data.zip"))
+        assert r.code == 0, r.err
+        assert f"already in place: {dest / 'hw2_data'}" in r.out and "PROBLEM" not in r.out
+        assert len(server.requests) == asked  # nothing downloaded
+        assert (dest / "hw2_data" / "mynotes.txt").read_text() == "mine"
+        # a hw2_data that fails its check is refused before any download, not replaced
+        (dest / "hw2_data" / "face" / "UNet.pt").unlink()
+        r = run_cli("data", "fetch", dest, "--url", server.url("hw2_data.zip"))
+        assert r.code == 2 and "face" in r.err and "--replace" in r.err, r.err
+        assert len(server.requests) == asked and (dest / "hw2_data" / "mynotes.txt").is_file()
+        r = run_cli("data", "fetch", dest, "--url", server.url("hw2_data.zip"), "--replace")
+        assert r.code == 0 and f"ready: {dest / 'hw2_data'}" in r.out, r.err
+        assert (dest / "hw2_data" / "face" / "UNet.pt").is_file() and not (dest / "hw2_data" / "mynotes.txt").exists()
+    assert sorted(p.name for p in dest.iterdir()) == ["hw2_data", "hw2_data.zip"]  # no staging folder left
+
+
+def test_data_fetch_takes_a_copy_on_disk_as_its_offline_advice_says(run_cli, tmp_path):
+    archive = served_zip(tmp_path)
+    with FileServer(archive.parent) as server:
+        closed = server.url("hw2_data.zip")
+    r = run_cli("data", "fetch", tmp_path / "a", "--url", closed)  # the server is gone: connection refused
+    assert r.code == 1 and "pass the path of that copy as --url" in r.err, r.err
+    assert not (tmp_path / "a").exists()  # a failed fetch leaves no empty folder behind
+    r = run_cli("data", "fetch", tmp_path / "a", "--url", archive)
+    assert r.code == 0 and f"ready: {tmp_path / 'a' / 'hw2_data'}" in r.out, r.err
+    assert (tmp_path / "a" / "hw2_data.zip").read_bytes() == archive.read_bytes() and archive.is_file()
+    digest = hashlib.sha256(archive.read_bytes()).hexdigest()
+    r = run_cli("data", "fetch", tmp_path / "b", "--url", archive.as_uri(), "--sha256", digest)
+    assert r.code == 0 and "PROBLEM" not in r.out, r.err
+    r = run_cli("data", "fetch", tmp_path / "c", "--url", archive, "--sha256", "0" * 64)
+    assert r.code == 1 and str(archive) in r.err and "SHA-256" in r.err
+    assert archive.is_file() and not (tmp_path / "c").exists()  # our copy went, the user's file stays
+    r = run_cli("data", "fetch", tmp_path / "d", "--url", tmp_path / "nothing.zip")
+    assert r.code == 2 and "nothing.zip does not exist" in r.err and not (tmp_path / "d").exists()
+
+
+def test_a_failed_fetch_says_what_happened_to_the_download_and_leaves_no_folder(run_cli, tmp_path):
+    archive = served_zip(tmp_path)
+    with FileServer(archive.parent) as server:
+        r = run_cli("data", "fetch", tmp_path / "b" / "deep", "--url", server.url("hw2_data.zip"), "--sha256", "0" * 64)
+        assert r.code == 1 and "SHA-256" in r.err and "was deleted" in r.err and "delete it" not in r.err, r.err
+        assert not (tmp_path / "b").exists()  # neither the file nor the folders made for it are left
+        r = run_cli("data", "fetch", tmp_path / "c", "--url", server.url("missing.zip"))
+        assert r.code == 1 and "HTTP 404" in r.err and not (tmp_path / "c").exists()
+        server.cut_after = archive.stat().st_size // 3
+        r = run_cli("data", "fetch", tmp_path / "e", "--url", server.url("hw2_data.zip"))
+        assert r.code == 1 and (tmp_path / "e" / "hw2_data.zip.part").is_file()  # kept: the next run resumes
+
+
+def test_the_fetch_check_table_renders_its_messages(run_cli, tmp_path):
+    archive = served_zip(tmp_path, without=("clip_zeroshot",))
+    with FileServer(archive.parent) as server:
+        r = run_cli("data", "fetch", tmp_path / "a", "--url", server.url("hw2_data.zip"))
+    assert r.code == 1 and "clip_zeroshot" in r.err
+    assert any("clip_zeroshot" in line and "PROBLEM" in line for line in r.out.splitlines()), r.out
+    assert "`data`" not in r.out + r.err and "{opt:" not in r.out + r.err
+    assert "is missing" in r.err
+    (tmp_path / "a" / "hw2_data" / "clip_zeroshot" / "val").mkdir(parents=True)  # images, but no id2label.json
+    Image.new("RGB", (32, 32)).save(tmp_path / "a" / "hw2_data" / "clip_zeroshot" / "val" / "0_0.png")
+    from hw2cli.data.homework import check_homework
+
+    clip = next(c for c in check_homework(tmp_path / "a" / "hw2_data") if c.part == "clip_zeroshot")
+    assert not clip.ok and "--labels" in clip.detail and "`labels`" not in clip.detail, clip.detail
 
 
 # --------------------------------------------------------------------------- the official SVHN grader

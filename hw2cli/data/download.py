@@ -14,6 +14,7 @@ import hashlib
 import os
 import shutil
 import urllib.error
+import urllib.parse
 import urllib.request
 import zipfile
 from collections.abc import Callable
@@ -33,16 +34,24 @@ def file_digest(path: Path, algorithm: str = "sha256") -> str:
     return digest.hexdigest()
 
 
-def _check(path: Path, size: int | None, sha256: str | None, md5: str | None, url: str) -> None:
+def _check(path: Path, size: int | None, sha256: str | None, md5: str | None, url: str, *, fresh: bool = False) -> None:
+    """Raise if ``path`` fails a check. ``fresh``: it was just downloaded, and the caller deletes it on failure."""
     actual = path.stat().st_size
     if size is not None and actual != size:
+        if fresh:
+            raise RunError(
+                f"the download of {url} has {actual} bytes, expected {size}, so it was deleted; run the command again."
+            )
         raise RunError(f"the download of {url} has {actual} bytes, expected {size}; delete {path} and try again.")
     for algorithm, expected in (("sha256", sha256), ("md5", md5)):
         if expected is not None and file_digest(path, algorithm) != expected.lower():
-            raise RunError(
-                f"{path} (from {url}) does not match its {'SHA-256' if algorithm == 'sha256' else 'MD5'} checksum; "
-                "delete it and try again."
-            )
+            name = "SHA-256" if algorithm == "sha256" else "MD5"
+            if fresh:
+                raise RunError(
+                    f"the download of {url} does not match its {name} checksum, so it was deleted; check the address "
+                    "and the checksum, then run the command again."
+                )
+            raise RunError(f"{path} (from {url}) does not match its {name} checksum; delete it and try again.")
 
 
 def fetch(
@@ -56,11 +65,13 @@ def fetch(
     timeout: float = 15.0,
     on_progress: Progress | None = None,
     what: str = "the file",
+    hint: str | None = None,
 ) -> Path:
     """Download ``url`` to ``dest`` (resuming ``dest.part``); return ``dest``.
 
     An existing ``dest`` that passes the checks is returned at once. ``offline`` turns any
-    download into a :class:`RunError` saying where to put the file instead.
+    download into a :class:`RunError` saying where to put the file instead. ``hint``: another
+    way to supply the file, added to the advice when the host cannot be reached.
     """
     dest = Path(dest)
     if dest.is_file():
@@ -91,7 +102,7 @@ def fetch(
         reason = getattr(exc, "reason", exc)
         raise RunError(
             f"cannot download {what} from {url} ({reason}); this machine looks offline. "
-            f"Download it elsewhere and put it at {dest}, or pass a local path instead."
+            f"Download it elsewhere and put it at {dest}{', or ' + hint if hint else ''}."
         ) from exc
     with response:
         resumed = have and response.status == 206
@@ -118,7 +129,7 @@ def fetch(
         raise RunError(f"the download of {url} stopped after {have} of {total} bytes; run the command again to resume.")
     os.replace(part, dest)
     try:
-        _check(dest, size, sha256, md5, url)
+        _check(dest, size, sha256, md5, url, fresh=True)
     except RunError:
         with contextlib.suppress(OSError):
             dest.unlink()
@@ -133,17 +144,86 @@ def check_url(url: str) -> str:
     return url
 
 
+def local_source(url: str) -> Path | None:
+    """The file a ``file://`` URL or a plain path names; ``None`` for http(s); other schemes are refused."""
+    if url.startswith(("http://", "https://")):
+        return None
+    if url.startswith("file:"):
+        parsed = urllib.parse.urlparse(url)
+        if parsed.netloc not in ("", "localhost"):
+            raise UsageError(f"the URL {url!r} names another host; a file:// URL must name a file on this machine.")
+        return Path(urllib.request.url2pathname(parsed.path))
+    if "://" in url:
+        raise UsageError(f"the URL {url!r} is not an http://, https:// or file:// address, nor a local path.")
+    return Path(url).expanduser()
+
+
+def copy_file(source: Path, dest: Path, *, on_progress: Progress | None = None, what: str = "the file") -> Path:
+    """Copy ``source`` to ``dest`` through ``dest.part`` (so ``dest`` is whole or absent); return ``dest``."""
+    if not source.is_file():
+        state = "is a folder" if source.is_dir() else "does not exist"
+        raise UsageError(f"{what} {source} {state}; pass a zip file on disk, a file:// URL or an http(s) address.")
+    part = dest.with_name(dest.name + ".part")
+    total = source.stat().st_size
+    done = 0
+    try:
+        with open(source, "rb") as src, open(part, "wb") as dst:
+            if on_progress is not None:
+                on_progress(0, total)
+            while block := src.read(CHUNK):
+                dst.write(block)
+                done += len(block)
+                if on_progress is not None:
+                    on_progress(done, total)
+            dst.flush()
+            os.fsync(dst.fileno())
+        os.replace(part, dest)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            part.unlink()
+        raise RunError(f"cannot copy {source} to {dest}: {exc.strerror or exc}.") from exc
+    return dest
+
+
+def _in_the_way(dest: Path, tops: list[str]) -> list[Path]:
+    return [dest / top for top in tops if (dest / top).exists() or (dest / top).is_symlink()]
+
+
+def _refuse_existing(archive: Path, dest: Path, tops: list[str]) -> None:
+    taken = _in_the_way(dest, tops)
+    if taken:
+        more = f" (so do {', '.join(str(p) for p in taken[1:])})" if taken[1:] else ""
+        raise UsageError(
+            f"{taken[0]} already exists{more} and {archive.name} holds an entry of that name; move it away, "
+            "or pass {opt:replace} to replace it with the archive's."
+        )
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(OSError):
+            path.unlink()
+
+
 def extract_zip(
     archive: Path,
     dest: Path,
     *,
+    replace: bool = False,
     on_progress: Callable[[int, int], None] | None = None,
 ) -> list[str]:
-    """Unpack ``archive`` into ``dest`` atomically: into a staging folder beside it, then renamed.
+    """Unpack ``archive`` into ``dest``: into a staging folder inside it, then each top entry renamed into place.
 
     Members that would land outside ``dest`` (absolute names, ``..``) are refused: a zip is
-    data, and nothing in it may write elsewhere. Returns the top-level names extracted.
+    data, and nothing in it may write elsewhere. An entry of ``dest`` that the archive also
+    holds at its top level is never touched: that is a :class:`UsageError` before anything is
+    unpacked or moved, unless ``replace``, which swaps it for the archive's. Returns the
+    top-level names extracted.
     """
+    from hw2cli.io.atomic import make_staging_folder, remove_stale_temporaries, temporary_name
+
     try:
         zf = zipfile.ZipFile(archive)
     except (zipfile.BadZipFile, OSError) as exc:
@@ -158,24 +238,33 @@ def extract_zip(
             parts = Path(name).parts
             if name.startswith(("/", "\\")) or ".." in parts or (parts and ":" in parts[0]):
                 raise RunError(f"{archive} holds the member {name!r}, which would land outside {dest}; refusing it.")
-        dest.mkdir(parents=True, exist_ok=True)
-        staging = dest / f".{archive.stem}.extracting"
-        shutil.rmtree(staging, ignore_errors=True)
-        staging.mkdir()
+        tops = sorted({Path(m.filename).parts[0] for m in members if Path(m.filename).parts})
+        if not replace:
+            _refuse_existing(archive, dest, tops)
+        try:
+            dest.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise RunError(f"cannot create the folder {dest}: {exc.strerror or exc}.") from exc
+        remove_stale_temporaries(dest)  # what a killed run left: its staging folder, a replaced entry
+        staging = make_staging_folder(dest / archive.stem)
         try:
             for i, member in enumerate(members, 1):
                 zf.extract(member, staging)
                 if on_progress is not None:
                     on_progress(i, len(members))
-            tops = sorted({Path(m.filename).parts[0] for m in members if Path(m.filename).parts})
+            if not replace:  # again: something may have appeared while unpacking
+                _refuse_existing(archive, dest, tops)
             for top in tops:
                 target = dest / top
-                if target.is_dir() and not target.is_symlink():
-                    old = dest / f".{top}.old"
-                    shutil.rmtree(old, ignore_errors=True)
+                if replace and (target.exists() or target.is_symlink()):
+                    old = dest / f"{temporary_name(target)}old.partial"
                     os.replace(target, old)
-                    os.replace(staging / top, target)
-                    shutil.rmtree(old, ignore_errors=True)
+                    try:
+                        os.replace(staging / top, target)
+                    except OSError:
+                        os.replace(old, target)  # put the user's entry back
+                        raise
+                    _remove(old)
                 else:
                     os.replace(staging / top, target)
         finally:

@@ -10,6 +10,7 @@ commands will read it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -17,8 +18,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from hw2cli.data.download import Progress, check_url, extract_zip, fetch, file_digest
-from hw2cli.errors import RunError, UsageError
+from hw2cli.data.download import Progress, copy_file, extract_zip, fetch, file_digest, local_source
+from hw2cli.errors import RunError, UsageError, as_option
 
 DRIVE_ID = "1W6Y1OmjzNw2qHoGDCpGOwGpw27wLg1fi"
 ARCHIVE = "hw2_data.zip"
@@ -60,37 +61,77 @@ def _gdown(archive: Path, on_progress: Progress | None) -> None:
     os.replace(part, archive)
 
 
+def _missing_folders(folder: Path) -> list[Path]:
+    """``folder`` and those of its parents that do not exist yet, deepest first."""
+    missing = []
+    probe = folder.absolute()
+    while not probe.exists() and not probe.is_symlink() and probe != probe.parent:
+        missing.append(probe)
+        probe = probe.parent
+    return missing
+
+
 def fetch_homework(
     dest: str | os.PathLike[str],
     *,
     url: str | None = None,
     sha256: str | None = None,
     offline: bool = False,
+    replace: bool = False,
     on_progress: Progress | None = None,
     on_extract: Callable[[int, int], None] | None = None,
 ) -> Path:
-    """Download (or reuse) ``dest/hw2_data.zip``, verify it, and unpack ``dest/hw2_data``; return that folder."""
+    """Download (or reuse) ``dest/hw2_data.zip``, verify it, and unpack ``dest/hw2_data``; return that folder.
+
+    ``url``: an http(s) mirror, a ``file://`` URL or a path to a copy on disk (copied in).
+    An entry of ``dest`` the archive also holds is refused unless ``replace`` (see
+    :func:`extract_zip`). A failed call leaves no folder it created empty behind.
+    """
     dest = Path(dest)
     archive = dest / ARCHIVE
-    if not archive.is_file():
-        if offline:
-            raise RunError(
-                f"{archive} is not on disk and offline mode is on; download it by hand (gdown {DRIVE_ID} -O "
-                f"{archive}) and run this again."
-            )
-        dest.mkdir(parents=True, exist_ok=True)
-        if url is not None:
-            fetch(check_url(url), archive, sha256=sha256, on_progress=on_progress, what=ARCHIVE)
-        else:
-            if not _drive_reachable():
-                raise RunError(
-                    f"Google Drive cannot be reached from here; download {ARCHIVE} elsewhere (gdown {DRIVE_ID}) and "
-                    f"put it at {archive}, or pass {{opt:url}} with a mirror."
+    source = local_source(url) if url is not None else None
+    created = _missing_folders(dest)
+    copied = False
+    try:
+        if not archive.is_file():
+            if source is not None and not source.is_file():  # said before any folder is made
+                state = "is a folder" if source.is_dir() else "does not exist"
+                raise UsageError(
+                    f"{{opt:url}} {url} {state}; pass an http(s) address, a file:// URL or the path of a zip file."
                 )
-            _gdown(archive, on_progress)
-    if sha256 is not None and file_digest(archive) != sha256.lower():
-        raise RunError(f"{archive} does not match the SHA-256 given; delete it and fetch again.")
-    tops = extract_zip(archive, dest, on_progress=on_extract)
+            if source is None and offline:
+                raise RunError(
+                    f"{archive} is not on disk and offline mode is on; download it by hand (gdown {DRIVE_ID} -O "
+                    f"{archive}) and run this again."
+                )
+            try:
+                dest.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise RunError(f"cannot create the folder {dest}: {exc.strerror or exc}.") from exc
+            if source is not None:
+                copy_file(source, archive, on_progress=on_progress, what=ARCHIVE)
+                copied = True
+            elif url is not None:
+                hint = "pass the path of that copy as {opt:url}"
+                fetch(url, archive, sha256=sha256, on_progress=on_progress, what=ARCHIVE, hint=hint)
+            else:
+                if not _drive_reachable():
+                    raise RunError(
+                        f"Google Drive cannot be reached from here; download {ARCHIVE} elsewhere (gdown {DRIVE_ID}) "
+                        f"and put it at {archive}, or pass {{opt:url}} with a mirror or the path of that copy."
+                    )
+                _gdown(archive, on_progress)
+        if sha256 is not None and file_digest(archive) != sha256.lower():
+            if copied:  # our copy goes; the user's file stays where it was
+                archive.unlink()
+                raise RunError(f"{source} does not match the SHA-256 given; check the file and the checksum.")
+            raise RunError(f"{archive} does not match the SHA-256 given; delete it and fetch again.")
+        tops = extract_zip(archive, dest, replace=replace, on_progress=on_extract)
+    except BaseException:
+        for folder in created:  # only empty ones go: a partial download stays for the next run to resume
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise
     root = dest / "hw2_data"
     if not root.is_dir():
         raise RunError(f"{archive} holds {', '.join(tops) or 'nothing'} but no hw2_data/ folder; is it the homework's?")
@@ -107,7 +148,9 @@ def check_homework(root: str | os.PathLike[str]) -> list[PartCheck]:
     def record(part: str, run: Callable[[], str]) -> None:
         try:
             checks.append(PartCheck(part, True, run()))
-        except (UsageError, RunError, OSError, ValueError) as exc:
+        except (UsageError, RunError) as exc:  # an option it names is one of hw2's commands' (clip's --data)
+            checks.append(PartCheck(part, False, exc.render(as_option)))
+        except (OSError, ValueError) as exc:
             checks.append(PartCheck(part, False, str(exc)))
 
     for name in ("mnistm", "svhn"):
@@ -148,7 +191,10 @@ def check_homework(root: str | os.PathLike[str]) -> list[PartCheck]:
     def clip() -> str:
         from hw2cli.data.labelled import load_dataset
 
-        data = load_dataset(root / "clip_zeroshot" / "val")
+        folder = root / "clip_zeroshot" / "val"
+        if not folder.is_dir():
+            raise UsageError(f"{folder} is missing")
+        data = load_dataset(folder)
         return f"{len(data.files):,} images, {len(data.classnames)} classes"
 
     record("clip_zeroshot", clip)

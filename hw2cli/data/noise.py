@@ -18,6 +18,8 @@ from hw2cli.io.checkpoints import torch_load
 def load_noise_file(path: str | Path) -> torch.Tensor:
     """A noise file as ``[1, 3, H, W]`` float32; any other content is an error naming the file."""
     path = Path(path)
+    if path.is_dir():
+        raise UsageError(f"{path} is a folder, not a noise file; pass a .pt file of shape [1, 3, H, W].")
     if not path.is_file():
         raise UsageError(f"noise file {path} does not exist.")
     obj = torch_load(path, "a tensor file")
@@ -35,13 +37,13 @@ def load_noise_file(path: str | Path) -> torch.Tensor:
 
 
 def load_noise_dir(folder: str | Path) -> tuple[list[str], torch.Tensor]:
-    """Every ``*.pt`` in ``folder``, sorted by name, stacked to ``[N, 3, H, W]``."""
+    """Every ``*.pt`` file in ``folder`` (folders so named are skipped), sorted by name, stacked to ``[N, 3, H, W]``."""
     folder = Path(folder)
     if folder.is_file():
         raise UsageError(f"the noise folder {folder} is a file; pass the folder holding 00.pt, 01.pt, ...")
     if not folder.is_dir():
         raise UsageError(f"the noise folder {folder} does not exist.")
-    files = sorted(folder.glob("*.pt"))
+    files = sorted(f for f in folder.glob("*.pt") if not f.is_dir())
     if not files:
         raise UsageError(f"{folder} holds no .pt noise files.")
     return [f.stem for f in files], stack_noise(files)

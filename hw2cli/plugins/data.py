@@ -60,6 +60,7 @@ def synth(
     """
     from hw2cli.data.synth import synthesize
 
+    _output_folder(out)
     names = _parse_datasets(datasets)
     total = 10 * per_class * len(dict.fromkeys(names)) if per_class >= 1 else None
     with ui.progress("synth", total) as bar:
@@ -222,7 +223,11 @@ def svhn(
         "builtin", "--backgrounds", help="Photos for the look-alike's textures: builtin, bsds500, none or a folder."
     ),
     per_class: int | None = typer.Option(
-        None, "--per-class", min=1, help="At most N images per digit (default: all real ones; 1,000 look-alikes)."
+        None,
+        "--per-class",
+        min=1,
+        max=1_000_000,
+        help="At most N images per digit (default: all real ones; 1,000 look-alikes).",
     ),
     seed: int = seed_option(0, "Random seed; the same seed gives byte-identical files."),
     val_fraction: float = number(
@@ -288,35 +293,74 @@ def _choice(option: str, value: str, allowed: tuple[str, ...]) -> None:
 
 
 def _output_folder(out: Path) -> None:
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"the output folder {out} is an existing file; give a folder.")
+    """Before any work: ``out`` can become a writable folder (not a file, not under /proc, ...)."""
+    from hw2cli.io.atomic import check_output_folder
+
+    check_output_folder(out)
 
 
 @app.command("fetch")
 def fetch(
     dest: Path = typer.Argument(Path("."), help="Where hw2_data.zip is saved and hw2_data/ is unpacked."),
-    url: str = typer.Option(None, "--url", help="A mirror of hw2_data.zip (http/https) instead of Google Drive."),
+    url: str = typer.Option(
+        None, "--url", help="A mirror of hw2_data.zip (http/https), or a copy on disk (a path or file:// URL)."
+    ),
     sha256: str = typer.Option(None, "--sha256", help="Check the archive against this SHA-256."),
+    replace: bool = typer.Option(
+        False, "--replace", help="Replace what DEST already holds under the archive's names (DEST/hw2_data)."
+    ),
 ) -> None:
     """The homework's data archive: download (resumable), verify, unpack, check every part.
 
     Fetches [bold]hw2_data.zip[/] from the course's Google Drive file with gdown, as the course's
-    script does (or from [bold]--url[/]); an interrupted download continues where it stopped.
-    Every member's CRC is tested, the archive is unpacked into a staging folder and renamed to
-    [bold]DEST/hw2_data[/], and each part is opened the way the commands read it.
+    script does (or from [bold]--url[/], which also takes a copy on disk); an interrupted download
+    continues where it stopped. Every member's CRC is tested, the archive is unpacked into a
+    staging folder and moved to [bold]DEST/hw2_data[/], and each part is opened the way the
+    commands read it.
+
+    Nothing in DEST is deleted or replaced: if [bold]DEST/hw2_data[/] already exists and passes
+    the check, the command says so and stops without downloading; if it fails the check, or the
+    archive holds another name DEST already has, it is refused before anything is moved. Move
+    that folder away, or pass [bold]--replace[/] to unpack the archive over it.
 
     [bold]Examples:[/]
 
       hw2 data fetch
 
       hw2 data fetch ~/data --url https://example.org/mirror/hw2_data.zip
+
+      hw2 data fetch ~/data --url ~/Downloads/hw2_data.zip
     """
+    from hw2cli.data.download import file_digest
     from hw2cli.data.homework import check_homework, fetch_homework
+    from hw2cli.errors import RunError
     from hw2cli.io.atomic import check_output_folder
 
     check_output_folder(dest, "destination folder")
     if sha256 is not None and (len(sha256) != 64 or any(c not in "0123456789abcdefABCDEF" for c in sha256)):
         raise UsageError(f"--sha256 {sha256!r} is not a SHA-256 (64 hexadecimal digits).")
+    existing = dest / "hw2_data"
+    if not replace and (existing.exists() or existing.is_symlink()) and not existing.is_dir():
+        raise UsageError(
+            f"{existing} already exists and is not a folder; move it away, or pass {{opt:replace}} to replace it."
+        )
+    if not replace and existing.is_dir():
+        checks = check_homework(existing)
+        _print_checks(existing, checks)
+        bad = [c for c in checks if not c.ok]
+        if bad:
+            raise UsageError(
+                f"{existing} already exists but its {bad[0].part} is not usable ({bad[0].detail}); move it away, "
+                "or pass {opt:replace} to unpack the archive over it."
+            )
+        archive = dest / "hw2_data.zip"
+        if sha256 is not None and archive.is_file() and file_digest(archive) != sha256.lower():
+            raise RunError(
+                f"{existing} passes its checks, but {archive} does not match the SHA-256 given; delete the archive "
+                "and run again with {opt:replace} to fetch and unpack the right one."
+            )
+        ui.result(f"already in place: {existing} (pass --replace to unpack the archive anew)")
+        return
     _, offline = _data_cache()
     with ui.progress("download", None) as bar, ui.progress("unpack", None) as unpack:
 
@@ -325,14 +369,16 @@ def fetch(
                 unpack.reset(total, 0)
             unpack.update(done - unpack.done)
 
-        root = fetch_homework(dest, url=url, sha256=sha256, offline=offline, on_progress=_download_bar(bar),
-                              on_extract=extracted)  # fmt: skip
+        root = fetch_homework(dest, url=url, sha256=sha256, offline=offline, replace=replace,
+                              on_progress=_download_bar(bar), on_extract=extracted)  # fmt: skip
     checks = check_homework(root)
-    ui.print_table(["part", "status", "detail"], [[c.part, "ok" if c.ok else "PROBLEM", c.detail] for c in checks],
-                   title=f"{root}")  # fmt: skip
+    _print_checks(root, checks)
     bad = [c for c in checks if not c.ok]
     if bad:
-        from hw2cli.errors import RunError
-
         raise RunError(f"{root} is unpacked, but {bad[0].part} is not usable: {bad[0].detail}")
     ui.result(f"ready: {root}")
+
+
+def _print_checks(root: Path, checks: list) -> None:
+    ui.print_table(["part", "status", "detail"], [[c.part, "ok" if c.ok else "PROBLEM", c.detail] for c in checks],
+                   title=f"{root}")  # fmt: skip
