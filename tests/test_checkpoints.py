@@ -121,3 +121,72 @@ def test_condition_layouts():
     assert cfg.condition_index(3, 1) == 3
     with pytest.raises(UsageError, match="condition_layout"):
         DiffusionConfig.from_dict({"architecture": "DigitUNet", "condition_layout": "weird"})
+
+
+class _Scripted(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = torch.nn.Linear(3, 2)
+        self.block = torch.nn.Sequential(torch.nn.LayerNorm(2))
+        self.register_buffer("steps", torch.arange(5))
+        self.scale = torch.nn.Parameter(torch.randn(2, 4).half())
+        self.view = torch.randn(4, 6)[:, 1:4]  # a plain tensor attribute, strided
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.block(self.linear(x))
+
+
+class _RunsCodeWhenLoaded(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("w", torch.zeros(2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    @torch.jit.export
+    def __getstate__(self) -> tuple[torch.Tensor, bool]:
+        return (self.w, self.training)
+
+    @torch.jit.export
+    def __setstate__(self, state: tuple[torch.Tensor, bool]) -> None:
+        print("CODE FROM THE ARCHIVE RAN")
+        self.w = state[0]
+        self.training = state[1]
+
+
+def test_a_torchscript_archive_is_read_as_torch_jit_load_reads_it(tmp_path):
+    import warnings
+
+    from hw2cli.io.checkpoints import is_torchscript, torchscript_state_dict
+
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.jit.script(_Scripted()).save(str(tmp_path / "m.pt"))
+        reference = torch.jit.load(str(tmp_path / "m.pt")).state_dict()
+    state = torchscript_state_dict(tmp_path / "m.pt")
+    assert is_torchscript(tmp_path / "m.pt") and set(reference) <= set(state) and "view" in state
+    for key, value in reference.items():
+        assert state[key].dtype == value.dtype and state[key].stride() == value.stride()
+        assert torch.equal(state[key], value)
+    torch.save({"w": torch.ones(1)}, tmp_path / "plain.pt")
+    assert not is_torchscript(tmp_path / "plain.pt")
+
+
+def test_a_torchscript_archive_is_read_without_running_its_code(tmp_path, capfd):
+    import warnings
+
+    from hw2cli.io.checkpoints import torchscript_state_dict
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.jit.script(_RunsCodeWhenLoaded()).save(str(tmp_path / "evil.pt"))
+        torch.jit.load(str(tmp_path / "evil.pt"))
+    assert "CODE FROM THE ARCHIVE RAN" in capfd.readouterr().out  # what torch.jit.load does with it
+    with pytest.raises(UsageError, match="holds no tensors"):
+        torchscript_state_dict(tmp_path / "evil.pt")
+    assert "RAN" not in capfd.readouterr().out
+    (tmp_path / "cut.pt").write_bytes((tmp_path / "evil.pt").read_bytes()[:300])
+    with pytest.raises(UsageError, match="cannot be read"):
+        torchscript_state_dict(tmp_path / "cut.pt")

@@ -435,6 +435,25 @@ def test_torchscript_checkpoint_loads_like_openai_release(run_cli, tiny, homewor
     torch.testing.assert_close(jit.encode_texts(["a photo of a bus."]), ref.encode_texts(["a photo of a bus."]))
 
 
+def test_a_torchscript_checkpoint_that_would_run_code_is_refused_without_running_it(tiny, homework, tmp_path):
+    """torch.jit.load compiles an archive's code and runs its __setstate__ (its print reaches the
+    process's stdout); hw2 reads the tensors only, in a process of its own here."""
+    import subprocess
+    import sys
+    import warnings
+
+    from test_checkpoints import _RunsCodeWhenLoaded
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.jit.script(_RunsCodeWhenLoaded()).save(str(tmp_path / "evil.pt"))
+    args = [str(a) for a in _args(tiny, homework, tmp_path / "o")]
+    args[args.index("--pretrained") + 1] = str(tmp_path / "evil.pt")
+    proc = subprocess.run([sys.executable, "-m", "hw2cli", "--device", "cpu", *args], capture_output=True, text=True)
+    assert proc.returncode == 2 and "holds no tensors" in proc.stderr, proc.stderr
+    assert "RAN" not in proc.stdout + proc.stderr
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_autocast_features_match_fp32(run_cli, tiny, homework, tmp_path, monkeypatch):
     cpu = load_clip(tiny["config"], tiny["weights"], "open_clip", "cpu", tmp_path)

@@ -149,6 +149,107 @@ def torch_load(path: str | Path, what: str = "a PyTorch checkpoint") -> Any:
         raise load_error(path, what, exc) from None
 
 
+# ---------------------------------------------------------------------------- TorchScript archives
+# A TorchScript archive (torch.jit.save; OpenAI's original CLIP release) is a zip whose data.pkl
+# pickles the module tree as ``__torch__.*`` objects; torch.jit.load compiles the archive's code/
+# and runs its __setstate__ methods, so it can run anything. These tensors are read without it:
+# data.pkl goes through an unpickler that builds ``__torch__`` objects as inert records of their
+# attributes and knows only tensor rebuilding, storages and OrderedDict; code/ is never read.
+
+_STORAGE_DTYPES = {
+    "FloatStorage": torch.float32, "HalfStorage": torch.float16, "BFloat16Storage": torch.bfloat16,
+    "DoubleStorage": torch.float64, "LongStorage": torch.int64, "IntStorage": torch.int32,
+    "ShortStorage": torch.int16, "CharStorage": torch.int8, "ByteStorage": torch.uint8, "BoolStorage": torch.bool,
+}  # fmt: skip
+
+
+_SCRIPT_LISTS = {
+    **{f"build_{kind}list": list for kind in ("int", "double", "bool", "tensor", "generic")},
+    "restore_type_tag": lambda value, _type: value,
+}
+
+
+class _ScriptRecord:
+    """A ``__torch__`` object as its attributes, nothing run: BUILD hands them to ``__setstate__``."""
+
+    def __setstate__(self, state: Any) -> None:
+        self.__dict__["state"] = state
+
+
+class _ScriptUnpickler(pickle.Unpickler):
+    def __init__(self, file: Any, archive: Any, prefix: str) -> None:
+        super().__init__(file)
+        self.archive, self.prefix = archive, prefix
+
+    def find_class(self, module: str, name: str) -> Any:
+        if module == "__torch__" or module.startswith("__torch__."):
+            return type(name, (_ScriptRecord,), {})
+        if module == "torch" and name in _STORAGE_DTYPES:
+            return _STORAGE_DTYPES[name]
+        if (module, name) == ("torch._utils", "_rebuild_tensor_v2"):
+            return torch._utils._rebuild_tensor_v2
+        if module == "torch.jit._pickle" and name in _SCRIPT_LISTS:  # typed lists: the list itself
+            return _SCRIPT_LISTS[name]
+        if (module, name) == ("collections", "OrderedDict"):
+            import collections
+
+            return collections.OrderedDict
+        raise pickle.UnpicklingError(f"unsupported GLOBAL {module}.{name}")
+
+    def persistent_load(self, pid: Any) -> Any:
+        if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage" and isinstance(pid[1], torch.dtype)):
+            raise pickle.UnpicklingError(f"unsupported persistent id {str(pid)[:80]}")
+        _, dtype, key, _location, numel = pid
+        raw = bytearray(self.archive.read(f"{self.prefix}data/{key}"))
+        untyped = torch.frombuffer(raw, dtype=torch.uint8).untyped_storage() if raw else torch.UntypedStorage(0)
+        if untyped.nbytes() < int(numel) * dtype.itemsize:
+            raise pickle.UnpicklingError(f"storage {key} holds {untyped.nbytes()} bytes, too few for {numel} values")
+        return torch.storage.TypedStorage(wrap_storage=untyped, dtype=dtype, _internal=True)
+
+
+def is_torchscript(path: str | Path) -> bool:
+    """``path`` is a TorchScript archive (a zip with ``code/`` or ``constants.pkl``)."""
+    import zipfile
+
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return any(n.endswith("constants.pkl") or "/code/" in n for n in archive.namelist())
+
+
+def torchscript_state_dict(path: str | Path, what: str = "a TorchScript archive") -> dict[str, torch.Tensor]:
+    """Every tensor attribute of a TorchScript archive's module tree, by dotted name (what
+    ``torch.jit.load(path).state_dict()`` holds, plus any plain tensor attribute), read without
+    compiling or running anything in it."""
+    import io
+    import zipfile
+
+    def walk(obj: Any, prefix: str, out: dict[str, torch.Tensor]) -> None:
+        state = obj.__dict__.get("state") if isinstance(obj, _ScriptRecord) else None
+        if not isinstance(state, dict):
+            return
+        for key, value in state.items():
+            if isinstance(value, torch.Tensor):
+                out[prefix + str(key)] = value
+            elif isinstance(value, _ScriptRecord):
+                walk(value, f"{prefix}{key}.", out)
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            (name,) = [n for n in archive.namelist() if n.endswith("/data.pkl") and n.count("/") == 1]
+            prefix = name[: -len("data.pkl")]
+            root = _ScriptUnpickler(io.BytesIO(archive.read(name)), archive, prefix).load()
+    except pickle.UnpicklingError as exc:
+        raise load_error(path, what, exc) from None
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, RuntimeError) as exc:
+        raise UsageError(f"{path} cannot be read as {what} (truncated or corrupt: {str(exc)[:160]}).") from None
+    state: dict[str, torch.Tensor] = {}
+    walk(root, "", state)
+    if not state:
+        raise UsageError(f"{path} holds no tensors; expected {what}.")
+    return state
+
+
 def _read_torch_file(path: Path) -> dict[str, torch.Tensor]:
     obj = torch_load(path)
     for key in ("ema", "state_dict", "model"):  # common wrappers

@@ -23,13 +23,12 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import zipfile
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hw2cli.errors import RunError, UsageError
-from hw2cli.io.checkpoints import load_error
+from hw2cli.io.checkpoints import is_torchscript, load_error, torchscript_state_dict
 from hw2cli.pretrained.hub import ensure_offline_if_unreachable, unreachable_hint
 from hw2cli.pretrained.tokenizer import write_clip_tokenizer_files
 
@@ -197,13 +196,6 @@ def _looks_like_path(value: str) -> bool:
     return os.sep in value or "/" in value or value.endswith(CHECKPOINT_SUFFIXES) or Path(value).exists()
 
 
-def _is_torchscript(path: Path) -> bool:
-    if not zipfile.is_zipfile(path):
-        return False
-    with zipfile.ZipFile(path) as archive:
-        return any(n.endswith("constants.pkl") or "/code/" in n for n in archive.namelist())
-
-
 def _openai_release_files() -> set[str]:
     import open_clip
 
@@ -314,7 +306,7 @@ def _load_open_clip(
             raise UsageError(f"{{opt:pretrained}} {path} does not exist; pass a .pt, .bin or .safetensors checkpoint.")
         checkpoint = str(path)
         what = str(path)
-        jit = _is_torchscript(path)
+        jit = is_torchscript(path)
         looks_openai = jit or "openai" in path.name.lower() or path.name in _openai_release_files()
         use_quick_gelu = looks_openai if quick_gelu is None else quick_gelu
         weights_id = f"file:{file_identity(path)}"
@@ -349,18 +341,19 @@ def _load_open_clip(
 
 def _load_open_clip_weights(module: Any, checkpoint: Path, what: str, name: str, jit: bool) -> None:
     import open_clip
-    import torch
 
     try:
         if jit:
-            state = torch.jit.load(str(checkpoint), map_location="cpu").state_dict()
-            for key in ("input_resolution", "context_length", "vocab_size"):  # OpenAI's archive metadata
-                state.pop(key, None)
-            expected, buffers = set(module.state_dict()), dict(module.named_buffers())
-            state = {k: v for k, v in state.items() if k in expected or k not in buffers}  # e.g. attn_mask
-            module.load_state_dict(state, strict=True)
+            # read without running it (torch.jit.load would compile and run the archive's code); its
+            # tensor attributes include more than the weights (OpenAI's input_resolution, context_length,
+            # vocab_size, each block's attn_mask), so only the module's own keys are taken, all of them
+            state = torchscript_state_dict(checkpoint, "a CLIP checkpoint")
+            expected = set(module.state_dict())
+            module.load_state_dict({k: v for k, v in state.items() if k in expected}, strict=True)
         else:
             open_clip.load_checkpoint(module, str(checkpoint), strict=True)
+    except UsageError:
+        raise
     except RuntimeError as exc:
         text = str(exc).strip()
         if "loading state_dict" in text or "size mismatch" in text:
