@@ -69,6 +69,11 @@ def error(message: str) -> None:
     err().print(Text.assemble(("Error: ", "bold red"), (message, "red")))
 
 
+def plural(n: int, word: str) -> str:
+    """``1 image``, ``2 images``."""
+    return f"{n:,} {word}{'' if n == 1 else 's'}"
+
+
 def warn(message: str) -> None:
     err().print(Text.assemble(("Warning: ", "yellow"), message))
 

@@ -230,7 +230,7 @@ def sample_command(
             model, digit, names, n, out, sampler=sampler, steps=steps, guidance=guidance,
             seed=current.seed if seed is None else seed, dtype=dtype, clip_x0=clip_x0, on_batch=bar.update,
         )  # fmt: skip
-    ui.result(f"wrote {len(files)} images and {grid} ({model.source})")
+    ui.result(f"wrote {ui.plural(len(files), 'image')} and {grid} ({model.source})")
 
 
 @app.command()
