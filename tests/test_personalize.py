@@ -891,3 +891,105 @@ def test_hw2_3_sh_learns_missing_tokens_from_the_folders_beside_input_json(sd, t
     assert f"no reference images for concept '1' under {ti}" in proc.stderr
     proc = subprocess.run(["bash", str(script), "only-one"], capture_output=True, text=True, env=env)
     assert proc.returncode == 2 and "usage:" in proc.stderr
+
+
+def test_tokens_that_clean_to_one_name_keep_their_own_folders(run_cli, sd, tmp_path, isolated_cache):
+    """<a.b> and <ab> (or two non-ASCII tokens) once wrote one folder, and one trained row was lost."""
+    from safetensors.torch import load_file
+
+    model, refs = sd
+    run = tmp_path / "run"
+    r = run_cli("personalize", "train", "--model", model, "--concept", f"<a.b>={refs / '0'}:dog",
+                "--concept", f"<ab>={refs / '1'}:cat", "--concept", f"<新>={refs / '1'}:cat",
+                "--steps", "1", "--resolution", RES, "--out", run)  # fmt: skip
+    assert r.code == 0, r.err
+    meta = json.loads((run / "embeddings.json").read_text())
+    assert len(set(meta["folders"])) == 3 and "ab" in meta["folders"]
+    for token, folder in zip(meta["tokens"], meta["folders"], strict=True):
+        assert list(load_file(run / folder / "learned_embeds.safetensors")) == [token]
+    r = run_cli("personalize", "generate", "--prompt", "A <a.b> and <ab> and <新>.", tmp_path / "g", "--model", model,
+                "--embeds", run, "--steps", "1", "--resolution", RES, "-n", "1")  # fmt: skip
+    assert r.code == 0, r.err
+    r = run_cli("personalize", "train", "--model", model, "--concept", f"<a/b>={refs / '0'}:dog", "--out", tmp_path)
+    assert r.code == 2 and "not a token name like <new1>" in r.err
+
+
+def test_bad_embeddings_are_one_sentence_each(run_cli, sd, trained, tmp_path, isolated_cache):
+    from safetensors.torch import save_file
+
+    model, _ = sd
+    e = tmp_path / "e"
+    e.mkdir()
+    dim = 32
+    save_file({"<new1>": torch.randn(dim)}, e / "a.safetensors")
+    save_file({"<new1>": torch.randn(dim)}, e / "b.safetensors")
+    save_file({"dog": torch.randn(dim)}, e / "vocab.safetensors")
+    save_file({"<new1>": torch.full((dim,), float("nan"))}, e / "nan.safetensors")
+    save_file({"<new1>": torch.ones(dim, dtype=torch.int32)}, e / "int.safetensors")
+    (e / "nofolders").mkdir()
+    (e / "nofolders" / "embeddings.json").write_text(json.dumps({"tokens": ["<new1>"]}))
+    (e / "strings").mkdir()
+    (e / "strings" / "embeddings.json").write_text(json.dumps({"tokens": "<new1>", "folders": "new1"}))
+    (e / "escape").mkdir()
+    (e / "escape" / "embeddings.json").write_text(json.dumps({"tokens": ["<new1>"], "folders": [".."]}))
+    cases = {
+        ("a.safetensors", "b.safetensors"): "<new1> comes twice",
+        ("a.safetensors", "vocab.safetensors"): "dog is already a word of the tokenizer",
+        ("nan.safetensors",): "is not 32 finite floating-point numbers",
+        ("int.safetensors",): "is not 32 finite floating-point numbers",
+        ("nofolders",): "is not a run's embeddings list",
+        ("strings",): "two lists of strings of the same length",
+        ("escape",): "names the folder '..', which is not a folder of the run",
+    }
+    for files, message in cases.items():
+        embeds = [a for f in files for a in ("--embeds", e / f)]
+        r = run_cli("personalize", "generate", "--prompt", "A <new1>.", tmp_path / "g", "--model", model, *embeds,
+                    "--steps", "1", "--resolution", RES, "-n", "1")  # fmt: skip
+        assert r.code == 2 and message in r.err and "unexpected" not in r.err, (files, r.err)
+
+
+def test_a_model_path_that_does_not_exist_is_a_usage_error(run_cli, trained, tmp_path, isolated_cache):
+    for missing in ("/nonexistent/sd", "./models/sd", "sd-v1-4"):
+        r = run_cli("personalize", "generate", "--prompt", "a dog", tmp_path / "g", "--model", missing)
+        assert r.code == 2 and f"the model {missing} does not exist" in r.err, r.err
+
+
+def test_the_grader_names_its_own_clip_option_offline(run_cli, generated, sd, tmp_path, isolated_cache, monkeypatch):
+    out, input_json = generated
+    _, refs = sd
+    monkeypatch.setenv("HW2_OFFLINE", "1")
+    r = run_cli("personalize", "eval", out, "--json", input_json, "--refs", refs)
+    assert r.code == 1 and "--clip-model" in r.err and "--model" not in r.err.replace("--clip-model", "")
+
+
+def test_a_learned_token_past_the_text_encoders_length_is_named(run_cli, sd, trained, tmp_path, isolated_cache):
+    model, _ = sd
+    long = " ".join(["word"] * 90) + " <new1>."
+    r = run_cli("personalize", "generate", "--prompt", long, tmp_path / "g", "--model", model, "--embeds", trained,
+                "--steps", "1", "--resolution", RES, "-n", "1")  # fmt: skip
+    assert r.code == 0, r.err
+    assert "longer than the text encoder's 77 tokens, so <new1> falls beyond the end" in r.err
+    r = run_cli("personalize", "generate", "--prompt", "A <new1>.", tmp_path / "h", "--model", model, "--embeds",
+                trained, "--steps", "1", "--resolution", RES, "-n", "1")  # fmt: skip
+    assert r.code == 0 and "beyond the end" not in r.err
+
+
+def test_reference_folders_may_be_symlinks_and_may_live_in_the_data_root(run_cli, sd, tmp_path, isolated_cache):
+    """A cluster links its data folders; a private input.json may sit apart from hw2_data."""
+    model, refs = sd
+    linked = tmp_path / "linked"
+    linked.mkdir()
+    for key in ("0", "1"):
+        (linked / key).symlink_to(refs / key, target_is_directory=True)
+    elsewhere = tmp_path / "private"
+    elsewhere.mkdir()
+    input_json = public_input_json(elsewhere)
+    data_root = tmp_path / "hw2_data"
+    data_root.mkdir()
+    (data_root / "textual_inversion").symlink_to(linked, target_is_directory=True)
+    common = ["--model", model, "--train-missing", "--train-steps", "1", "--resolution", RES, "--steps", "1"]
+    r = run_cli("--data-root", data_root, "personalize", "generate", input_json, tmp_path / "out", *common)
+    assert r.code == 0, r.err
+    assert f"from {data_root / 'textual_inversion' / '0'}" in r.err
+    r = run_cli("personalize", "generate", input_json, tmp_path / "o2", *common)
+    assert r.code == 2 and "does not hold them either (pass --refs" in r.err

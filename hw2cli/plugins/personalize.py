@@ -165,7 +165,7 @@ def generate(
     sources = list(embeds or [])
     if train_missing and entries is not None:
         sources = _train_missing(
-            entries, sources, model=model, refs=refs or input_json.parent, steps=train_steps,
+            entries, sources, model=model, refs=[refs] if refs else _default_refs(input_json), steps=train_steps,
             resolution=resolution, device=device, current=current,
         )  # fmt: skip
     with ui.progress("generate", None) as bar:
@@ -178,19 +178,29 @@ def generate(
         result = generate(
             model, out, device=device, dtype=dtype, weights_dir=current.weights_dir, offline=current.offline,
             entries=entries, prompt=prompt, embeddings=sources, n=n, steps=steps, guidance=guidance,
-            sampler=sampler, seed=seed, batch=batch, resolution=resolution, resume=resume, note=ui.info,
+            sampler=sampler, seed=seed, batch=batch, resolution=resolution, resume=resume, note=ui.info, warn=ui.warn,
             on_start=started, on_batch=bar.update,
         )  # fmt: skip
     kept = f"; kept {result['reused']} finished by an earlier run" if result["reused"] else ""
     where = f"to {out}" if prompt is not None else f"under {out}"
-    ui.result(f"wrote {result['written']} images {where}{kept}")
+    ui.result(f"wrote {ui.plural(result['written'], 'image')} {where}{kept}")
+
+
+def _default_refs(input_json: Path) -> list[Path]:
+    """Where the reference folders are looked for: beside the input.json, then the homework's
+    DATA_ROOT/textual_inversion (a private input.json may be kept elsewhere)."""
+    from hw2cli import settings
+
+    return list(dict.fromkeys([input_json.parent, settings.get().data_root / "textual_inversion"]))
 
 
 def _train_missing(
-    entries: dict, sources: list[Path], *, model: str, refs: Path, steps: int, resolution: int | None, device, current
-) -> list[Path]:
+    entries: dict, sources: list[Path], *, model: str, refs: list[Path], steps: int, resolution: int | None, device,
+    current,
+) -> list[Path]:  # fmt: skip
     """``sources`` plus the run that learns the tokens none of them provides (trained now, or
-    found finished, or continued)."""
+    found finished, or continued); the first of ``refs`` that holds every concept's folder serves."""
+    from hw2cli.errors import UsageError
     from hw2cli.tasks.personalize import auto
     from hw2cli.tasks.personalize.generate import embedding_sources
 
@@ -198,17 +208,28 @@ def _train_missing(
     sources, missing = embedding_sources(prompts, sources)
     if not missing:
         return sources
-    plan = auto.plan_training(
-        model, entries, missing, refs, weights_dir=current.weights_dir, steps_per_concept=steps,
-        resolution=resolution, seed=current.seed,
-    )  # fmt: skip
+    failures: list[UsageError] = []
+    for folder in refs:
+        try:
+            plan = auto.plan_training(
+                model, entries, missing, folder, weights_dir=current.weights_dir, steps_per_concept=steps,
+                resolution=resolution, seed=current.seed,
+            )  # fmt: skip
+            break
+        except UsageError as exc:
+            failures.append(exc)
+    else:
+        if len(failures) == 1:
+            raise failures[0]
+        first = str(failures[0].args[0]).rstrip(".")
+        raise UsageError(f"{first}; {refs[-1]} does not hold them either (pass {{opt:refs}} with the folder).")
     if auto.finished(plan):
         ui.info(f"using {', '.join(missing)} learned by an earlier run ({plan.out})")
     else:
+        slow = " (hours on a CPU)" if device.type == "cpu" and plan.opts.steps >= 100 else ""
         ui.info(
             f"no embeddings for {', '.join(missing)}: learning {plan.describe()}; {plan.opts.steps} steps "
-            f"on {device.type}{' (hours on a CPU)' if device.type == 'cpu' else ''}, kept in {plan.out} "
-            "(an interrupted run continues)"
+            f"on {device.type}{slow}, kept in {plan.out} (an interrupted run continues)"
         )
         with ui.progress("textual inversion", None) as bar:
             auto.train_planned(
@@ -249,7 +270,12 @@ def eval_command(
         ui.warn(f"{folder}: skipped {len(ignored)} non-image file(s) ({', '.join(p.name for p in ignored[:3])}).")
     device, _ = runtime.setup()
     current = settings.get()
-    clip = load_clip(clip_model, None, "transformers", device, current.weights_dir, offline=current.offline)
+    from hw2cli.errors import HW2Error
+
+    try:
+        clip = load_clip(clip_model, None, "transformers", device, current.weights_dir, offline=current.offline)
+    except HW2Error as exc:  # the loader names its model parameter; here that is --clip-model
+        raise type(exc)(str(exc.args[0]).replace("{opt:model}", "{opt:clip_model}")) from exc.__cause__
     scores = grade(out, input_json, refs, clip, preprocess=preprocess)
     if as_json:
         ui.print_json(

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import struct
 from collections.abc import Callable, Iterable
@@ -228,6 +229,10 @@ def pipeline_arguments(dtype: torch.dtype) -> dict[str, Any]:
     return {"safety_checker": None, "requires_safety_checker": False, **_dtype_kwarg(dtype)}
 
 
+# owner/name on the Hub: one slash, neither part a path step ("/abs", "./x", "a/../b" are paths)
+HUB_ID_RE = re.compile(r"(?!\.)[\w.-]+/(?!\.)[\w.-]+")
+
+
 def load_pipeline(
     model: str | Path,
     *,
@@ -259,7 +264,12 @@ def load_pipeline(
             pipe = StableDiffusionPipeline.from_single_file(
                 str(weights), config=str(sd_config_dir(cache)), local_files_only=True, **common
             )
-        elif "/" in str(model) and not path.exists():
+        elif not path.exists() and not HUB_ID_RE.fullmatch(str(model)):
+            raise UsageError(
+                f"the model {model} does not exist; pass the homework's sd-v1-4.ckpt, a diffusers folder or a Hub "
+                "id (like CompVis/stable-diffusion-v1-4)."
+            )
+        elif not path.exists():
             offline = ensure_offline_if_unreachable(offline)
             try:
                 pipe = StableDiffusionPipeline.from_pretrained(
@@ -270,8 +280,8 @@ def load_pipeline(
                 if offline and not os.environ.get("HW2_OFFLINE"):
                     reason = unreachable_hint()
                 raise RunError(
-                    f"{model} is not in the weights cache and {reason}; pass a local sd-v1-4.ckpt or a "
-                    "diffusers folder instead."
+                    f"{model} is no folder here, and as a Hub id it is not in the weights cache and {reason}; pass "
+                    "a local sd-v1-4.ckpt or a diffusers folder instead."
                 ) from None
         else:
             raise UsageError(

@@ -228,15 +228,20 @@ class PromptScore:
 
 
 def reference_folder(refs: Path, key: str, entry: dict[str, Any]) -> Path:
-    """``refs/<key>``, or ``refs/<src_image>`` (never a folder outside ``refs``)."""
+    """``refs/<key>``, or ``refs/<src_image>``: a name under ``refs`` (no ``..``, not absolute); a
+    symlinked folder is fine, since it is only read (clusters link their data folders)."""
     if not refs.is_dir():
         raise UsageError(f"the reference folder {refs} does not exist; pass hw2_data/textual_inversion.")
-    root = refs.resolve()
-    for name in (key, str(entry.get("src_image") or "")):
+    looked = []
+    for name in dict.fromkeys((key, str(entry.get("src_image") or ""))):
+        parts = Path(name).parts
+        if not name or Path(name).is_absolute() or ".." in parts:
+            continue
         candidate = refs / name
-        if name and candidate.is_dir() and (candidate.resolve() == root or root in candidate.resolve().parents):
+        looked.append(str(candidate))
+        if candidate.is_dir():
             return candidate
-    raise UsageError(f"no reference images for concept {key!r} under {refs} (looked for {refs / key}).")
+    raise UsageError(f"no reference images for concept {key!r} under {refs} (looked for {' and '.join(looked)}).")
 
 
 def list_images(folder: Path) -> list[Path]:

@@ -68,10 +68,9 @@ def provided_tokens(sources: Sequence[str | Path]) -> set[str]:
     for source in sources:
         path = Path(source)
         if path.is_dir() and (path / "embeddings.json").is_file():
-            try:
-                tokens.update(json.loads((path / "embeddings.json").read_text())["tokens"])
-            except (OSError, ValueError, KeyError, TypeError) as exc:
-                raise UsageError(f"{path / 'embeddings.json'} is not a run's embeddings list: {exc}.") from None
+            from hw2cli.tasks.personalize.concepts import run_listing
+
+            tokens.update(run_listing(path)[0])
             continue
         file = path / "learned_embeds.safetensors" if path.is_dir() else path
         try:

@@ -58,12 +58,18 @@ class Concept:
 
 def parse_concept(spec: str) -> Concept:
     """``<new1>=path/to/images:initword[:object|style]`` (kind defaults by the init word)."""
+    from hw2cli.data.prompts import check_token_name
+
     token, sep, rest = spec.partition("=")
     token = token.strip()
     if not sep or not TOKEN_RE.fullmatch(token):
         raise UsageError(
             f"{{opt:concept}} {spec!r} must look like '<new1>=path/to/images:dog' (token in angle brackets)."
         )
+    try:
+        check_token_name(token)  # the input.json rule: a token becomes a folder name
+    except ValueError as exc:
+        raise UsageError(f"{{opt:concept}}: {exc}.") from None
     parts = rest.rsplit(":", 2)
     kind = None
     if len(parts) == 3 and parts[2] in ("object", "style"):
@@ -129,7 +135,15 @@ def save_embeddings(rows: torch.Tensor, tokens: Sequence[str], out: Path) -> lis
 
 
 def slug(token: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_-]+", "", token) or "token"
+    """The folder name of a token's embeddings: ``<new1>`` → ``new1``; a token with other
+    characters (``<a.b>``, ``<新>``) gets a hash of itself too, so two tokens never share one."""
+    inner = token[1:-1] if token.startswith("<") and token.endswith(">") else token
+    plain = re.sub(r"[^A-Za-z0-9_-]+", "", inner)
+    if plain and plain == inner:
+        return plain
+    import hashlib
+
+    return f"{plain or 'token'}-{hashlib.sha256(token.encode()).hexdigest()[:8]}"
 
 
 def load_embeddings(pipe: Any, sources: Sequence[str | Path]) -> list[str]:
@@ -137,15 +151,15 @@ def load_embeddings(pipe: Any, sources: Sequence[str | Path]) -> list[str]:
     file with one or more ``{token: tensor}`` entries. Custom Diffusion runs also restore their K/V."""
     from safetensors.torch import load_file
 
-    loaded: list[str] = []
+    loaded: dict[str, Path] = {}
+    vocab = pipe.tokenizer.get_vocab()
     for source in sources:
         path = Path(source)
         if not path.exists():
             raise UsageError(f"{{opt:embeds}} {path} does not exist.")
         files: list[Path]
         if path.is_dir() and (path / "embeddings.json").exists():
-            meta = json.loads((path / "embeddings.json").read_text())
-            files = [path / f / "learned_embeds.safetensors" for f in meta["folders"]]
+            files = [path / f / "learned_embeds.safetensors" for f in run_listing(path)[1]]
             kv = path / "custom_diffusion.safetensors"
             if kv.exists():
                 state = load_file(kv)
@@ -169,9 +183,33 @@ def load_embeddings(pipe: Any, sources: Sequence[str | Path]) -> list[str]:
                 dim = pipe.text_encoder.get_input_embeddings().weight.shape[1]
                 if emb.reshape(-1).shape[0] != dim:
                     raise UsageError(f"{file}: {token} has {emb.numel()} values but this text encoder needs {dim}.")
-                pipe.load_textual_inversion({token: emb.reshape(-1)}, token=token)
-                loaded.append(token)
-    return loaded
+                if not emb.is_floating_point() or not torch.isfinite(emb).all():
+                    raise UsageError(f"{file}: {token} is not {dim} finite floating-point numbers.")
+                if token in loaded:
+                    raise UsageError(f"{token} comes twice, from {loaded[token]} and from {file}; give it once.")
+                if token in vocab:
+                    raise UsageError(f"{file}: {token} is already a word of the tokenizer; a learned token is new.")
+                pipe.load_textual_inversion({token: emb.reshape(-1).float()}, token=token)
+                loaded[token] = file
+    return list(loaded)
+
+
+def run_listing(folder: Path) -> tuple[list[str], list[str]]:
+    """A run folder's ``embeddings.json``: its tokens and their folders (lists of strings, one
+    folder per token, each inside the run folder), or one sentence saying what is wrong."""
+    listing = folder / "embeddings.json"
+    try:
+        meta = json.loads(listing.read_text())
+        tokens, folders = meta["tokens"], meta["folders"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise UsageError(f"{listing} is not a run's embeddings list ({type(exc).__name__}: {exc}).") from None
+    strings = all(isinstance(v, list) and all(isinstance(x, str) for x in v) for v in (tokens, folders))
+    if not strings or len(tokens) != len(folders):
+        raise UsageError(f"{listing} must hold 'tokens' and 'folders', two lists of strings of the same length.")
+    for name in folders:
+        if not name or Path(name).name != name or name in (".", ".."):
+            raise UsageError(f"{listing} names the folder {name!r}, which is not a folder of the run.")
+    return tokens, folders
 
 
 def check_prompt_tokens(pipe: Any, prompts: Sequence[str]) -> None:

@@ -17,7 +17,7 @@ import torch
 from hw2cli.errors import RunError, UsageError
 from hw2cli.io.atomic import confine, inside, remove_stale_temporaries, save_image
 from hw2cli.io.manifest import prepare_outputs
-from hw2cli.tasks.personalize.concepts import check_prompt_tokens, slug
+from hw2cli.tasks.personalize.concepts import check_prompt_tokens
 
 
 def set_sampler(pipe: Any, sampler: str) -> None:
@@ -73,7 +73,15 @@ def generate_images(pipe: Any, prompt: str, n: int, **kwargs: Any) -> list[Any]:
 
 
 def prompt_file_stem(prompt: str) -> str:
-    return slug(prompt.replace(" ", "_"))[:60] or "prompt"
+    """The prompt's words as a file name; a long prompt is cut with a hash of the whole, so two
+    prompts that differ only late never share a name."""
+    import hashlib
+    import re
+
+    stem = re.sub(r"[^A-Za-z0-9_-]+", "", prompt.replace(" ", "_")) or "prompt"
+    if len(stem) <= 60:
+        return stem
+    return f"{stem[:51]}-{hashlib.sha256(prompt.encode()).hexdigest()[:8]}"
 
 
 def generate_prompt(pipe: Any, prompt: str, n: int, out: Path, **kwargs: Any) -> list[Path]:
@@ -169,6 +177,24 @@ def generate_graded(
     return {"written": written, "reused": len(done)}
 
 
+def cut_tokens(pipe: Any, prompts: Sequence[str]) -> list[tuple[str, list[str]]]:
+    """The prompts whose learned ``<tokens>`` lie past the text encoder's length (the pipeline cuts
+    them off, so the images never see them), with those tokens."""
+    from hw2cli.tasks.personalize.concepts import prompt_tokens
+
+    tokenizer = pipe.tokenizer
+    limit = min(tokenizer.model_max_length, pipe.text_encoder.config.max_position_embeddings)
+    found = []
+    for text in prompts:
+        wanted = prompt_tokens([text])
+        ids = tokenizer(text, truncation=False).input_ids
+        kept = set(tokenizer.convert_ids_to_tokens(ids[: limit - 1]))  # the last place is the end token
+        lost = [t for t in wanted if t not in kept]
+        if lost:
+            found.append((text, lost))
+    return found
+
+
 def embedding_sources(prompts: Sequence[str], embeddings: Sequence[str | Path] | None) -> tuple[list[Path], list[str]]:
     """The embeddings to load for ``prompts`` (the given ones, else the shipped ones where the
     prompts use a ``<token>``) and the tokens the prompts use that none of them provides."""
@@ -211,6 +237,7 @@ def generate(
     resolution: int | None = None,
     resume: bool = True,
     note: Callable[[str], None] | None = None,
+    warn: Callable[[str], None] | None = None,
     on_start: Callable[[int, list[str]], None] | None = None,
     on_batch: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
@@ -240,6 +267,13 @@ def generate(
     pipe = load_pipeline(model, device=device, dtype=dtype, cache=weights_dir, offline=offline, note=note)
     tokens = load_embeddings(pipe, sources)
     check_prompt_tokens(pipe, prompts)
+    warn = warn or note
+    for text, lost in cut_tokens(pipe, prompts):
+        if warn is not None:
+            warn(
+                f"the prompt {text[:60]!r}… is longer than the text encoder's "
+                f"{pipe.tokenizer.model_max_length} tokens, so {', '.join(lost)} falls beyond the end and is ignored."
+            )
     set_sampler(pipe, sampler)
     total = n if prompt is not None else sum(len(e["prompt"]) for e in entries.values()) * 25  # type: ignore[union-attr]
     if on_start is not None:
@@ -255,5 +289,5 @@ def generate(
         "embeddings": [fingerprint(s) for s in sources],
     }
     result = generate_graded(pipe, entries, out, identity=identity, state_dir=weights_dir, resume=resume,  # type: ignore[arg-type]
-                             on_batch=on_batch, note=note, **common)  # fmt: skip
+                             on_batch=on_batch, note=warn, **common)  # fmt: skip
     return {**result, "paths": []}
