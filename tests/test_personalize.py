@@ -825,6 +825,7 @@ def test_train_missing_learns_the_tokens_once_continues_after_an_interruption_an
     r = run_cli(*args)
     monkeypatch.setattr(UNet2DConditionModel, "forward", forward)
     assert r.code == 130, r.err
+    assert "Run the same command again to continue." in r.err and "--resume" not in r.err
     assert "learning <new1> (object" in r.err and "<new2> (style" in r.err and "'David Revoy'" in r.err
     (run,) = (tmp_path / "cache" / "personalize").iterdir()
     assert saved_step(run) == 3 and not (tmp_path / "out" / "0").exists()
@@ -993,3 +994,17 @@ def test_reference_folders_may_be_symlinks_and_may_live_in_the_data_root(run_cli
     assert f"from {data_root / 'textual_inversion' / '0'}" in r.err
     r = run_cli("personalize", "generate", input_json, tmp_path / "o2", *common)
     assert r.code == 2 and "does not hold them either (pass --refs" in r.err
+
+
+def test_folders_where_files_belong_are_named_as_folders(run_cli, sd, trained, tmp_path, isolated_cache):
+    model, _ = sd
+    (tmp_path / "input.json").mkdir()
+    r = run_cli("personalize", "generate", tmp_path / "input.json", tmp_path / "o", "--model", model)
+    assert r.code == 2 and "is a folder; pass the homework's input.json file" in r.err
+    out = tmp_path / "out"
+    (out / "0" / "0").mkdir(parents=True)
+    (out / "0" / "0" / "notes.txt").write_text("x")
+    (tmp_path / "j").mkdir()
+    input_json = public_input_json(tmp_path / "j")
+    r = run_cli("personalize", "generate", input_json, out, "--model", model, "--embeds", trained)
+    assert r.code == 2 and "already holds notes.txt;" in r.err  # one stray file: no "(and 0 more)"

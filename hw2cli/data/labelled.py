@@ -55,6 +55,8 @@ def find_labels_file(data: Path) -> Path | None:
 
 def read_id2label(path: Path) -> dict[str, str]:
     """``{"<classid>": "<class name>"}``, in class-id order when the ids are whole numbers."""
+    if path.is_dir():
+        raise UsageError(f"{{opt:labels}} {path} is a folder; pass the homework's {LABELS_FILE} file.")
     if not path.is_file():
         raise UsageError(f"{{opt:labels}} {path} does not exist; pass the homework's {LABELS_FILE}.")
     try:

@@ -106,6 +106,10 @@ def read_input_json(path: str | Path, *, need_eval: bool = False) -> dict[str, d
     """The homework's input.json, validated once: concept keys are names, token names are tokens,
     ``prompt`` (and ``prompt_4_clip_eval`` / ``baseline``) are lists of one entry per prompt."""
     path = Path(path)
+    if path.is_dir():
+        raise UsageError(
+            f"{path} is a folder; pass the homework's input.json file (hw2_data/textual_inversion/input.json)."
+        )
     if not path.is_file():
         raise UsageError(f"{path} does not exist; pass the homework's input.json.")
     try:

@@ -274,3 +274,8 @@ def save_safetensors(
     with atomic_path(path, fsync=True) as tmp:
         save_file(contiguous, str(tmp), metadata=dict(metadata) if metadata else None)
     return Path(path)
+
+
+def listed(names: list[str]) -> str:
+    """``a.png``, ``a.png (and 3 more)``: the first of some file names, and how many follow."""
+    return names[0] + (f" (and {len(names) - 1:,} more)" if len(names) > 1 else "")

@@ -231,12 +231,22 @@ def _train_missing(
             f"no embeddings for {', '.join(missing)}: learning {plan.describe()}; {plan.opts.steps} steps "
             f"on {device.type}{slow}, kept in {plan.out} (an interrupted run continues)"
         )
+        from hw2cli.tasks.training import TrainingInterrupted
+
         with ui.progress("textual inversion", None) as bar:
-            auto.train_planned(
-                plan, device=device, offline=current.offline, note=ui.info,
-                on_start=lambda first, total: bar.reset(total, first),
-                on_step=lambda step, metrics: bar.update(1, **metrics),
-            )  # fmt: skip
+            try:
+                auto.train_planned(
+                    plan, device=device, offline=current.offline, note=ui.info,
+                    on_start=lambda first, total: bar.reset(total, first),
+                    on_step=lambda step, metrics: bar.update(1, **metrics),
+                )  # fmt: skip
+            except TrainingInterrupted as exc:  # the trainer's advice (add --resume) is not this command's
+                text = str(exc.args[0]).replace(
+                    "Continue with the same command and {opt:resume}.", "Run the same command again to continue."
+                )
+                raise TrainingInterrupted(
+                    text.replace("{opt:resume} continues", "the same command continues")
+                ) from None
     return [*sources, plan.out]
 
 

@@ -25,6 +25,7 @@ from hw2cli.io.atomic import (
     check_output_file,
     check_output_folder,
     confine,
+    listed,
     remove_stale_temporaries,
     save_image,
     save_safetensors,
@@ -398,7 +399,7 @@ def graded_sample(
         stray = sorted(p.name for p in out.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p not in set(files))
         if stray:  # the grader pairs OUT/<name>.png with GT/<name>.png: an old image would pass for a new one
             raise UsageError(
-                f"{out} already holds {stray[0]} (and {len(stray) - 1} more), which this run does not make (its noise "
+                f"{out} already holds {listed(stray)}, which this run does not make (its noise "
                 "folder has no such .pt); use an empty output folder or remove them."
             )
     source = open_source(spec, device, dtype)

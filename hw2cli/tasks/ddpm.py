@@ -13,7 +13,7 @@ import torch
 from hw2cli.data import DATASETS
 from hw2cli.diffusion import guided_eps, sample
 from hw2cli.errors import RunError, UsageError
-from hw2cli.io.atomic import check_output_folder, confine, remove_stale_temporaries, save_image
+from hw2cli.io.atomic import check_output_folder, confine, listed, remove_stale_temporaries, save_image
 from hw2cli.io.checkpoints import DigitModel
 from hw2cli.io.images import labelled_grid, to_uint8
 from hw2cli.io.manifest import fingerprint, prepare_outputs
@@ -199,7 +199,7 @@ def generate_graded(
             stray = sorted(p.name for p in folder.iterdir() if p.name not in set(names))
             if stray:
                 raise UsageError(
-                    f"{folder} already holds {stray[0]} (and {len(stray) - 1} more); the grader reads every file "
+                    f"{folder} already holds {listed(stray)}; the grader reads every file "
                     "there, so use an empty output folder."
                 )
     digits = [int(n[0]) for n in names]

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from hw2cli.errors import RunError, UsageError
-from hw2cli.io.atomic import confine, inside, remove_stale_temporaries, save_image
+from hw2cli.io.atomic import confine, inside, listed, remove_stale_temporaries, save_image
 from hw2cli.io.manifest import prepare_outputs
 from hw2cli.tasks.personalize.concepts import check_prompt_tokens
 
@@ -137,7 +137,7 @@ def generate_graded(
             stray = sorted(p.name for p in folder.iterdir() if p not in set(paths))
             if stray:
                 raise UsageError(
-                    f"{folder} already holds {stray[0]} (and {len(stray) - 1} more); the grader needs exactly "
+                    f"{folder} already holds {listed(stray)}; the grader needs exactly "
                     f"{per_prompt} images there, so use an empty output folder."
                 )
     settings = {
