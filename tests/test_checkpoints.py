@@ -190,3 +190,31 @@ def test_a_torchscript_archive_is_read_without_running_its_code(tmp_path, capfd)
     (tmp_path / "cut.pt").write_bytes((tmp_path / "evil.pt").read_bytes()[:300])
     with pytest.raises(UsageError, match="cannot be read"):
         torchscript_state_dict(tmp_path / "cut.pt")
+
+
+class _Smuggled:
+    def __reduce__(self):
+        import os
+
+        return (os.system, ("echo the file ran",))
+
+
+@pytest.mark.parametrize("protocol", [2, 4])
+def test_a_raw_pickle_that_would_run_code_is_named_and_refused_quietly(tmp_path, protocol):
+    """torch's weights-only unpickler stops at a protocol-4 frame before it sees the import, and
+    warns about the protocol; the sentence still names what the file would have run."""
+    import pickle
+    import warnings
+
+    from hw2cli.io.checkpoints import torch_load
+    from hw2cli.tasks.training import check_state_files
+
+    path = tmp_path / "random_states_0.pkl"
+    path.write_bytes(pickle.dumps({"rng": _Smuggled()}, protocol=protocol))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(UsageError, match=r"holds Python objects \((posix|nt)\.system\)"):
+            torch_load(path)
+        with pytest.raises(UsageError, match=r"holds Python objects \((posix|nt)\.system\)"):
+            check_state_files(tmp_path)
+    assert not [w for w in caught if "pickle protocol" in str(w.message)]

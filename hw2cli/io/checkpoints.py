@@ -10,9 +10,12 @@ their shapes.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import pickle
 import re
+import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -120,15 +123,50 @@ def load_state_into(module: nn.Module, state: dict[str, torch.Tensor], source: s
 _GLOBAL_RE = re.compile(r"unsupported (?:global: )?GLOBAL ([\w.]+)", re.IGNORECASE)
 
 
+_TENSOR_GLOBALS = ("torch.", "collections.OrderedDict", "numpy.", "builtins.set")
+
+
+def pickled_globals(path: str | Path, limit: int = 1 << 26) -> list[str]:
+    """The ``module.name`` globals a raw pickle file imports, read with :mod:`pickletools` (which
+    runs nothing): what the weights-only unpickler cannot name when it stops earlier, e.g. at a
+    protocol-4 frame. Empty for a zip archive or anything unreadable."""
+    import pickletools
+    import zipfile
+
+    try:
+        if zipfile.is_zipfile(path):
+            return []
+        with open(path, "rb") as fh:
+            data = fh.read(limit)
+    except OSError:
+        return []
+    names: list[str] = []
+    strings: list[str] = []
+    try:
+        for opcode, arg, _ in pickletools.genops(data):
+            if opcode.name == "GLOBAL":
+                names.append(str(arg).replace(" ", "."))
+            elif opcode.name == "STACK_GLOBAL" and len(strings) >= 2:
+                names.append(f"{strings[-2]}.{strings[-1]}")
+            elif isinstance(arg, str):
+                strings.append(arg)
+    except Exception:  # truncated or not a pickle: what was read so far
+        pass
+    return names
+
+
 def load_error(path: str | Path, what: str, exc: BaseException) -> UsageError:
     """One sentence for a file ``torch.load(weights_only=True)`` (or safetensors) could not read:
     refused Python objects, or a truncated/corrupt file. Never PyTorch's advice to turn the
     protection off."""
     text = str(exc).strip()
     found = _GLOBAL_RE.search(text)
-    if isinstance(exc, pickle.UnpicklingError) and found:
+    imported = found.group(1) if found else None
+    if isinstance(exc, pickle.UnpicklingError) and imported is None:
+        imported = next((g for g in pickled_globals(path) if not g.startswith(_TENSOR_GLOBALS)), None)
+    if isinstance(exc, pickle.UnpicklingError) and imported:
         return UsageError(
-            f"{path} is not {what}: it holds Python objects ({found.group(1)}) that loading would have to run, so "
+            f"{path} is not {what}: it holds Python objects ({imported}) that loading would have to run, so "
             "it was refused without running them."
         )
     detail = text.splitlines()[0] if text else type(exc).__name__
@@ -136,11 +174,20 @@ def load_error(path: str | Path, what: str, exc: BaseException) -> UsageError:
     return UsageError(f"{path} cannot be read as {what} (truncated or corrupt: {detail[:160]}).")
 
 
+@contextlib.contextmanager
+def quiet_pickle_protocol() -> Iterator[None]:
+    """Silence torch's "Detected pickle protocol N" warning: the file is refused in one sentence."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Detected pickle protocol")
+        yield
+
+
 def torch_load(path: str | Path, what: str = "a PyTorch checkpoint") -> Any:
     """``torch.load`` with ``weights_only=True`` onto the CPU; a file it cannot read is one clear
     error naming the file and what it should have been."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with quiet_pickle_protocol():
+            return torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise UsageError(f"{path} does not exist; expected {what}.") from None
     except IsADirectoryError:

@@ -166,12 +166,12 @@ def check_state_files(folder: Path) -> dict[str, Any]:
     (accelerate would print PyTorch's advice, or silently skip it); return ``hw2_state.json``."""
     from accelerate.utils.other import TORCH_SAFE_GLOBALS
 
-    from hw2cli.io.checkpoints import load_error
+    from hw2cli.io.checkpoints import load_error, quiet_pickle_protocol
 
     for file in sorted(folder.iterdir()):
         if file.suffix in (".bin", ".pkl", ".pt"):
             try:
-                with torch.serialization.safe_globals(TORCH_SAFE_GLOBALS):
+                with torch.serialization.safe_globals(TORCH_SAFE_GLOBALS), quiet_pickle_protocol():
                     torch.load(file, map_location="cpu", weights_only=True)
             except Exception as exc:
                 raise UsageError(
