@@ -187,6 +187,25 @@ def test_eval_matches_the_grader_pipeline(run_cli, checkpoint, tmp_path):
     assert "mean accuracy" in table.out
 
 
+def test_eval_names_what_the_homework_grader_would_trip_on(run_cli, tmp_path):
+    """A note beside the images (the grader opens every file), a digit missing, too few of another."""
+    out = tmp_path / "gen"
+    for d in ("mnistm", "svhn"):
+        (out / d).mkdir(parents=True)
+        for digit in range(9):  # no 9s
+            for i in range(1, 51 if digit else 3):  # two 0s
+                Image.fromarray(np.full((28, 28, 3), 20 * digit, np.uint8)).save(out / d / f"{digit}_{i:03d}.png")
+    (out / "mnistm" / "notes.txt").write_text("my notes")
+    r = run_cli("ddpm", "eval", out, "--json")
+    assert r.code == 0, r.err
+    problems = json.loads(r.out)["problems"]
+    assert f"{out / 'mnistm'} also holds notes.txt, not images" in problems[0]
+    assert problems[1] == f"{out / 'mnistm'} should hold 50 images of each digit; it has 0: 2, 9: 0."
+    assert len(problems) == 3 and "Warning: " in r.err
+    table = run_cli("ddpm", "eval", out)
+    assert "nan" not in table.out and "–" in table.out
+
+
 def test_eval_errors(run_cli, tmp_path):
     (tmp_path / "mnistm").mkdir()
     Image.fromarray(np.zeros((28, 28, 3), np.uint8)).save(tmp_path / "mnistm" / "x_001.png")

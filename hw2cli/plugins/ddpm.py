@@ -390,10 +390,14 @@ def eval_command(
     device, _ = runtime.setup()
     result = evaluate_generated(out, device, {"mnistm": mnistm_checkpoint, "svhn": svhn_checkpoint})
     scores = result["scores"]
+    problems = [p for name, s in scores.items() for p in s.problems(out / name)]
+    for problem in problems:
+        ui.warn(problem)
     if as_json:
         ui.print_json(
             {
                 "mean_accuracy": result["mean_accuracy"],
+                "problems": problems,
                 **{
                     name: {
                         "accuracy": s.accuracy,
@@ -406,7 +410,8 @@ def eval_command(
             }
         )
         return
-    rows = [[str(d)] + [f"{scores[n].per_digit.get(d, float('nan')):.1%}" for n in scores] for d in range(10)]
+    rows = [[str(d)] + [f"{scores[n].per_digit[d]:.1%}" if d in scores[n].per_digit else "–" for n in scores]
+            for d in range(10)]  # fmt: skip
     rows.append(["all"] + [f"{s.accuracy:.2%}" for s in scores.values()])
     ui.print_table(["digit", *scores], rows, title="P1 accuracy")
     ui.result(f"mean accuracy {result['mean_accuracy']:.2%}")

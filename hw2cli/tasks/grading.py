@@ -23,6 +23,7 @@ import torch
 from hw2cli.data import IMAGE_SUFFIXES
 from hw2cli.data.prompts import read_input_json
 from hw2cli.errors import RunError, UsageError
+from hw2cli.io.atomic import listed
 from hw2cli.io.checkpoints import load_error, load_state_into, torch_load
 from hw2cli.io.images import load_rgb
 from hw2cli.models.classifiers import ARCHITECTURES, build_classifier
@@ -145,6 +146,22 @@ class FolderScore:
     per_digit: dict[int, float]
     count: int
     classifier: str
+    per_digit_count: dict[int, int] = field(default_factory=dict)
+    not_images: list[str] = field(default_factory=list)  # files the homework's grader would also try to open
+
+    def problems(self, folder: Path, per_digit: int = 50) -> list[str]:
+        """What the homework's grader would trip on or count differently, one sentence each."""
+        found = []
+        if self.not_images:
+            found.append(
+                f"{folder} also holds {listed(self.not_images)}, not images: the homework's grader opens every file "
+                "there, so it would fail."
+            )
+        counts = {d: self.per_digit_count.get(d, 0) for d in range(10)}
+        off = [f"{d}: {n}" for d, n in counts.items() if n != per_digit]
+        if off:
+            found.append(f"{folder} should hold {per_digit} images of each digit; it has {', '.join(off)}.")
+        return found
 
 
 def score_folder(
@@ -154,7 +171,10 @@ def score_folder(
     pred = predict(model, images, device)
     correct = pred == labels
     per_digit = {d: float(correct[labels == d].float().mean()) for d in range(10) if (labels == d).any()}
-    return FolderScore(dataset, float(correct.float().mean()), per_digit, int(labels.numel()), description)
+    counts = {d: int((labels == d).sum()) for d in range(10)}
+    strays = sorted(p.name for p in folder.iterdir() if p.suffix.lower() not in IMAGE_SUFFIXES)
+    accuracy = float(correct.float().mean())
+    return FolderScore(dataset, accuracy, per_digit, int(labels.numel()), description, counts, strays)
 
 
 def evaluate_generated(
