@@ -99,3 +99,23 @@ def test_the_largest_seed_samples_with_eta(run_cli, face, tmp_path, monkeypatch)
     monkeypatch.setenv("HW2_SEED", str(2**32))
     r = run_cli("config", "show")
     assert r.code == 2 and "from 0 to 4294967295" in r.err
+
+
+def test_ddim_step_counts_that_leave_the_schedule_unused_are_refused(run_cli, face, tmp_path, monkeypatch):
+    """Leading spacing uses stride T // S: 600 steps start at t = 600 of 999, so the first update
+    would treat pure noise as a far cleaner image. Counts whose rounding loses over a tenth of the
+    schedule are refused, with counts that fit; every other count's first step is the formula's."""
+    from hw2cli.diffusion.samplers import leading_gap, make_timesteps
+    from hw2cli.diffusion.schedules import NoiseSchedule
+
+    schedule = NoiseSchedule.linear()
+    for n in range(1, 1001):
+        lost = 1000 - (1000 // n) * n
+        assert (leading_gap(schedule, n, 1) is None) == (lost <= 100), n
+        if lost <= 100 and n < 1000:
+            assert make_timesteps(schedule, n, "leading", 1)[0] == (n - 1) * (1000 // n) + 1
+    monkeypatch.setenv("HW2_WEIGHTS_DIR", str(tmp_path / "cache"))
+    r = run_cli("ddim", "sample", face / "noise", tmp_path / "o", "--unet", face / "UNet.pt", "--steps", "600")
+    assert r.code == 2 and "start at t = 600 of 999" in r.err and "such as 250 or 500" in r.err
+    r = run_cli("ddpm", "sample", "--digit", "1", "-n", "1", "--sampler", "ddim", "--steps", "400", "--out", tmp_path)
+    assert r.code == 2 and "400 steps spaced every 2 timestep(s) start at t = 798" in r.err

@@ -56,6 +56,28 @@ def make_timesteps(
     return sorted(set(ts), reverse=True)
 
 
+def leading_gap(schedule: NoiseSchedule, num_steps: int, offset: int | None = None) -> str | None:
+    """Why ``num_steps`` leading-spaced steps leave much of ``schedule`` unused, or None. The
+    stride is ``(T − t_min) // num_steps``: 50 steps of 1000 have stride 20 and start at 981, as
+    DDIM intends, but 400 have stride 2 and start at 799, and 600 have stride 1 and start at 600,
+    so the first step would treat pure noise as a far cleaner image. Refused when the rounding
+    loses more than a tenth of the schedule."""
+    t_min, total = schedule.first_timestep, schedule.num_steps
+    span = total - t_min
+    if not 1 <= num_steps <= span:
+        return None  # make_timesteps says so
+    stride = span // num_steps
+    if span - stride * num_steps <= span // 10:
+        return None
+    first = (num_steps - 1) * stride + (t_min if offset is None else offset)
+    fits = sorted((n for n in range(1, span + 1) if span % n == 0), key=lambda n: abs(n - num_steps))[:2]
+    return (
+        f"{num_steps} steps spaced every {stride} timestep(s) start at t = {first} of {total - 1}, so the first "
+        f"step would treat pure noise as a far cleaner image; use a count that divides {span}, such as "
+        f"{' or '.join(str(n) for n in sorted(fits))}"
+    )
+
+
 def _timesteps(
     schedule: NoiseSchedule, steps: int | Sequence[int] | None, spacing: str, offset: int | None = None
 ) -> list[int]:

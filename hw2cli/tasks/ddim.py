@@ -19,6 +19,7 @@ import torch
 from hw2cli.data import IMAGE_SUFFIXES
 from hw2cli.data.noise import load_noise_dir, load_noise_file, seeded_noise, stack_noise
 from hw2cli.diffusion import NoiseSchedule, make_timesteps, sample_ddim
+from hw2cli.diffusion.samplers import leading_gap
 from hw2cli.diffusion.wrappers import EpsModel, GraphedEps, autocast_eps, guided_eps
 from hw2cli.errors import UsageError
 from hw2cli.io.atomic import (
@@ -175,6 +176,9 @@ def iter_ddim(
         timesteps = make_timesteps(source.schedule, opts.steps, "leading", opts.offset)
     except ValueError as exc:
         raise UsageError(f"{opts.steps} DDIM steps do not fit this model's schedule: {exc}.") from None
+    gap = leading_gap(source.schedule, opts.steps, opts.offset)
+    if gap is not None:
+        raise UsageError(f"{{opt:steps}} {opts.steps}: {gap}.")
     for k, start in enumerate(range(0, noise.shape[0], batch)):
         stop = min(start + batch, noise.shape[0])
         if skip is not None and skip(start, stop):

@@ -12,6 +12,7 @@ import torch
 
 from hw2cli.data import DATASETS
 from hw2cli.diffusion import guided_eps, sample
+from hw2cli.diffusion.samplers import leading_gap
 from hw2cli.errors import RunError, UsageError
 from hw2cli.io.atomic import check_output_folder, confine, listed, remove_stale_temporaries, save_image
 from hw2cli.io.checkpoints import DigitModel
@@ -97,6 +98,8 @@ def iter_samples(
     most = model.schedule.max_sampler_steps
     if steps is not None and not 1 <= steps <= most:
         raise UsageError(f"this model's schedule allows 1 to {most} sampler steps, not {steps}.")
+    if sampler == "ddim" and steps is not None and (gap := leading_gap(model.schedule, steps)) is not None:
+        raise UsageError(f"{{opt:steps}} {steps}: {gap}.")
     cond_all = torch.tensor([model.condition(d, n) for d, n in zip(digits, datasets, strict=True)])
     device = model.device
     null = torch.tensor([model.null_condition], device=device)
