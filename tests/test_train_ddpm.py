@@ -54,7 +54,7 @@ def final_state(run) -> dict:
     generator and RNG states), raw weights, EMA, optimizer and accelerate's RNG file."""
     from safetensors.torch import load_file
 
-    (folder,) = sorted(run.glob("state-*"))
+    folder = sorted(run.glob("state-*"))[-1]  # a SIGKILL between a save's rename and the old one's removal leaves two
     state = {
         "hw2": json.loads((folder / "hw2_state.json").read_text()),
         "model": load_file(folder / "model.safetensors"),
