@@ -287,6 +287,7 @@ def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args or os.environ.get("HW2_DEBUG", "").lower() in ("1", "true", "yes")
     ui.configure(debug=debug, quiet=False)
+    ui.on_interrupt(None)
     command = typer.main.get_command(app)
     try:
         code = command.main(args=args, prog_name="hw2", standalone_mode=False)
@@ -310,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
         ui.error(exc.format_message())
         return exc.exit_code
     except typer.Abort:
-        ui.error("interrupted.")
+        ui.error(ui.interrupted())
         return 130
     except SystemExit as exc:
         code = exc.code
@@ -321,7 +322,7 @@ def main(argv: list[str] | None = None) -> int:
         ui.error(exc.render(as_option))
         return exc.exit_code
     except KeyboardInterrupt:
-        ui.error("interrupted.")
+        ui.error(ui.interrupted())
         return 130
     except Exception as exc:
         if ui.is_debug():
@@ -329,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
         ui.error(f"unexpected {type(exc).__name__}: {exc} (run again with --debug for the traceback).")
         return 1
     if code == 130:  # Typer turns Ctrl-C into Exit(130) silently
-        ui.error("interrupted.")
+        ui.error(ui.interrupted())
     return code if isinstance(code, int) else 0
 
 

@@ -30,7 +30,7 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
-_state = {"quiet": False, "debug": False}
+_state: dict = {"quiet": False, "debug": False, "interrupt_hint": None}
 
 
 def configure(*, quiet: bool | None = None, debug: bool | None = None) -> None:
@@ -38,6 +38,19 @@ def configure(*, quiet: bool | None = None, debug: bool | None = None) -> None:
         _state["quiet"] = quiet
     if debug is not None:
         _state["debug"] = debug
+
+
+KEPT = "what was finished is kept: run the same command again to continue"
+
+
+def on_interrupt(hint: str | None) -> None:
+    """What a Ctrl-C now should tell the user besides "interrupted" (a resumable command's advice)."""
+    _state["interrupt_hint"] = hint
+
+
+def interrupted() -> str:
+    hint = _state["interrupt_hint"]
+    return f"interrupted; {hint}." if hint else "interrupted."
 
 
 def is_quiet() -> bool:

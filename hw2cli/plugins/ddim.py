@@ -112,6 +112,7 @@ def sample_command(
 
         raise RunError("--cuda-graph needs a CUDA device; drop it on this machine.")
     described = {}
+    ui.on_interrupt(ui.KEPT if resume else None)
     with ui.progress("ddim", None) as bar, _face_noise_hint():
 
         def started(n: int, description: str) -> None:
@@ -166,6 +167,7 @@ def eta_grid_command(
     opts = _options(steps, 0.0, alpha_prev, final_alpha, clip_x0)
     files = [Path(p) for item in (noise or []) for p in str(item).split(",") if p]
     device, dtype = runtime.setup()
+    ui.on_interrupt(ui.KEPT if resume else None)
     with ui.progress("eta grid", None) as bar, _face_noise_hint():
         path = eta_grid_figure(
             out, _spec(unet, digit, dataset, checkpoint), eta_values, opts, device=device, dtype=dtype,
@@ -215,6 +217,7 @@ def interpolate_command(
     values = _parse_alphas(alphas)
     modes = ["slerp", "lerp"] if mode == "both" else [mode]
     device, dtype = runtime.setup()
+    ui.on_interrupt(ui.KEPT if resume else None)
     with ui.progress("interpolate", None) as bar, _face_noise_hint():
         path = interpolation_figure(
             out, _spec(unet, digit, dataset, checkpoint), values, modes, opts, device=device, dtype=dtype, a=a, b=b,

@@ -270,6 +270,7 @@ def generate(
         from hw2cli.errors import RunError
 
         raise RunError("--cuda-graph needs a CUDA device; drop it on this machine.")
+    ui.on_interrupt(ui.KEPT if resume else None)
     with ui.progress("generate", 2 * 10 * per_digit) as bar:
         written = generate_graded(
             model,

@@ -168,6 +168,7 @@ def generate(
             entries, sources, model=model, refs=[refs] if refs else _default_refs(input_json), steps=train_steps,
             resolution=resolution, device=device, current=current,
         )  # fmt: skip
+    ui.on_interrupt(ui.KEPT if resume else None)
     with ui.progress("generate", None) as bar:
 
         def started(total: int, tokens: list[str]) -> None:
