@@ -270,3 +270,14 @@ def test_the_largest_seed_the_cli_accepts_trains(digits, tmp_path, run_cli):
     assert r.code == 0, r.err
     r = run_cli(*common, "--out", tmp_path / "b", "--seed", str(2**32))
     assert r.code == 2 and "4294967296" in r.err and "Traceback" not in r.err
+
+
+def test_a_resume_says_what_it_does_not_apply_and_when_nothing_is_left(digits, tmp_path, run_cli):
+    common = ["ddpm", "train", "--data", digits, "--out", tmp_path / "r"]
+    assert run_cli(*common, "--steps", "2", "--batch", "4", "--width", "8", "--sample-every", "0").code == 0
+    r = run_cli(*common, "--resume", "--width", "16", "--lr", "5e-4")
+    assert r.code == 0, r.err
+    assert "so --lr, --width given here are not applied" in r.err
+    assert "had already finished at step 2; nothing to train" in r.out and "nan" not in r.out
+    r = run_cli(*common, "--resume", "--steps", "3")
+    assert r.code == 0 and "not applied" not in r.err and "done: step 3" in r.out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any, Literal
 
@@ -54,6 +55,30 @@ def _model(
     return model, dtype
 
 
+# what --resume may change besides --steps: where the data and the run folder are now
+RESUME_FREE = {"data", "out", "steps", "resume", "teacher"}
+
+
+def _warn_ignored_on_resume(ctx: typer.Context, resume: bool) -> None:
+    """On --resume the run continues with its saved options: say which ones given here are not applied."""
+    from typer._click.core import ParameterSource
+
+    if not resume:
+        return
+    given = [
+        p.opts[0]
+        for p in ctx.command.params
+        if p.name not in RESUME_FREE
+        and p.opts
+        and ctx.get_parameter_source(p.name) in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
+    ]
+    if given:
+        ui.warn(
+            f"--resume continues the run with its own saved options, so {', '.join(given)} given here "
+            f"{'is' if len(given) == 1 else 'are'} not applied (only --steps changes on a resume)."
+        )
+
+
 def _run_training(opts: Any, label: str, device: Any, resume: bool, steps: int | None, *, loss_digits: int) -> None:
     """``train_ddpm`` behind a progress bar (a resumed run starts it at its saved step), then one result line."""
     from hw2cli.tasks.train_ddpm import train_ddpm
@@ -67,11 +92,18 @@ def _run_training(opts: Any, label: str, device: Any, resume: bool, steps: int |
             on_start=lambda first, total: bar.reset(total, first),
             on_step=lambda step, metrics: bar.update(1, **metrics),
         )
+    if resume and math.isnan(result.loss):  # nothing left to train
+        ui.result(
+            f"{opts.out} had already finished at step {result.step}; nothing to train (pass a larger --steps with "
+            f"--resume to continue it); checkpoint {result.checkpoint}"
+        )
+        return
     ui.result(f"done: step {result.step}, loss {result.loss:.{loss_digits}f}; checkpoint {result.checkpoint}")
 
 
 @app.command()
 def train(
+    ctx: typer.Context,
     data: Path = typer.Option(None, help="Digits folder holding mnistm/ and svhn/ (default: DATA_ROOT/digits)."),
     out: Path = typer.Option(Path("runs/ddpm"), help="Run folder: checkpoints, samples, log."),
     datasets: str = typer.Option("mnistm,svhn", help="Comma-separated data sets to train on."),
@@ -126,11 +158,13 @@ def train(
         model={"base_channels": width},
     )
     ui.info(f"training on {device}; run folder {out}")
+    _warn_ignored_on_resume(ctx, resume)
     _run_training(opts, "train", device, resume, steps, loss_digits=4)
 
 
 @app.command()
 def distill(
+    ctx: typer.Context,
     data: Path = typer.Option(None, help="Digits folder holding mnistm/ and svhn/ (default: DATA_ROOT/digits)."),
     out: Path = typer.Option(Path("runs/distill"), help="Run folder: checkpoints, samples, log."),
     teacher: Path = typer.Option(
@@ -193,6 +227,7 @@ def distill(
         sampler_steps=sampler_steps,
     )
     ui.info(f"distilling {teacher} on {device}; run folder {out}")
+    _warn_ignored_on_resume(ctx, resume)
     _run_training(opts, "distill", device, resume, steps, loss_digits=6)
 
 
