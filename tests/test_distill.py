@@ -197,3 +197,14 @@ def test_a_weight_outside_the_students_range_is_warned_about_and_the_teacher_is_
     assert inside.code == outside.code == by_teacher.code == 0, (inside.err, outside.err, by_teacher.err)
     assert "extrapolates" not in inside.err and "extrapolates" not in by_teacher.err
     assert "learned guidance weights 0 to 3; at w = 3.5 it extrapolates" in " ".join(outside.err.split())
+
+
+def test_a_teacher_of_one_data_set_distills_a_student_of_that_data_set(run_cli, digits, tmp_path):
+    """distill has no --datasets: the student learns exactly the teacher's conditions (it refused
+    an MNIST-M-only teacher, 'trained on mnistm, not mnistm, svhn', with no way out)."""
+    config = DiffusionConfig(model=dict(TINY), datasets=["mnistm"])
+    teacher = save_checkpoint(random_net(TINY), config, tmp_path / "teacher")
+    r = run_cli("-q", "ddpm", "distill", "--data", digits, "--teacher", teacher, "--out", tmp_path / "s",
+                "--steps", "1", "--batch", "8", "--sample-every", "0")  # fmt: skip
+    assert r.code == 0, r.err
+    assert json.loads((tmp_path / "s" / "config.json").read_text())["datasets"] == ["mnistm"]
