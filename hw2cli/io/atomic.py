@@ -273,7 +273,27 @@ def save_safetensors(
     contiguous = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     with atomic_path(path, fsync=True) as tmp:
         save_file(contiguous, str(tmp), metadata=dict(metadata) if metadata else None)
+        if metadata and len(metadata) > 1:
+            _sort_metadata(Path(tmp))
     return Path(path)
+
+
+def _sort_metadata(path: Path) -> None:
+    """Rewrite a safetensors header with its metadata keys sorted: the writer keeps them in a
+    randomly seeded hash map, so the same tensors and metadata gave other bytes on every save.
+    The header is the same JSON reordered, so it keeps its length (and the tensors their offsets)."""
+    import struct
+
+    with open(path, "r+b") as fh:
+        (size,) = struct.unpack("<Q", fh.read(8))
+        raw = fh.read(size)
+        header = json.loads(raw)
+        header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+        text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+        if len(text) > size or json.loads(text) != json.loads(raw):
+            return  # not the layout expected: leave the writer's own
+        fh.seek(8)
+        fh.write(text + b" " * (size - len(text)))
 
 
 def listed(names: list[str]) -> str:
