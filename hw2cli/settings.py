@@ -153,7 +153,8 @@ def load(
     """
     cfg = Path(config_file) if config_file is not None else None
     if cfg is not None and not cfg.is_file():
-        raise UsageError(f"--config {cfg}: no such file; pass a TOML file such as hw2.toml.")
+        state = "is a folder" if cfg.is_dir() else "no such file"
+        raise UsageError(f"--config {cfg}: {state}; pass a TOML file such as hw2.toml.")
     fields = set(Settings.model_fields)
     init = InitSettingsSource(_SourceFields, init_kwargs={k: v for k, v in (cli or {}).items() if v is not None})
     merged: dict[str, Any] = {}

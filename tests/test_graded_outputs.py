@@ -119,3 +119,30 @@ def test_ddim_step_counts_that_leave_the_schedule_unused_are_refused(run_cli, fa
     assert r.code == 2 and "start at t = 600 of 999" in r.err and "such as 250 or 500" in r.err
     r = run_cli("ddpm", "sample", "--digit", "1", "-n", "1", "--sampler", "ddim", "--steps", "400", "--out", tmp_path)
     assert r.code == 2 and "400 steps spaced every 2 timestep(s) start at t = 798" in r.err
+
+
+def test_the_eta_grid_takes_its_columns_from_one_place_and_no_more_than_there_are(run_cli, face, tmp_path):
+    common = [
+        "ddim",
+        "eta-grid",
+        "--unet",
+        face / "UNet.pt",
+        "--etas",
+        "0",
+        "--steps",
+        "2",
+        "--out",
+        tmp_path / "g.png",
+    ]
+    r = run_cli(*common, "--noise", face / "noise" / "00.pt", "--noise-dir", face / "noise")
+    assert r.code == 2 and "not both" in r.err
+    r = run_cli(*common, "--noise-dir", face / "noise", "--count", "5")
+    assert r.code == 2 and "holds 3 noise file(s), fewer than the 5 columns asked; lower --count" in r.err
+
+
+def test_grading_one_level_too_deep_says_which_folder_to_pass(run_cli, tmp_path):
+    (tmp_path / "p1" / "mnistm").mkdir(parents=True)
+    r = run_cli("ddpm", "eval", tmp_path / "p1" / "mnistm")
+    assert r.code == 2 and f"pass the folder that holds mnistm/ and svhn/ ({tmp_path / 'p1'})" in r.err
+    r = run_cli("--config", tmp_path, "config", "show")
+    assert r.code == 2 and "is a folder; pass a TOML file" in r.err

@@ -1008,3 +1008,17 @@ def test_folders_where_files_belong_are_named_as_folders(run_cli, sd, trained, t
     input_json = public_input_json(tmp_path / "j")
     r = run_cli("personalize", "generate", input_json, out, "--model", model, "--embeds", trained)
     assert r.code == 2 and "already holds notes.txt;" in r.err  # one stray file: no "(and 0 more)"
+
+
+def test_input_json_with_a_byte_order_mark_reads_and_a_key_said_twice_is_refused(tmp_path):
+    from hw2cli.data.prompts import read_input_json
+    from hw2cli.errors import UsageError
+
+    good = public_input_json(tmp_path)
+    expected = read_input_json(good)
+    (tmp_path / "bom.json").write_bytes(b"\xef\xbb\xbf" + good.read_bytes())
+    assert read_input_json(tmp_path / "bom.json") == expected
+    twice = '{"0": {"token_name": "<new1>", "prompt": ["A <new1>."]}, "0": {"token_name": "<new2>", "prompt": ["x"]}}'
+    (tmp_path / "twice.json").write_text(twice)
+    with pytest.raises(UsageError, match="names '0' twice in one object"):
+        read_input_json(tmp_path / "twice.json")

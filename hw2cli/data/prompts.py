@@ -8,6 +8,7 @@ prompt. Anything else is one sentence naming the key and the field.
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from pathlib import Path
@@ -102,6 +103,18 @@ def _validation_sentence(path: Path, exc: ValidationError) -> str:
     return f"{path}: {message}."
 
 
+class _DuplicateKey(Exception):
+    pass
+
+
+def _refuse_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    keys = [k for k, _ in pairs]
+    for key in keys:
+        if keys.count(key) > 1:
+            raise _DuplicateKey(key)
+    return dict(pairs)
+
+
 def read_input_json(path: str | Path, *, need_eval: bool = False) -> dict[str, dict[str, Any]]:
     """The homework's input.json, validated once: concept keys are names, token names are tokens,
     ``prompt`` (and ``prompt_4_clip_eval`` / ``baseline``) are lists of one entry per prompt."""
@@ -112,8 +125,17 @@ def read_input_json(path: str | Path, *, need_eval: bool = False) -> dict[str, d
         )
     if not path.is_file():
         raise UsageError(f"{path} does not exist; pass the homework's input.json.")
+    raw = path.read_bytes().removeprefix(b"\xef\xbb\xbf")  # a UTF-8 byte-order mark (Windows editors)
     try:
-        data = InputFile.model_validate_json(path.read_bytes())
+        json.loads(raw, object_pairs_hook=_refuse_duplicates)
+    except _DuplicateKey as exc:
+        raise UsageError(
+            f"{path} names {exc.args[0]!r} twice in one object; JSON keeps only the last, so say it once."
+        ) from None
+    except ValueError:
+        pass  # not JSON: said below, in pydantic's words
+    try:
+        data = InputFile.model_validate_json(raw)
     except ValidationError as exc:
         if exc.errors()[0]["type"] == "json_invalid":
             raise UsageError(f"{path} is not valid JSON: {exc.errors()[0]['ctx'].get('error', '')}.") from None

@@ -165,7 +165,11 @@ def eta_grid_command(
 
     eta_values = float_list(etas, "--etas", low=0.0, high=MAX_ETA, most=100)
     opts = _options(steps, 0.0, alpha_prev, final_alpha, clip_x0)
+    from hw2cli.errors import UsageError
+
     files = [Path(p) for item in (noise or []) for p in str(item).split(",") if p]
+    if files and noise_dir is not None:
+        raise UsageError("give --noise files or a --noise-dir, not both: they both choose the grid's columns.")
     device, dtype = runtime.setup()
     ui.on_interrupt(ui.KEPT if resume else None)
     with ui.progress("eta grid", None) as bar, _face_noise_hint():

@@ -452,6 +452,10 @@ def _grid_noise(
     folder = noise_dir or (default_dir if source.side is None else None)
     if folder is not None:
         names, x = load_noise_dir(folder)
+        if len(names) < count:
+            raise UsageError(
+                f"{folder} holds {len(names)} noise file(s), fewer than the {count} columns asked; lower {{opt:count}}."
+            )
         return names[:count], x[:count]
     return [f"seed {seed}, #{i}" for i in range(count)], seeded_noise(count, source.side or 256, seed)
 
