@@ -7,6 +7,7 @@ runs (``LazyPluginCommand``).
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 import traceback
@@ -277,6 +278,9 @@ def _describe_bad_parameter(exc: Any) -> str:
         msg = str(first.get("msg", "not valid")).removeprefix("Value error, ").rstrip(".")
         _, sep, choices = msg.partition("is not one of ")
         expected = f"expected one of {choices}" if sep else msg[:1].lower() + msg[1:]
+    if kind.startswith(("greater", "less")) and _is_number(str(value)) and not math.isfinite(float(str(value))):
+        bound = expected.removeprefix("expected ")  # nan fails every comparison: not "too big"
+        expected = f"expected a finite number ({bound})"
     return f"{hint} is {shown}; {expected}."
 
 

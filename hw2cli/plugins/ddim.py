@@ -136,7 +136,12 @@ def eta_grid_command(
     noise_dir: Path = typer.Option(
         None, help="Use the first --count files of this folder \\[default with --unet: DATA_ROOT/face/noise]."
     ),
-    count: int = typer.Option(4, min=1, max=100, help="Columns when noise comes from a folder or a seed."),
+    count: int = typer.Option(
+        None,
+        min=1,
+        max=100,
+        help="Columns when noise comes from a folder or a seed \\[default: 4, or all of a folder holding fewer].",
+    ),
     unet: Path = typer.Option(None, "--unet", help=UNET_HELP),
     steps: int = STEPS,
     seed: int = seed_option(

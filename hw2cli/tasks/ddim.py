@@ -437,12 +437,15 @@ def _digit_identity(spec: SourceSpec) -> str:
     return f"digit model {model}, digit {spec.digit} of {spec.dataset}"
 
 
+GRID_COLUMNS = 4  # the report's eta grid: noises 00-03
+
+
 def _grid_noise(
     source: EpsSource,
     files: Sequence[Path],
     noise_dir: Path | None,
     default_dir: Path | None,
-    count: int,
+    count: int | None,
     seed: int,
 ) -> tuple[list[str], torch.Tensor]:
     """The columns of the eta grid: given files, else the first ``count`` of a folder (the homework's
@@ -452,11 +455,14 @@ def _grid_noise(
     folder = noise_dir or (default_dir if source.side is None else None)
     if folder is not None:
         names, x = load_noise_dir(folder)
+        if count is None:  # the report's four (00-03), or all of a smaller folder
+            count = min(GRID_COLUMNS, len(names))
         if len(names) < count:
             raise UsageError(
                 f"{folder} holds {len(names)} noise file(s), fewer than the {count} columns asked; lower {{opt:count}}."
             )
         return names[:count], x[:count]
+    count = count or GRID_COLUMNS
     return [f"seed {seed}, #{i}" for i in range(count)], seeded_noise(count, source.side or 256, seed)
 
 
@@ -471,7 +477,7 @@ def eta_grid_figure(
     noise_files: Sequence[Path] = (),
     noise_dir: Path | None = None,
     default_noise_dir: Path | None = None,
-    count: int = 4,
+    count: int | None = None,
     seed: int = 0,
     normalize: str = "minmax",
     resume: bool = True,
