@@ -69,6 +69,14 @@ class PluginGroup(TyperGroup):
         if cmd_name in self.commands:
             return self.commands[cmd_name]
         record = self._plugins().get(cmd_name)
+        if record is None and any(r.name == cmd_name and r.status == "disabled" for r in registry.discover().records):
+            from typer._click import exceptions as click_exceptions
+
+            raise click_exceptions.UsageError(
+                f"the command '{cmd_name}' is installed, but {registry.ALLOW_LIST_VARIABLE}="
+                f"{os.environ.get(registry.ALLOW_LIST_VARIABLE, '')} leaves it out; add it there or unset the variable",
+                ctx,
+            )
         return LazyPluginCommand(record) if record is not None else None
 
 

@@ -1019,6 +1019,9 @@ def test_input_json_with_a_byte_order_mark_reads_and_a_key_said_twice_is_refused
     (tmp_path / "bom.json").write_bytes(b"\xef\xbb\xbf" + good.read_bytes())
     assert read_input_json(tmp_path / "bom.json") == expected
     twice = '{"0": {"token_name": "<new1>", "prompt": ["A <new1>."]}, "0": {"token_name": "<new2>", "prompt": ["x"]}}'
+    (tmp_path / "many.json").write_text(json.dumps({"0": {"token_name": "<new1>", "prompt": ["A <new1>."] * 1001}}))
+    with pytest.raises(UsageError, match="field 'prompt': List should have at most 1000 items"):
+        read_input_json(tmp_path / "many.json")
     (tmp_path / "twice.json").write_text(twice)
     with pytest.raises(UsageError, match="names '0' twice in one object"):
         read_input_json(tmp_path / "twice.json")

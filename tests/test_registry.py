@@ -117,7 +117,9 @@ def test_allow_list_limits_mounted_plugins(install_plugin, monkeypatch, run_cli)
     result = run_cli("--help")
     assert "hello" in result.out
     assert "Synthetic MNIST-M" not in result.out
-    assert run_cli("data", "--help").code == 2
+    r = run_cli("data", "--help")
+    assert r.code == 2 and "the command 'data' is installed, but HW2_PLUGINS=hello leaves it out" in r.err
+    assert "is installed" not in run_cli("nosuch").err  # an unknown command is still just unknown
     status = {r["name"]: r["status"] for r in json.loads(run_cli("plugins", "--json").out)}
     assert status["data"] == "disabled" and status["hello"] == "loaded"
 

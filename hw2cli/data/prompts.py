@@ -19,6 +19,8 @@ from pydantic import BaseModel, ConfigDict, Field, RootModel, ValidationError, f
 from hw2cli.errors import UsageError
 
 KEY_RE = re.compile(r"^[A-Za-z0-9_-]+$")
+MAX_PROMPTS = 1000  # per concept: 25,000 images already; the homework has two
+MAX_CONCEPTS = 1000
 SAFE_TOKEN_RE = re.compile(r"^<[^<>\s/\\\x00]+>$")
 
 
@@ -38,7 +40,7 @@ class PromptEntry(BaseModel):
 
     src_image: str | None = None
     token_name: str
-    prompt: list[str] = Field(min_length=1)
+    prompt: list[str] = Field(min_length=1, max_length=MAX_PROMPTS)
     prompt_4_clip_eval: list[str] | None = None
     baseline: list[tuple[float, float]] | None = None
 
@@ -77,6 +79,8 @@ class InputFile(RootModel[dict[str, PromptEntry]]):
     def _keys(cls, value: dict[str, PromptEntry]) -> dict[str, PromptEntry]:
         if not value:
             raise ValueError("it maps no concept keys")
+        if len(value) > MAX_CONCEPTS:
+            raise ValueError(f"it maps {len(value):,} concept keys; at most {MAX_CONCEPTS:,} are read")
         for key in value:
             if not KEY_RE.fullmatch(key):
                 raise ValueError(
