@@ -19,6 +19,7 @@ import urllib.request
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from hw2cli.errors import RunError, UsageError
 
@@ -114,13 +115,7 @@ def fetch(
             on_progress(have, total)
         try:
             with open(part, "ab" if resumed else "wb") as fh:
-                while block := response.read(CHUNK):
-                    fh.write(block)
-                    have += len(block)
-                    if on_progress is not None:
-                        on_progress(have, total)
-                fh.flush()
-                os.fsync(fh.fileno())
+                have = _copy_stream(response, fh, have, total, on_progress)
         except (TimeoutError, OSError) as exc:
             raise RunError(
                 f"the download of {url} stopped after {have} bytes ({exc}); run the command again to resume it."
@@ -142,6 +137,19 @@ def check_url(url: str) -> str:
     if not url.startswith(("http://", "https://")):
         raise UsageError(f"the URL {url!r} is not an http:// or https:// address.")
     return url
+
+
+def _copy_stream(src: Any, dst: Any, done: int, total: int | None, on_progress: Progress | None) -> int:
+    """Copy ``src`` to the file ``dst`` block by block, reporting progress; flush it to disk; return
+    the byte count reached (``done`` plus what was copied)."""
+    while block := src.read(CHUNK):
+        dst.write(block)
+        done += len(block)
+        if on_progress is not None:
+            on_progress(done, total)
+    dst.flush()
+    os.fsync(dst.fileno())
+    return done
 
 
 def local_source(url: str) -> Path | None:
@@ -170,13 +178,7 @@ def copy_file(source: Path, dest: Path, *, on_progress: Progress | None = None, 
         with open(source, "rb") as src, open(part, "wb") as dst:
             if on_progress is not None:
                 on_progress(0, total)
-            while block := src.read(CHUNK):
-                dst.write(block)
-                done += len(block)
-                if on_progress is not None:
-                    on_progress(done, total)
-            dst.flush()
-            os.fsync(dst.fileno())
+            _copy_stream(src, dst, done, total, on_progress)
         os.replace(part, dest)
     except OSError as exc:
         with contextlib.suppress(OSError):
