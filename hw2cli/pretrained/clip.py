@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hw2cli.errors import RunError, UsageError
-from hw2cli.io.checkpoints import is_torchscript, load_error, torchscript_state_dict
+from hw2cli.io.checkpoints import is_torchscript, load_error, quiet_pickle_protocol, torchscript_state_dict
 from hw2cli.pretrained.hub import ensure_offline_if_unreachable, unreachable_hint
 from hw2cli.pretrained.tokenizer import write_clip_tokenizer_files
 
@@ -351,7 +351,8 @@ def _load_open_clip_weights(module: Any, checkpoint: Path, what: str, name: str,
             expected = set(module.state_dict())
             module.load_state_dict({k: v for k, v in state.items() if k in expected}, strict=True)
         else:
-            open_clip.load_checkpoint(module, str(checkpoint), strict=True)
+            with quiet_pickle_protocol():  # a refused file is one sentence, not torch's protocol warning too
+                open_clip.load_checkpoint(module, str(checkpoint), strict=True)
     except UsageError:
         raise
     except RuntimeError as exc:
