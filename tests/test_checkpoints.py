@@ -218,3 +218,28 @@ def test_a_raw_pickle_that_would_run_code_is_named_and_refused_quietly(tmp_path,
         with pytest.raises(UsageError, match=r"holds Python objects \((posix|nt)\.system\)"):
             check_state_files(tmp_path)
     assert not [w for w in caught if "pickle protocol" in str(w.message)]
+
+
+def test_a_torchscript_archive_cannot_ask_for_more_memory_than_it_stores(tmp_path):
+    """A deflated member would unpack to far more than the file (torch.jit.save stores tensors
+    uncompressed), and a storage named many times is read once."""
+    import warnings
+    import zipfile
+
+    from hw2cli.io.checkpoints import torchscript_state_dict
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.jit.script(_Scripted()).save(str(tmp_path / "m.pt"))
+        torch.jit.script(torch.nn.Sequential(*[torch.nn.Linear(4, 4)] * 2)).save(str(tmp_path / "tied.pt"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no TypedStorage deprecation from the reader
+        torchscript_state_dict(tmp_path / "m.pt")
+    with zipfile.ZipFile(tmp_path / "m.pt") as src, zipfile.ZipFile(tmp_path / "deflated.pt", "w") as dst:
+        for info in src.infolist():
+            kind = zipfile.ZIP_DEFLATED if "/data/" in info.filename else zipfile.ZIP_STORED
+            dst.writestr(info.filename, src.read(info), compress_type=kind)
+    with pytest.raises(UsageError, match="stored values"):
+        torchscript_state_dict(tmp_path / "deflated.pt")
+    state = torchscript_state_dict(tmp_path / "tied.pt")
+    assert state["0.weight"].data_ptr() == state["1.weight"].data_ptr()

@@ -227,6 +227,7 @@ class _ScriptUnpickler(pickle.Unpickler):
     def __init__(self, file: Any, archive: Any, prefix: str) -> None:
         super().__init__(file)
         self.archive, self.prefix = archive, prefix
+        self.storages: dict[str, Any] = {}  # by key: each stored tensor is read once, however often named
 
     def find_class(self, module: str, name: str) -> Any:
         if module == "__torch__" or module.startswith("__torch__."):
@@ -246,12 +247,27 @@ class _ScriptUnpickler(pickle.Unpickler):
     def persistent_load(self, pid: Any) -> Any:
         if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage" and isinstance(pid[1], torch.dtype)):
             raise pickle.UnpicklingError(f"unsupported persistent id {str(pid)[:80]}")
+        import zipfile
+
         _, dtype, key, _location, numel = pid
-        raw = bytearray(self.archive.read(f"{self.prefix}data/{key}"))
-        untyped = torch.frombuffer(raw, dtype=torch.uint8).untyped_storage() if raw else torch.UntypedStorage(0)
-        if untyped.nbytes() < int(numel) * dtype.itemsize:
-            raise pickle.UnpicklingError(f"storage {key} holds {untyped.nbytes()} bytes, too few for {numel} values")
-        return torch.storage.TypedStorage(wrap_storage=untyped, dtype=dtype, _internal=True)
+        key = str(key)
+        if key not in self.storages:
+            info = self.archive.getinfo(f"{self.prefix}data/{key}")
+            size = int(numel) * dtype.itemsize
+            # torch.jit.save stores tensors uncompressed, one member of exactly their size: anything
+            # else (a deflated member that would unpack to gigabytes, a size that disagrees) is refused
+            if info.compress_type != zipfile.ZIP_STORED or info.file_size != size:
+                raise pickle.UnpicklingError(f"storage {key} is not {numel} stored values of {dtype}")
+            raw = bytearray(size)
+            with self.archive.open(info) as fh:
+                if fh.readinto(raw) != size:
+                    raise pickle.UnpicklingError(f"storage {key} is shorter than its {size} bytes")
+            untyped = torch.frombuffer(raw, dtype=torch.uint8).untyped_storage() if size else torch.UntypedStorage(0)
+            self.storages[key] = torch.storage.TypedStorage(wrap_storage=untyped, dtype=dtype, _internal=True)
+        storage = self.storages[key]
+        if storage.dtype != dtype:
+            raise pickle.UnpicklingError(f"storage {key} is named as {storage.dtype} and as {dtype}")
+        return storage
 
 
 def is_torchscript(path: str | Path) -> bool:
@@ -288,7 +304,8 @@ def torchscript_state_dict(path: str | Path, what: str = "a TorchScript archive"
             root = _ScriptUnpickler(io.BytesIO(archive.read(name)), archive, prefix).load()
     except pickle.UnpicklingError as exc:
         raise load_error(path, what, exc) from None
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, RuntimeError) as exc:
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, RuntimeError, TypeError, AttributeError,
+            IndexError, RecursionError, MemoryError) as exc:  # fmt: skip
         raise UsageError(f"{path} cannot be read as {what} (truncated or corrupt: {str(exc)[:160]}).") from None
     state: dict[str, torch.Tensor] = {}
     walk(root, "", state)
