@@ -208,3 +208,11 @@ def test_a_teacher_of_one_data_set_distills_a_student_of_that_data_set(run_cli, 
                 "--steps", "1", "--batch", "8", "--sample-every", "0")  # fmt: skip
     assert r.code == 0, r.err
     assert json.loads((tmp_path / "s" / "config.json").read_text())["datasets"] == ["mnistm"]
+
+
+def test_a_teacher_given_with_resume_is_said_not_to_apply(run_cli, digits, teacher, tmp_path):
+    args = ["ddpm", "distill", "--data", digits, "--out", tmp_path / "s"]
+    assert run_cli(*args, "--teacher", teacher, "--steps", "1", "--batch", "8", "--sample-every", "0").code == 0
+    r = run_cli(*args, "--resume", "--steps", "2", "--teacher", tmp_path / "another.safetensors")
+    assert r.code == 0, r.err
+    assert "so --teacher given here is not applied" in r.err

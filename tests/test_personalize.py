@@ -1025,3 +1025,38 @@ def test_input_json_with_a_byte_order_mark_reads_and_a_key_said_twice_is_refused
     (tmp_path / "twice.json").write_text(twice)
     with pytest.raises(UsageError, match="names '0' twice in one object"):
         read_input_json(tmp_path / "twice.json")
+
+
+def test_train_missing_edge_cases_are_one_sentence_each(run_cli, sd, tmp_path, isolated_cache, monkeypatch):
+    import shutil
+
+    model, refs = sd
+    ti = tmp_path / "ti"
+    for key in ("0", "1"):
+        shutil.copytree(refs / key, ti / key)
+    (ti / "0" / "thumbs.png").mkdir()  # a folder and a broken link with image names are not images
+    (ti / "1" / "gone.png").symlink_to(tmp_path / "nowhere.png")
+    input_json = public_input_json(ti)
+    common = ["--model", model, "--train-missing", "--train-steps", "1", "--resolution", RES, "--steps", "1"]
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    r = run_cli("--weights-dir", blocker / "cache", "personalize", "generate", input_json, tmp_path / "o", *common)
+    assert r.code == 2 and "set HW2_WEIGHTS_DIR (or --weights-dir) to a writable folder" in r.err
+    assert "learning" not in r.err  # said before anything is announced
+    r = run_cli("personalize", "generate", input_json, tmp_path / "a", *common)
+    assert r.code == 0, r.err
+    runs = sorted((tmp_path / "cache" / "personalize").iterdir())
+    r = run_cli("--seed", "5", "personalize", "generate", input_json, tmp_path / "b", *common)
+    assert r.code == 0 and "learned by an earlier run" in r.err  # the seed setting does not pick another run
+    assert sorted((tmp_path / "cache" / "personalize").iterdir()) == runs
+    data = json.loads(input_json.read_text())
+    data["1"]["prompt"][1] = "Manhattan with <new3>."
+    (ti / "orphan.json").write_text(json.dumps(data))
+    r = run_cli("personalize", "generate", ti / "orphan.json", tmp_path / "c", *common)
+    assert r.code == 2 and "no concept of the input.json has it as its token_name" in r.err
+    assert "--refs" not in r.err
+    data = json.loads(input_json.read_text())
+    data["0"]["token_name"] = "<new=1>"
+    (ti / "equals.json").write_text(json.dumps(data))
+    r = run_cli("personalize", "generate", ti / "equals.json", tmp_path / "d", *common)
+    assert r.code == 2 and "'<new=1>' is not a token name" in r.err and "--concept" not in r.err

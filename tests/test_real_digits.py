@@ -494,3 +494,17 @@ def test_bad_sources_are_usage_errors(tmp_path):
         mnist_digits("imagenet", cache=tmp_path)
     with pytest.raises(UsageError, match="neither auto, bsds500, builtin nor a folder"):
         background_photos("imagenet", cache=tmp_path)
+
+
+def test_data_fetch_replace_takes_the_archive_url_names_not_the_one_on_disk(run_cli, tmp_path):
+    """--replace with a new --url unpacked the old DEST/hw2_data.zip again and said 'ready'."""
+    (tmp_path / "v1").mkdir()
+    (tmp_path / "v2").mkdir()
+    old = homework_zip(tmp_path / "v1" / "hw2_data.zip")
+    new = homework_zip(tmp_path / "v2" / "hw2_data.zip", extra={"hw2_data/NEW_IN_V2.txt": "v2"})
+    dest = tmp_path / "dest"
+    assert run_cli("data", "fetch", dest, "--url", old).code == 0
+    r = run_cli("data", "fetch", dest, "--url", new, "--replace")
+    assert r.code == 0, r.err
+    assert (dest / "hw2_data" / "NEW_IN_V2.txt").read_text() == "v2"
+    assert (dest / "hw2_data.zip").read_bytes() == new.read_bytes() and old.is_file() and new.is_file()

@@ -83,7 +83,9 @@ def fetch_homework(
 ) -> Path:
     """Download (or reuse) ``dest/hw2_data.zip``, verify it, and unpack ``dest/hw2_data``; return that folder.
 
-    ``url``: an http(s) mirror, a ``file://`` URL or a path to a copy on disk (copied in).
+    ``url``: an http(s) mirror, a ``file://`` URL or a path to a copy on disk (copied in); an
+    archive already in ``dest`` (an interrupted run's) is reused, except with ``replace``, which
+    takes the one ``url`` names.
     An entry of ``dest`` the archive also holds is refused unless ``replace`` (see
     :func:`extract_zip`). A failed call leaves no folder it created empty behind.
     """
@@ -92,6 +94,9 @@ def fetch_homework(
     source = local_source(url) if url is not None else None
     created = _missing_folders(dest)
     copied = False
+    if replace and url is not None and archive.is_file():  # replace with what --url names, not the old archive
+        if source is None or source.resolve() != archive.resolve():
+            archive.unlink()
     try:
         if not archive.is_file():
             if source is not None and not source.is_file():  # said before any folder is made

@@ -21,14 +21,14 @@ from hw2cli.errors import UsageError
 KEY_RE = re.compile(r"^[A-Za-z0-9_-]+$")
 MAX_PROMPTS = 1000  # per concept: 25,000 images already; the homework has two
 MAX_CONCEPTS = 1000
-SAFE_TOKEN_RE = re.compile(r"^<[^<>\s/\\\x00]+>$")
+SAFE_TOKEN_RE = re.compile(r"^<[^<>\s/\\\x00=]+>$")
 
 
 def check_token_name(token: str, where: str = "token") -> str:
     """A learned token is a name like ``<new1>``: angle brackets, no spaces, no path characters."""
     if not SAFE_TOKEN_RE.fullmatch(token) or ".." in token:
         raise ValueError(
-            f"the {where} {token!r} is not a token name like <new1> (angle brackets, no spaces, '/', '\\' or '..')"
+            f"the {where} {token!r} is not a token name like <new1> (angle brackets, no spaces, '/', '\\', '=' or '..')"
         )
     return token
 

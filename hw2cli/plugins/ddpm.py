@@ -56,7 +56,7 @@ def _model(
 
 
 # what --resume may change besides --steps: where the data and the run folder are now
-RESUME_FREE = {"data", "out", "steps", "resume", "teacher"}
+RESUME_FREE = {"data", "out", "steps", "resume"}
 
 
 def _warn_ignored_on_resume(ctx: typer.Context, resume: bool) -> None:

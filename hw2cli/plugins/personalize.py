@@ -166,7 +166,7 @@ def generate(
     if train_missing and entries is not None:
         sources = _train_missing(
             entries, sources, model=model, refs=[refs] if refs else _default_refs(input_json), steps=train_steps,
-            resolution=resolution, device=device, current=current,
+            resolution=resolution, device=device, current=current, seed=seed,
         )  # fmt: skip
     ui.on_interrupt(ui.KEPT if resume else None)
     with ui.progress("generate", None) as bar:
@@ -197,11 +197,13 @@ def _default_refs(input_json: Path) -> list[Path]:
 
 def _train_missing(
     entries: dict, sources: list[Path], *, model: str, refs: list[Path], steps: int, resolution: int | None, device,
-    current,
+    current, seed: int,
 ) -> list[Path]:  # fmt: skip
     """``sources`` plus the run that learns the tokens none of them provides (trained now, or
-    found finished, or continued); the first of ``refs`` that holds every concept's folder serves."""
+    found finished, or continued); the first of ``refs`` that holds every concept's folder serves.
+    It trains with the command's own ``seed`` (fixed, like its images), not the seed setting."""
     from hw2cli.errors import UsageError
+    from hw2cli.tasks.grading import MissingReferences
     from hw2cli.tasks.personalize import auto
     from hw2cli.tasks.personalize.generate import embedding_sources
 
@@ -210,14 +212,15 @@ def _train_missing(
     if not missing:
         return sources
     failures: list[UsageError] = []
+    refs = list({folder.resolve(): folder for folder in refs}.values())  # one folder named two ways is one
     for folder in refs:
         try:
             plan = auto.plan_training(
                 model, entries, missing, folder, weights_dir=current.weights_dir, steps_per_concept=steps,
-                resolution=resolution, seed=current.seed,
+                resolution=resolution, seed=seed,
             )  # fmt: skip
             break
-        except UsageError as exc:
+        except MissingReferences as exc:  # another folder may hold them; any other problem is final
             failures.append(exc)
     else:
         if len(failures) == 1:
@@ -227,6 +230,13 @@ def _train_missing(
     if auto.finished(plan):
         ui.info(f"using {', '.join(missing)} learned by an earlier run ({plan.out})")
     else:
+        try:  # where the run is kept must be writable before anything is announced or loaded
+            plan.out.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UsageError(
+                f"cannot create {plan.out} to keep the learned embeddings ({exc.strerror or exc}); set "
+                "HW2_WEIGHTS_DIR (or --weights-dir) to a writable folder."
+            ) from None
         slow = " (hours on a CPU)" if device.type == "cpu" and plan.opts.steps >= 100 else ""
         ui.info(
             f"no embeddings for {', '.join(missing)}: learning {plan.describe()}; {plan.opts.steps} steps "

@@ -251,11 +251,15 @@ class PromptScore:
         return self.image_score >= self.baseline[0] and self.text_score >= self.baseline[1]
 
 
+class MissingReferences(UsageError):
+    """A concept's reference folder is not where it was looked for (another folder may hold it)."""
+
+
 def reference_folder(refs: Path, key: str, entry: dict[str, Any]) -> Path:
     """``refs/<key>``, or ``refs/<src_image>``: a name under ``refs`` (no ``..``, not absolute); a
     symlinked folder is fine, since it is only read (clusters link their data folders)."""
     if not refs.is_dir():
-        raise UsageError(f"the reference folder {refs} does not exist; pass hw2_data/textual_inversion.")
+        raise MissingReferences(f"the reference folder {refs} does not exist; pass hw2_data/textual_inversion.")
     looked = []
     for name in dict.fromkeys((key, str(entry.get("src_image") or ""))):
         parts = Path(name).parts
@@ -265,11 +269,14 @@ def reference_folder(refs: Path, key: str, entry: dict[str, Any]) -> Path:
         looked.append(str(candidate))
         if candidate.is_dir():
             return candidate
-    raise UsageError(f"no reference images for concept {key!r} under {refs} (looked for {' and '.join(looked)}).")
+    raise MissingReferences(
+        f"no reference images for concept {key!r} under {refs} (looked for {' and '.join(looked)})."
+    )
 
 
 def list_images(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    """The image files of ``folder`` (a folder or a broken link named ``x.png`` is not one)."""
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
 
 
 # The homework's grader runs under transformers 4.19.2, whose CLIPFeatureExtractor for

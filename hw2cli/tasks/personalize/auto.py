@@ -145,7 +145,13 @@ def _model_identity(model: str | Path) -> str:
 def _images_identity(folder: Path) -> list[str]:
     from hw2cli.tasks.grading import list_images
 
-    return [hashlib.sha256(p.read_bytes()).hexdigest() for p in list_images(folder)]
+    digests = []
+    for path in list_images(folder):
+        try:
+            digests.append(hashlib.sha256(path.read_bytes()).hexdigest())
+        except OSError as exc:
+            raise UsageError(f"cannot read the reference image {path}: {exc.strerror or exc}.") from None
+    return digests
 
 
 def plan_training(

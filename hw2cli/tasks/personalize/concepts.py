@@ -81,7 +81,7 @@ def parse_concept(spec: str) -> Concept:
     folder_path = Path(folder)
     if not folder_path.is_dir():
         raise UsageError(f"{{opt:concept}} {token}: the image folder {folder_path} does not exist.")
-    images = sorted(p for p in folder_path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    images = sorted(p for p in folder_path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
     if not images:
         raise UsageError(f"{{opt:concept}} {token}: {folder_path} holds no images (.png, .jpg, .webp).")
     init = init.strip()

@@ -199,7 +199,7 @@ def train_personalization(
             raise UsageError(
                 f"the regularisation set {opts.reg!r} must be 'folder:class prompt' with an existing folder."
             )
-        reg_images = [p for p in sorted(Path(folder).iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES]
+        reg_images = [p for p in sorted(Path(folder).iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()]
     out = Path(opts.out)
     remove_stale_temporaries(out)
     saved_states = state_folders(out)
