@@ -489,6 +489,15 @@ def test_eval_errors(run_cli, generated, sd, tmp_path, isolated_cache):
     clip_dir = tiny_clip_folder(tmp_path / "clip")
     r = run_cli("personalize", "eval", out, "--json", three, "--refs", refs, "--clip-model", clip_dir)
     assert r.code == 2 and "holds 0 images; the grader needs exactly 25" in r.err
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(out, broken)
+    damaged = broken / "1" / "1" / "source1_prompt1_7.png"
+    damaged.write_bytes(damaged.read_bytes()[:60])
+    two = write_input_json(tmp_path / "two.json", n_prompts=2)
+    r = run_cli("personalize", "eval", broken, "--json", two, "--refs", refs, "--clip-model", tmp_path / "no-clip")
+    assert r.code == 2 and f"cannot open {damaged} as an image" in r.err  # found before any CLIP loads
 
 
 def test_sd_config_folder_is_complete_offline(tmp_path):

@@ -335,7 +335,9 @@ def grading_plan(
     out: str | Path, entries: dict[str, dict[str, Any]], refs: str | Path, *, per_prompt: int = 25
 ) -> list[GradingJob]:
     """Every folder the grader reads, checked before any model loads: the references of each
-    concept and exactly ``per_prompt`` images per prompt."""
+    concept and exactly ``per_prompt`` images per prompt, each one an image Pillow verifies."""
+    from hw2cli.io.manifest import finished_file
+
     out, refs = Path(out), Path(refs)
     if not out.is_dir():
         raise UsageError(f"the generated folder {out} does not exist.")
@@ -351,6 +353,9 @@ def grading_plan(
             files = list_images(folder) if folder.is_dir() else []
             if len(files) != per_prompt:
                 raise UsageError(f"{folder} holds {len(files)} images; the grader needs exactly {per_prompt}.")
+            for path in files if idx else [*references, *files]:
+                if not finished_file(path):
+                    raise UsageError(f"cannot open {path} as an image (empty, truncated or not an image).")
             baseline = tuple(entry["baseline"][idx])
             jobs.append(GradingJob(key, idx, entry["prompt"][idx], prompt, files, references, baseline, ignored))  # type: ignore[arg-type]
     return jobs
