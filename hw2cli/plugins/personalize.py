@@ -127,8 +127,8 @@ def generate(
     Each `<token>` the prompts use needs learned embeddings: --embeds, the ones this install
     ships, or --train-missing, which learns them here from the images in REFS/<key> (or
     REFS/<src_image>), starting from the word prompt_4_clip_eval puts in the token's place, as a
-    style where a prompt says "in the style of <token>". Training takes minutes on a GPU and
-    hours on a CPU; an interrupted one continues on the next run.
+    style where a prompt says "in the style of <token>". Training is long (hours on a CPU; on a
+    GPU not measured yet); an interrupted one continues on the next run.
 
     Examples:
       hw2 personalize generate hw2_data/textual_inversion/input.json out/p3 --model sd-v1-4.ckpt
