@@ -202,8 +202,6 @@ def _train_missing(
     """``sources`` plus the run that learns the tokens none of them provides (trained now, or
     found finished, or continued); the first of ``refs`` that holds every concept's folder serves.
     It trains with the command's own ``seed`` (fixed, like its images), not the seed setting."""
-    from hw2cli.errors import UsageError
-    from hw2cli.tasks.grading import MissingReferences
     from hw2cli.tasks.personalize import auto
     from hw2cli.tasks.personalize.generate import embedding_sources
 
@@ -211,32 +209,13 @@ def _train_missing(
     sources, missing = embedding_sources(prompts, sources)
     if not missing:
         return sources
-    failures: list[UsageError] = []
-    refs = list({folder.resolve(): folder for folder in refs}.values())  # one folder named two ways is one
-    for folder in refs:
-        try:
-            plan = auto.plan_training(
-                model, entries, missing, folder, weights_dir=current.weights_dir, steps_per_concept=steps,
-                resolution=resolution, seed=seed,
-            )  # fmt: skip
-            break
-        except MissingReferences as exc:  # another folder may hold them; any other problem is final
-            failures.append(exc)
-    else:
-        if len(failures) == 1:
-            raise failures[0]
-        first = str(failures[0].args[0]).rstrip(".")
-        raise UsageError(f"{first}; {refs[-1]} does not hold them either (pass {{opt:refs}} with the folder).")
+    plan = auto.plan_from_first(
+        model, entries, missing, refs, weights_dir=current.weights_dir, steps_per_concept=steps,
+        resolution=resolution, seed=seed,
+    )  # fmt: skip
     if auto.finished(plan):
         ui.info(f"using {', '.join(missing)} learned by an earlier run ({plan.out})")
     else:
-        try:  # where the run is kept must be writable before anything is announced or loaded
-            plan.out.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise UsageError(
-                f"cannot create {plan.out} to keep the learned embeddings ({exc.strerror or exc}); set "
-                "HW2_WEIGHTS_DIR (or --weights-dir) to a writable folder."
-            ) from None
         slow = " (hours on a CPU)" if device.type == "cpu" and plan.opts.steps >= 100 else ""
         ui.info(
             f"no embeddings for {', '.join(missing)}: learning {plan.describe()}; {plan.opts.steps} steps "

@@ -20,8 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from hw2cli.data import DATASETS as DATASETS_NAMES
-from hw2cli.data import IMAGE_SUFFIXES
+from hw2cli.data import DATASETS, IMAGE_SUFFIXES
 from hw2cli.data.prompts import read_input_json
 from hw2cli.errors import RunError, UsageError
 from hw2cli.io.atomic import listed
@@ -112,7 +111,7 @@ def read_folder(folder: Path) -> tuple[list[str], torch.Tensor, torch.Tensor]:
 
     if not folder.is_dir():
         hint = ""
-        if folder.parent.name in DATASETS_NAMES:  # `hw2 ddpm eval out/mnistm`: one level too deep
+        if folder.parent.name in DATASETS:  # `hw2 ddpm eval out/mnistm`: one level too deep
             hint = f"; pass the folder that holds mnistm/ and svhn/ ({folder.parent.parent})"
         raise UsageError(f"{folder} is not a folder of generated images{hint}.")
     names, images, labels = [], [], []

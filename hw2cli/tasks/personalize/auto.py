@@ -190,6 +190,42 @@ def plan_training(
     return TrainingPlan(concepts, out, opts, weights_dir)
 
 
+def plan_from_first(
+    model: str | Path,
+    entries: dict[str, dict[str, Any]],
+    missing: Sequence[str],
+    refs: Sequence[Path],
+    **kwargs: Any,
+) -> TrainingPlan:
+    """:func:`plan_training` with the first of ``refs`` that holds every concept's folder (only a
+    missing folder moves on to the next; any other problem is final), its run folder made (so an
+    unwritable weights folder is said before any model loads). ``kwargs``: plan_training's."""
+    from hw2cli.tasks.grading import MissingReferences
+
+    failures: list[UsageError] = []
+    folders = list({Path(folder).resolve(): Path(folder) for folder in refs}.values())  # one folder named two ways
+    for folder in folders:
+        try:
+            plan = plan_training(model, entries, missing, folder, **kwargs)
+            break
+        except MissingReferences as exc:
+            failures.append(exc)
+    else:
+        if len(failures) == 1:
+            raise failures[0]
+        first = str(failures[0].args[0]).rstrip(".")
+        raise UsageError(f"{first}; {folders[-1]} does not hold them either (pass {{opt:refs}} with the folder).")
+    if not finished(plan):
+        try:
+            plan.out.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UsageError(
+                f"cannot create {plan.out} to keep the learned embeddings ({exc.strerror or exc}); set "
+                "HW2_WEIGHTS_DIR (or --weights-dir) to a writable folder."
+            ) from None
+    return plan
+
+
 def finished(plan: TrainingPlan) -> bool:
     """The run has published embeddings of its last step."""
     try:
