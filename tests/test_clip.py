@@ -6,6 +6,7 @@ import csv
 import json
 import os
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -466,3 +467,18 @@ def test_cuda_autocast_features_match_fp32(run_cli, tiny, homework, tmp_path, mo
     r = run_cli(*_args(tiny, homework, tmp_path / "o", "--json", "--workers", "2"))
     assert r.code == 0, r.err
     assert "float16" in r.err and json.loads(r.out)["images"] == len(ID2LABEL) * PER_CLASS
+
+
+def test_broken_links_and_folders_named_like_images_are_named_not_dropped_silently(run_cli, tiny, homework, tmp_path):
+    val = tmp_path / "clip_zeroshot" / "val"
+    shutil.copytree(homework, val)
+    shutil.copy(homework.parent / "id2label.json", val.parent / "id2label.json")
+    (val / "2_99.png").symlink_to(tmp_path / "gone.png")  # a dangling link
+    (val / "3_99.png").mkdir()
+    r = run_cli(*_args(tiny, val, tmp_path / "out", "--json"))
+    assert r.code == 0, r.err
+    assert "left out 2 paths named like an image that is not a file" in " ".join(r.err.split())
+    assert "2_99.png" in r.err
+    metrics = json.loads(r.out)
+    assert metrics["images"] == len(list(homework.glob("*.png")))
+    assert sorted(Path(p).name for p in metrics["left_out"]) == ["2_99.png", "3_99.png"]

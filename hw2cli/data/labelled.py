@@ -13,7 +13,7 @@ import json
 import re
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,7 @@ class LabelledImages:
     root: Path
     layout: str  # homework | imagefolder | csv
     labels_file: Path | None = None
+    skipped: list[Path] = field(default_factory=list)  # named like images, but broken links or folders
 
     def display_name(self, i: int) -> str:
         try:
@@ -96,6 +97,13 @@ def _images_in(folder: Path) -> list[Path]:
     return sorted((p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES), key=_natural_key)
 
 
+def _not_images(folder: Path) -> list[Path]:
+    """Entries of ``folder`` named like images that are not files: broken links, folders."""
+    return sorted(
+        (p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.is_file()), key=_natural_key
+    )
+
+
 def load_dataset(data: str | Path, labels: str | Path | None = None) -> LabelledImages:
     """The labelled images of ``data`` (homework folder, ImageFolder tree or CSV), see the module doc.
 
@@ -121,7 +129,9 @@ def load_dataset(data: str | Path, labels: str | Path | None = None) -> Labelled
             "(an ImageFolder tree needs a sub-folder per class)."
         )
     if not files and subfolders:
-        return _load_imagefolder(data, subfolders, id2label, labels_path, explicit=labels is not None)
+        dataset = _load_imagefolder(data, subfolders, id2label, labels_path, explicit=labels is not None)
+        dataset.skipped = [p for folder in subfolders for p in _not_images(folder)]
+        return dataset
     if not files:
         raise UsageError(
             f"{data} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))}); pass the folder of <classid>_<idx>.png "
@@ -142,7 +152,7 @@ def load_dataset(data: str | Path, labels: str | Path | None = None) -> Labelled
         if key not in index:
             raise UsageError(f"class id {key} of {f.name} is not in {labels_path}; expected one of {_few(ids)}.")
         out_labels.append(index[key])
-    return LabelledImages(files, out_labels, list(id2label.values()), data, "homework", labels_path)
+    return LabelledImages(files, out_labels, list(id2label.values()), data, "homework", labels_path, _not_images(data))
 
 
 def _few(items: Sequence[str], n: int = 5) -> str:

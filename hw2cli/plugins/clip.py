@@ -85,7 +85,7 @@ def eval_command(
       hw2 clip eval --data val --pretrained ~/.cache/clip/ViT-B-32.pt      # a local checkpoint, offline
     """
     from hw2cli import runtime, settings
-    from hw2cli.io.atomic import check_output_folder
+    from hw2cli.io.atomic import check_output_folder, listed
     from hw2cli.tasks.clip import evaluate
 
     workers = _default_workers() if workers is None else workers
@@ -97,6 +97,11 @@ def eval_command(
     def loaded(clip, dataset, template_name, template_list, notes) -> None:
         for note in notes:
             ui.info(f"note: {note}")
+        if dataset.skipped:
+            ui.warn(
+                f"left out {ui.plural(len(dataset.skipped), 'path')} named like an image that is not a file "
+                f"(a broken link or a folder): {listed([str(p) for p in dataset.skipped])}."
+            )
         ui.info(
             f"{clip.name} [{backend}, {clip.precision}] on {device}: {len(dataset.files)} images, "
             f"{len(dataset.classnames)} classes, {len(template_list)} template(s) ({template_name})"

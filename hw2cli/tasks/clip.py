@@ -440,6 +440,7 @@ def write_outputs(report: ZeroShotReport, out: Path, *, examples: int = 5, seed:
         ]
         for kind, picks in (("correct", right), ("incorrect", wrong))
     }
+    metrics["left_out"] = [str(p) for p in report.data.skipped]
     metrics["files"] = {k: str(v) for k, v in files.items()}
     write_json(files["metrics"], metrics)
     return metrics
