@@ -46,6 +46,20 @@ def test_sample_writes_pngs_and_a_grid(run_cli, checkpoint, tmp_path):
     assert Image.open(out / "grid_digit3.png").size == (2 + 2 * 30, 2 + 2 * 30)
 
 
+def test_a_smaller_sample_in_a_used_folder_names_the_earlier_images_it_leaves(run_cli, checkpoint, tmp_path):
+    out = tmp_path / "s"
+    base = ["ddpm", "sample", "--digit", "3", "--steps", "2", "--checkpoint", checkpoint, "--out", out]
+    r = run_cli(*base, "-n", "3")
+    assert r.code == 0 and "earlier" not in r.err, r.err
+    r = run_cli(*base, "-n", "3", "--seed", "1")  # the same size: everything is overwritten, nothing to say
+    assert r.code == 0 and "earlier" not in r.err, r.err
+    r = run_cli(*base, "-n", "1", "--dataset", "svhn")
+    assert r.code == 0, r.err
+    err = " ".join(r.err.split())
+    assert "keeps 2 images of an earlier, larger sample of 3 (svhn_3_002.png (and 1 more))" in err
+    assert "mnistm" not in err  # another data set's samples are not this run's business
+
+
 @pytest.mark.parametrize("sampler", ["ddim", "ddpm"])
 def test_other_samplers(run_cli, checkpoint, tmp_path, sampler):
     out = tmp_path / sampler

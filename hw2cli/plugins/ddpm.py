@@ -253,12 +253,18 @@ def sample_command(
       hw2 ddpm sample -d 7 --dataset svhn -n 25 --sampler ddim --steps 100 --guidance 3
     """
     from hw2cli import settings
-    from hw2cli.io.atomic import check_output_folder
-    from hw2cli.tasks.ddpm import sample_folder
+    from hw2cli.io.atomic import check_output_folder, listed
+    from hw2cli.tasks.ddpm import earlier_samples, sample_folder
 
     names = ["mnistm", "svhn"] if dataset == "both" else [dataset]
     current = settings.get()
     out = check_output_folder(out or current.output_root / "samples")
+    earlier = earlier_samples(out, digit, names, n)
+    if earlier:
+        ui.warn(
+            f"{out} keeps {ui.plural(len(earlier), 'image')} of an earlier, larger sample of {digit} "
+            f"({listed([p.name for p in earlier])}); they are not part of this one (use another --out, or delete them)."
+        )
     model, dtype = _model(checkpoint, data_range, cond_layout, guidance)
     with ui.progress(f"sample {digit}", n * len(names)) as bar:
         files, grid = sample_folder(

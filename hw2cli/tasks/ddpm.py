@@ -4,6 +4,7 @@ report's figures. The CLI (``hw2cli.plugins.ddpm``) only parses options and prin
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -135,6 +136,16 @@ def iter_samples(
             on_batch(cond.shape[0])
 
 
+def earlier_samples(out: Path, digit: int, datasets: Sequence[str], n: int) -> list[Path]:
+    """Samples of an earlier, larger run that a run of ``n`` leaves beside its own:
+    ``<dataset>_<digit>_NNN.png`` numbered past ``n``."""
+    if not out.is_dir():
+        return []
+    pattern = re.compile(rf"^({'|'.join(map(re.escape, datasets))})_{digit}_(\d+)\.png$")
+    found = ((p, pattern.match(p.name)) for p in out.iterdir())
+    return sorted(p for p, m in found if m and int(m.group(2)) > n)
+
+
 def sample_folder(
     model: DigitModel,
     digit: int,
@@ -144,7 +155,8 @@ def sample_folder(
     **kwargs: Any,
 ) -> tuple[list[Path], Path]:
     """``n`` samples of ``digit`` per data set as ``out/<dataset>_<digit>_001.png`` …, plus one grid
-    (a row per data set) ``out/grid_digit<digit>.png``. Keyword arguments: :func:`iter_samples`'s."""
+    (a row per data set) ``out/grid_digit<digit>.png``. Keyword arguments: :func:`iter_samples`'s.
+    Files of an earlier run that this one does not overwrite are kept (see :func:`earlier_samples`)."""
     out = check_output_folder(Path(out))
     images = sample_digits(model, [digit] * (n * len(datasets)), [d for d in datasets for _ in range(n)], **kwargs)
     files: list[Path] = []
