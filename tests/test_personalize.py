@@ -606,6 +606,44 @@ def test_an_interrupted_graded_generation_resumes_to_identical_bytes(
         assert (tmp_path / "a" / rel).read_bytes() == (tmp_path / "b" / rel).read_bytes()
 
 
+def test_an_interrupted_free_prompt_resumes_to_identical_bytes_and_a_larger_n_adds_to_it(
+    sd, trained, tmp_path, isolated_cache, interrupt_on_call
+):
+    from hw2cli.app import main
+    from hw2cli.tasks.personalize import generate as P
+
+    model, _ = sd
+    prompt = "A <new1> in the style of <new2>."
+    common = ["--model", model, "--embeds", trained, "--steps", "1", "--resolution", RES, "--batch", 2]
+
+    def generate(out, *extra):
+        return main([str(a) for a in ["personalize", "generate", "--prompt", prompt, out, *common, *extra]])
+
+    def pngs(folder):
+        return {p.name: p.read_bytes() for p in sorted(folder.glob("*.png"))}
+
+    assert generate(tmp_path / "a", "-n", 6) == 0
+    restore = interrupt_on_call(P, "save_image", 5)  # two batches finished, the third stopped
+    assert generate(tmp_path / "b", "-n", 6) == 130
+    restore()
+    kept = {name: (tmp_path / "b" / name).stat().st_mtime_ns for name in pngs(tmp_path / "b")}
+    assert len(kept) == 4
+    assert generate(tmp_path / "b", "-n", 6) == 0
+    assert pngs(tmp_path / "b") == pngs(tmp_path / "a")
+    assert all((tmp_path / "b" / name).stat().st_mtime_ns == t for name, t in kept.items())  # not made again
+
+    assert generate(tmp_path / "c", "-n", 2) == 0  # a larger -n keeps the smaller run's images
+    first = {name: (tmp_path / "c" / name).stat().st_mtime_ns for name in pngs(tmp_path / "c")}
+    assert generate(tmp_path / "c", "-n", 6) == 0
+    assert pngs(tmp_path / "c") == pngs(tmp_path / "a")
+    assert all((tmp_path / "c" / name).stat().st_mtime_ns == t for name, t in first.items())
+    assert generate(tmp_path / "c", "-n", 2, "--seed", 1) == 0  # other settings: made anew
+    assert (
+        pngs(tmp_path / "c")["A_new1_in_the_style_of_new2_0.png"]
+        != pngs(tmp_path / "a")["A_new1_in_the_style_of_new2_0.png"]
+    )
+
+
 MEAN64 = np.array([0.48145466, 0.4578275, 0.40821073], dtype=np.float64)
 STD64 = np.array([0.26862954, 0.26130258, 0.27577711], dtype=np.float64)
 

@@ -53,8 +53,11 @@ def _normalise(settings: Mapping[str, Any]) -> dict[str, Any]:
     return json.loads(json.dumps(dict(settings), sort_keys=True, default=str))
 
 
-def manifest_path(folder: Path, state_dir: Path) -> Path:
-    key = hashlib.sha256(str(Path(folder).resolve()).encode()).hexdigest()[:24]
+def manifest_path(folder: Path, state_dir: Path, part: str | None = None) -> Path:
+    """Where the record of ``folder`` lives; ``part`` names one of several sets of files a folder
+    holds side by side (the free prompts of ``personalize generate``), each with its own record."""
+    name = str(Path(folder).resolve()) + ("" if part is None else f"\0{part}")
+    key = hashlib.sha256(name.encode()).hexdigest()[:24]
     return Path(state_dir) / "outputs" / f"{key}.json"
 
 
@@ -85,13 +88,15 @@ def prepare_outputs(
     state_dir: Path,
     resume: bool = True,
     note: Callable[[str], None] | None = None,
+    part: str | None = None,
 ) -> set[Path]:
-    """Record ``settings`` for ``folder``; return those of ``files`` that a previous run with the same
-    settings finished (empty without ``resume`` or when the settings differ, after deleting them).
-    Where the record cannot be written, ``note`` says so and the run goes on without it."""
+    """Record ``settings`` for ``folder`` (or for its ``part``, see :func:`manifest_path`); return
+    those of ``files`` that a previous run with the same settings finished (empty without
+    ``resume`` or when the settings differ, after deleting them). Where the record cannot be
+    written, ``note`` says so and the run goes on without it."""
     files = list(files)
     wanted = {"folder": str(Path(folder).resolve()), **_normalise(settings)}
-    manifest = manifest_path(folder, state_dir)
+    manifest = manifest_path(folder, state_dir, part)
     previous = None
     if manifest.is_file():
         try:

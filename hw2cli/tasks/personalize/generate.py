@@ -84,14 +84,40 @@ def prompt_file_stem(prompt: str) -> str:
     return f"{stem[:51]}-{hashlib.sha256(prompt.encode()).hexdigest()[:8]}"
 
 
-def generate_prompt(pipe: Any, prompt: str, n: int, out: Path, **kwargs: Any) -> list[Path]:
-    """A free prompt: ``out/<prompt words>_<i>.png`` for ``i`` in ``0..n-1``."""
+def generate_prompt(
+    pipe: Any,
+    prompt: str,
+    n: int,
+    out: Path,
+    *,
+    identity: dict[str, Any] | None = None,
+    state_dir: Path | None = None,
+    resume: bool = True,
+    note: Callable[[str], None] | None = None,
+    **kwargs: Any,
+) -> tuple[list[Path], int]:
+    """A free prompt: ``out/<prompt words>_<i>.png`` for ``i`` in ``0..n-1``; returns the paths and
+    how many of them an earlier run with the same settings had finished (kept, as in the graded
+    layout; image ``i`` does not depend on ``n``, so a larger ``-n`` adds to a smaller one's).
+    Keyword arguments: :func:`iter_images`'s."""
     stem = prompt_file_stem(prompt)
-    paths = []
+    paths = [out / f"{stem}_{i}.png" for i in range(n)]
+    settings = {
+        "command": "personalize generate --prompt",
+        **(identity or {}),
+        "prompt": prompt,
+        **{k: v for k, v in kwargs.items() if k in ("steps", "guidance", "seed", "batch", "resolution")},
+        "scheduler": type(pipe.scheduler).__name__,
+        "device": str(pipe.device.type),
+    }
+    done = prepare_outputs(out, settings, paths, state_dir=state_dir or out.parent, resume=resume, note=note, part=stem)
     with confine(out):
-        for start, images in iter_images(pipe, prompt, n, **kwargs):
-            paths += [save_image(img, out / f"{stem}_{start + i}.png") for i, img in enumerate(images)]
-    return paths
+        remove_stale_temporaries(out)
+        skip = lambda a, b: all(p in done for p in paths[a:b])  # noqa: E731
+        for start, images in iter_images(pipe, prompt, n, skip=skip, **kwargs):
+            for i, img in enumerate(images):
+                save_image(img, paths[start + i])
+    return paths, len(done)
 
 
 def graded_paths(
@@ -279,15 +305,16 @@ def generate(
     if on_start is not None:
         on_start(total, tokens)
     common = {"steps": steps, "guidance": guidance, "seed": seed, "batch": batch, "resolution": resolution}
-    if prompt is not None:
-        paths = generate_prompt(pipe, prompt, n, out, on_batch=on_batch, **common)
-        return {"written": len(paths), "reused": 0, "paths": paths}
     from hw2cli.io.manifest import fingerprint
 
     identity = {
         "model": fingerprint(model) if Path(model).exists() else str(model),
         "embeddings": [fingerprint(s) for s in sources],
     }
+    if prompt is not None:
+        paths, reused = generate_prompt(pipe, prompt, n, out, identity=identity, state_dir=weights_dir, resume=resume,
+                                        note=warn, on_batch=on_batch, **common)  # fmt: skip
+        return {"written": len(paths) - reused, "reused": reused, "paths": paths}
     result = generate_graded(pipe, entries, out, identity=identity, state_dir=weights_dir, resume=resume,  # type: ignore[arg-type]
                              on_batch=on_batch, note=warn, **common)  # fmt: skip
     return {**result, "paths": []}
