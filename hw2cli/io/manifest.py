@@ -9,7 +9,8 @@ written atomically; an image is kept only if it still opens and passes Pillow's 
 someone else may have damaged it) and makes only the missing ones; a rerun with other settings
 first deletes the old files it would overwrite, so a folder never mixes two runs. The record is a
 convenience: where the weights folder cannot be written, the run goes on without it (an
-interruption then starts over).
+interruption then starts over); the records of folders since deleted are dropped when a new one
+is written.
 """
 
 from __future__ import annotations
@@ -61,6 +62,26 @@ def manifest_path(folder: Path, state_dir: Path, part: str | None = None) -> Pat
     return Path(state_dir) / "outputs" / f"{key}.json"
 
 
+def forget_removed_folders(state_dir: Path, keep: Path | None = None, min_age_s: float = 3600.0) -> int:
+    """Delete the records of output folders that no longer exist (so records do not pile up);
+    returns how many. Only records older than ``min_age_s`` go (a run records its folder before
+    it makes it), never ``keep``; a record that cannot be read is left alone."""
+    import time
+
+    removed, now = 0, time.time()
+    for record in (Path(state_dir) / "outputs").glob("*.json"):
+        try:
+            if record == keep or now - record.stat().st_mtime < min_age_s:
+                continue
+            folder = json.loads(record.read_text()).get("folder")
+            if isinstance(folder, str) and not Path(folder).exists():
+                record.unlink()
+                removed += 1
+        except (OSError, ValueError, AttributeError):
+            continue
+    return removed
+
+
 def finished_file(path: Path) -> bool:
     """``path`` is a complete file: not empty and, for an image, one Pillow opens and verifies
     (a truncated or damaged PNG fails its chunk CRCs)."""
@@ -110,6 +131,7 @@ def prepare_outputs(
             f.unlink()
     try:
         write_json(manifest, wanted)
+        forget_removed_folders(Path(state_dir), keep=manifest)
     except (OSError, HW2Error) as exc:
         if previous is not None:  # an old record left in place would vouch for these new files later
             try:
