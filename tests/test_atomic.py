@@ -93,6 +93,30 @@ def test_stale_temporaries_of_dead_processes_are_removed_and_live_ones_kept(tmp_
     assert live.exists() and other.exists() and not stale.exists() and not staging.exists()
 
 
+def test_the_first_write_into_a_folder_removes_what_killed_runs_left_there(tmp_path):
+    import subprocess
+    import sys
+
+    from hw2cli.io import atomic
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    folder = tmp_path / "figures"
+    folder.mkdir()
+    stale = folder / f".grid.png.hw2-{dead.pid}-a1b2c3.tmp"
+    stale.write_bytes(b"half an image")
+    live = folder / f".x.png.hw2-{os.getpid()}-zz.tmp"  # this process's: it may be writing it
+    live.write_bytes(b"")
+    save_image(np.zeros((2, 2, 3), dtype=np.uint8), folder / "other.png")
+    assert not stale.exists() and live.exists()
+    stale.write_bytes(b"")
+    write_json(folder / "j.json", {})
+    assert stale.exists()  # once per folder and process: a folder of 1,000 images is not listed 1,000 times
+    atomic._swept.discard(folder.resolve())
+    write_json(folder / "j.json", {})
+    assert not stale.exists()
+
+
 def test_output_paths_are_checked_before_any_work(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("x")
@@ -127,7 +151,7 @@ def test_safetensors_with_metadata_are_byte_identical_on_every_save(tmp_path):
     from hw2cli.io.atomic import save_safetensors
 
     tensors = {"w": torch.randn(3, 4), "steps": torch.arange(5)}
-    metadata = {key: f"value {i} \"é\"\n" for i, key in enumerate("fedcbazyx")}
+    metadata = {key: f'value {i} "é"\n' for i, key in enumerate("fedcbazyx")}
     files = [save_safetensors(tensors, tmp_path / f"{i}.safetensors", metadata=metadata) for i in range(5)]
     assert len({f.read_bytes() for f in files}) == 1
     with safe_open(str(files[0]), "pt") as fh:

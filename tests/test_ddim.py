@@ -116,9 +116,17 @@ def test_an_interrupted_figure_continues_where_it_stopped(run_cli, face, tmp_pat
     assert not (tmp_path / "resumed.png").exists()
     calls.clear()
     interrupt_at = None
+    figure = core.eta_grid_figure if command[0] == "eta-grid" else core.interpolation_figure
+    counted_images = []
+
+    def counting(*args, on_batch=None, **kwargs):  # what the progress bar hears
+        return figure(*args, on_batch=lambda n: (counted_images.append(n), on_batch and on_batch(n)), **kwargs)
+
+    monkeypatch.setattr(core, figure.__name__, counting)
     r = run_cli("ddim", *common, "--out", tmp_path / "resumed.png")
     assert r.code == 0, r.err
     assert len(calls) == total - 2  # the two batches finished before the interruption were kept
+    assert sum(counted_images) == 6  # 3 η × 2 noises, or slerp and lerp × 3 α: kept batches count once
     assert (tmp_path / "resumed.png").read_bytes() == (tmp_path / "straight.png").read_bytes()
     assert not list((tmp_path / "weights" / "outputs").glob("figure-*"))  # kept only until the figure exists
     calls.clear()

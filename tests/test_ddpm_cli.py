@@ -131,8 +131,16 @@ def test_unwritable_output(run_cli, checkpoint, tmp_path):
 
 
 def test_grid_and_trajectory_figures(run_cli, checkpoint, tmp_path):
+    import subprocess
+    import sys
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    killed = tmp_path / f".grid_mnistm.png.hw2-{dead.pid}-5ym6oc8z.tmp"  # what a kill -9 mid-write leaves
+    killed.write_bytes(b"")
     r = run_cli("ddpm", "grid", "--out", tmp_path, "--steps", "1", "--checkpoint", checkpoint)
     assert r.code == 0, r.err
+    assert not killed.exists()
     for name in ("grid_mnistm.png", "grid_svhn.png"):
         w, h = Image.open(tmp_path / name).size
         assert w > 200 and h > 200

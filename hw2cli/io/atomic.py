@@ -7,7 +7,8 @@ names are on one file system, which a sibling temporary file guarantees).
 
 Temporary names carry the writer's process id (``.NAME.hw2-PID-XXXX.tmp``), so a later run can
 tell its own stale leftovers (their process is gone, e.g. after ``kill -9``) from a file another
-``hw2`` is writing right now, and :func:`remove_stale_temporaries` deletes only the former.
+``hw2`` is writing right now, and :func:`remove_stale_temporaries` deletes only the former; every
+write does that once per folder and process, whatever the command.
 
 :func:`confine` names the output folder of the command that runs: while it is active, a write
 whose resolved path lies outside that folder (``..``, an absolute name, a symlink out) is refused
@@ -32,6 +33,7 @@ from hw2cli.errors import RunError, UsageError
 _TMP_RE = re.compile(r"^\.(?P<name>.+)\.hw2-(?P<pid>\d+)-[A-Za-z0-9_]+\.tmp$")
 _STAGING_RE = re.compile(r"^\.(?P<name>.+)\.hw2-(?P<pid>\d+)-[A-Za-z0-9_]+\.partial$")
 _roots: contextvars.ContextVar[tuple[Path, ...]] = contextvars.ContextVar("hw2_output_roots", default=())
+_swept: set[Path] = set()  # folders this process has cleared of killed runs' temporaries
 # Pseudo file systems no output belongs in.
 _SYSTEM_TREES = (Path("/proc"), Path("/sys"), Path("/dev"))
 
@@ -176,9 +178,22 @@ def temporary_name(path: Path) -> str:
     return f".{path.name}.hw2-{os.getpid()}-"
 
 
+def _sweep_once(folder: Path) -> None:
+    """Before this process first writes into ``folder``, remove what killed runs left there, so
+    no command leaves a ``kill -9``'s temporary behind for good (once per folder: cheap)."""
+    try:
+        key = folder.resolve()
+    except OSError:
+        return
+    if key not in _swept:
+        _swept.add(key)
+        remove_stale_temporaries(key)
+
+
 def make_staging_folder(path: Path) -> Path:
     """A new empty folder beside ``path``, named so that a later run can clean it up if we die."""
     _check_confined(path)
+    _sweep_once(path.parent)
     try:
         return Path(tempfile.mkdtemp(prefix=temporary_name(path), suffix=".partial", dir=path.parent))
     except OSError as exc:
@@ -198,6 +213,7 @@ def atomic_path(path: str | os.PathLike[str], *, fsync: bool = False) -> Iterato
         raise RunError(f"cannot write the file {path}: a folder of that name is in the way.")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
+        _sweep_once(path.parent)
         fd, tmp_name = tempfile.mkstemp(prefix=temporary_name(path), suffix=".tmp", dir=path.parent)
     except OSError as exc:
         raise RunError(f"cannot write to {path.parent}: {exc.strerror or exc}.") from exc

@@ -350,7 +350,7 @@ def interpolate(
         mix = slerp if mode == "slerp" else lerp
         noise = torch.cat([mix(a, b, alpha) for alpha in alphas])
         starts = range(0, noise.shape[0], batch)
-        done = {start: kept.load(f"{mode}-{start // batch}", on_batch) for start in starts}
+        done = {start: kept.load(f"{mode}-{start // batch}") for start in starts}  # iter_ddim counts them
         for start, x in iter_ddim(
             source, noise, opts, batch=batch, on_batch=on_batch, skip=lambda a, _, done=done: done[a] is not None
         ):
