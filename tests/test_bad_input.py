@@ -47,6 +47,7 @@ def env(tmp_path_factory):
     paths["evil"] = root / "evil.pt"
     (root / "file.txt").write_text("not a folder")
     paths["file"] = root / "file.txt"
+    (root / "sd.ckpt").write_bytes(b"a stand-in: every case below fails before the model loads")
     (root / "empty").mkdir()
     paths["empty"] = root / "empty"
     synthesize(root / "data", per_class=2, seed=5)
@@ -353,11 +354,11 @@ ROWS = [
     (["personalize", "generate", "--prompt", "A dog.", "--model", "{missing}.ckpt"], 2, "does-not-exist"),
     (["personalize", "generate", "--prompt", "A dog.", "--model", "{empty}"], 2, "model_index.json"),
     # --- personalize eval
-    (["personalize", "eval", "{root}/p3", "--json", "{missing}", "--refs", "{refs}"], 2, "does-not-exist"),
-    (["personalize", "eval", "{root}/p3", "--json", "{json_no_eval}", "--refs", "{refs}"], 2, "prompt_4_clip_eval"),
-    (["personalize", "eval", "{missing}", "--json", "{json_good}", "--refs", "{refs}"], 2, "does-not-exist"),
-    (["personalize", "eval", "{empty}", "--json", "{json_good}", "--refs", "{missing}"], 2, "does-not-exist"),
-    (["personalize", "eval", "{empty}", "--json", "{json_good}", "--refs", "{refs}"], 2, "holds 0 images"),
+    (["personalize", "eval", "{root}/p3", "{missing}", "--refs", "{refs}"], 2, "does-not-exist"),
+    (["personalize", "eval", "{root}/p3", "{json_no_eval}", "--refs", "{refs}"], 2, "prompt_4_clip_eval"),
+    (["personalize", "eval", "{missing}", "{json_good}", "--refs", "{refs}"], 2, "does-not-exist"),
+    (["personalize", "eval", "{empty}", "{json_good}", "--refs", "{missing}"], 2, "does-not-exist"),
+    (["personalize", "eval", "{empty}", "{json_good}", "--refs", "{refs}"], 2, "holds 0 images"),
     # --- bench
     (["bench", "kernels", "--repeats", "0"], 2, "--repeats is 0"),
     (["bench", "kernels", "--dtype", "fp8"], 2, "'fp8'"),

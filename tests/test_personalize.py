@@ -412,7 +412,7 @@ def test_generate_free_prompt_and_errors(run_cli, sd, trained, tmp_path, isolate
     r = run_cli("personalize", "generate", tmp_path / "bad.json", tmp_path / "o", *common)
     assert r.code == 2 and "concept '0' has no 'prompt'" in r.err
     r = run_cli("personalize", "generate", write_input_json(tmp_path / "i.json"), tmp_path / "o", "--model", model)
-    assert r.code == 1 and "no trained embeddings" in r.err
+    assert r.code == 2 and "no trained embeddings" in r.err
     missing = tmp_path / "missing.ckpt"
     r = run_cli("personalize", "generate", "--prompt", "a dog", "--model", missing, "--embeds", trained)
     assert r.code == 2 and "does not exist" in r.err
@@ -456,7 +456,7 @@ def test_eval_equals_a_hand_computation(run_cli, generated, sd, tmp_path, isolat
     out, input_json = generated
     _, refs = sd
     clip_dir = tiny_clip_folder(tmp_path / "clip")
-    r = run_cli("personalize", "eval", out, "--json", input_json, "--refs", refs, "--clip-model", clip_dir, "--as-json",
+    r = run_cli("personalize", "eval", out, input_json, "--refs", refs, "--clip-model", clip_dir, "--json",
                 "--preprocess", "model")  # fmt: skip
     assert r.code == 0, r.err
     report = {(row["key"], row["prompt_index"]): row for row in json.loads(r.out)}
@@ -475,19 +475,47 @@ def test_eval_equals_a_hand_computation(run_cli, generated, sd, tmp_path, isolat
             assert row["image_score"] == pytest.approx(np.mean([image_scores[i] for i in order]), rel=1e-4)
             assert row["text_score"] == pytest.approx(np.mean([text_scores[i] for i in order]), rel=1e-4, abs=1e-4)
             assert row["passed"] == (row["image_score"] >= 10 and row["text_score"] >= 5)
-    table = run_cli("personalize", "eval", out, "--json", input_json, "--refs", refs, "--clip-model", clip_dir)
+    table = run_cli("personalize", "eval", out, input_json, "--refs", refs, "--clip-model", clip_dir)
     assert "prompts pass" in table.out
+    # 0.x's spelling, `--json input.json`, still grades (--json is now the output flag, the file positional)
+    old = run_cli("personalize", "eval", out, "--json", input_json, "--refs", refs, "--clip-model", clip_dir,
+                  "--preprocess", "model")  # fmt: skip
+    assert old.code == 0 and json.loads(old.out) == json.loads(r.out)
+
+
+def test_eval_finds_the_input_json_in_the_data_root_and_the_references_beside_it(
+    run_cli, generated, sd, tmp_path, isolated_cache, monkeypatch
+):
+    import shutil
+
+    out, input_json = generated
+    _, refs = sd
+    clip_dir = tiny_clip_folder(tmp_path / "clip")
+    home = tmp_path / "hw2_data" / "textual_inversion"  # the homework's layout: input.json beside 0/, 1/
+    shutil.copytree(refs, home)
+    shutil.copy(input_json, home / "input.json")
+    explicit = run_cli("personalize", "eval", out, input_json, "--refs", refs, "--clip-model", clip_dir, "--json")
+    assert explicit.code == 0, explicit.err
+    beside = run_cli("personalize", "eval", out, home / "input.json", "--clip-model", clip_dir, "--json")
+    assert beside.code == 0, beside.err
+    monkeypatch.setenv("HW2_DATA_ROOT", str(tmp_path / "hw2_data"))
+    default = run_cli("personalize", "eval", out, "--clip-model", clip_dir, "--json")
+    assert default.code == 0, default.err
+    assert json.loads(explicit.out) == json.loads(beside.out) == json.loads(default.out)
+    monkeypatch.setenv("HW2_DATA_ROOT", str(tmp_path / "nowhere"))
+    r = run_cli("personalize", "eval", out, "--clip-model", clip_dir)
+    assert r.code == 2 and "input.json does not exist" in r.err
 
 
 def test_eval_errors(run_cli, generated, sd, tmp_path, isolated_cache):
     out, _ = generated
     _, refs = sd
     no_eval = write_input_json(tmp_path / "noeval.json", n_prompts=2, with_eval=False)
-    r = run_cli("personalize", "eval", out, "--json", no_eval, "--refs", refs)
+    r = run_cli("personalize", "eval", out, no_eval, "--refs", refs)
     assert r.code == 2 and "has no 'prompt_4_clip_eval'" in r.err
     three = write_input_json(tmp_path / "three.json", n_prompts=3)
     clip_dir = tiny_clip_folder(tmp_path / "clip")
-    r = run_cli("personalize", "eval", out, "--json", three, "--refs", refs, "--clip-model", clip_dir)
+    r = run_cli("personalize", "eval", out, three, "--refs", refs, "--clip-model", clip_dir)
     assert r.code == 2 and "holds 0 images; the grader needs exactly 25" in r.err
     import shutil
 
@@ -496,7 +524,7 @@ def test_eval_errors(run_cli, generated, sd, tmp_path, isolated_cache):
     damaged = broken / "1" / "1" / "source1_prompt1_7.png"
     damaged.write_bytes(damaged.read_bytes()[:60])
     two = write_input_json(tmp_path / "two.json", n_prompts=2)
-    r = run_cli("personalize", "eval", broken, "--json", two, "--refs", refs, "--clip-model", tmp_path / "no-clip")
+    r = run_cli("personalize", "eval", broken, two, "--refs", refs, "--clip-model", tmp_path / "no-clip")
     assert r.code == 2 and f"cannot open {damaged} as an image" in r.err  # found before any CLIP loads
 
 
@@ -707,8 +735,9 @@ def test_eval_with_the_homework_preprocessing_equals_a_hand_computation(
     (refs / "0" / "notes.txt").write_text("not an image")
     try:
         clip_dir = tiny_clip_folder(tmp_path / "clip")
-        r = run_cli("personalize", "eval", out, "--json", input_json, "--refs", refs, "--clip-model", clip_dir,
-                    "--as-json")  # fmt: skip
+        r = run_cli(
+            "personalize", "eval", out, input_json, "--refs", refs, "--clip-model", clip_dir, "--as-json"
+        )  # fmt: skip  (the old name of --json still works)
     finally:
         (refs / "0" / "notes.txt").unlink()
     assert r.code == 0, r.err
@@ -779,7 +808,8 @@ def test_a_prompt_without_new_tokens_needs_no_embeddings_and_one_positional_is_t
     assert not (tmp_path / "outputs").exists() and not __import__("pathlib").Path("outputs").exists()
     r = run_cli("personalize", "generate", "--prompt", "A <new1> on a bench.", tmp_path / "x", "--model", model,
                 "--steps", "1", "--resolution", RES)  # fmt: skip
-    assert r.code == 1 and "the prompts use <new1>" in r.err  # a new token still needs its embedding
+    assert r.code == 2 and "the prompts use <new1>" in r.err  # a new token still needs its embedding
+    assert "--train-missing" not in r.err  # it learns the concepts of an input.json, not of a free prompt
 
 
 # --------------------------------------------------------------------------- --train-missing (hw2_3.sh)
@@ -915,7 +945,36 @@ def test_train_missing_errors_come_before_any_model_loads(run_cli, sd, tmp_path,
     r = run_cli("personalize", "generate", "--prompt", "A <new1>.", tmp_path / "o", "--model", model, "--train-missing")
     assert r.code == 2 and "--train-missing and --refs learn the concepts of an input.json" in r.err
     r = run_cli("personalize", "generate", input_json, tmp_path / "o", "--model", model)
-    assert r.code == 1 and "--train-missing" in r.err and "ships no trained embeddings" in r.err
+    assert r.code == 2 and "--train-missing" in r.err and "ships no trained embeddings" in r.err
+    shutil.copytree(refs / "1", ti / "1")
+    r = run_cli("personalize", "generate", input_json, tmp_path / "o", "--model", tmp_path / "sd-v1-4.ckpt",
+                "--train-missing")  # fmt: skip
+    assert r.code == 2 and "sd-v1-4.ckpt does not exist" in r.err
+    assert "learning" not in r.err and not (tmp_path / "cache" / "personalize").exists()  # no plan, no empty folder
+
+
+def test_a_mistyped_model_is_said_before_diffusers_loads(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from hw2cli.app import main; rc = main(sys.argv[1:]); "
+        "print('diffusers' in sys.modules, 'torch' in sys.modules); sys.exit(rc)"
+    )
+    ti = tmp_path / "ti"
+    for key in ("0", "1"):
+        (ti / key).mkdir(parents=True)
+        Image.new("RGB", (8, 8)).save(ti / key / "a.png")
+    input_json = public_input_json(ti)
+    for args in (
+        ["personalize", "generate", input_json, tmp_path / "o", "--model", "sd-v1-4.ckpt", "--train-missing"],
+        ["personalize", "train", "--model", "sd-v1-4.ckpt", "--concept", f"<new1>={ti / '0'}:dog"],
+    ):
+        r = subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True,
+                           cwd=tmp_path, env={**os.environ, "HW2_WEIGHTS_DIR": str(tmp_path / "w")})  # fmt: skip
+        assert r.returncode == 2 and "the model sd-v1-4.ckpt does not exist" in r.stderr, r.stderr
+        assert r.stdout.split()[0] == "False", r.stdout  # diffusers was never imported
 
 
 def test_hw2_3_sh_learns_missing_tokens_from_the_folders_beside_input_json(sd, tmp_path):
@@ -1006,7 +1065,7 @@ def test_the_grader_names_its_own_clip_option_offline(run_cli, generated, sd, tm
     out, input_json = generated
     _, refs = sd
     monkeypatch.setenv("HW2_OFFLINE", "1")
-    r = run_cli("personalize", "eval", out, "--json", input_json, "--refs", refs)
+    r = run_cli("personalize", "eval", out, input_json, "--refs", refs)
     assert r.code == 1 and "--clip-model" in r.err and "--model" not in r.err.replace("--clip-model", "")
 
 
@@ -1107,3 +1166,24 @@ def test_train_missing_edge_cases_are_one_sentence_each(run_cli, sd, tmp_path, i
     (ti / "equals.json").write_text(json.dumps(data))
     r = run_cli("personalize", "generate", ti / "equals.json", tmp_path / "d", *common)
     assert r.code == 2 and "'<new=1>' is not a token name" in r.err and "--concept" not in r.err
+
+
+def test_train_defaults_to_the_train_missing_recipe_of_2000_steps_per_concept(
+    run_cli, sd, tmp_path, isolated_cache, monkeypatch
+):
+    from hw2cli.tasks.personalize import train as T
+
+    model, refs = sd
+    seen = []
+
+    def stop(opts, **kwargs):  # the trainer itself is tested above; here only what the command asks of it
+        seen.append(opts.steps)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(T, "train_personalization", stop)
+    one = ["--concept", f"<new1>={refs / '0'}:dog"]
+    two = [*one, "--concept", f"<new2>={refs / '1'}:David Revoy:style"]
+    for concepts in (one, two):
+        run_cli("personalize", "train", "--model", model, *concepts, "--out", tmp_path / f"r{len(concepts)}")
+    run_cli("personalize", "train", "--model", model, *two, "--steps", "7", "--out", tmp_path / "r7")
+    assert seen == [2000, 4000, 7]

@@ -35,7 +35,9 @@ def train(
     method: Literal["textual-inversion", "custom-diffusion"] = typer.Option(
         "textual-inversion", help="textual-inversion or custom-diffusion."
     ),
-    steps: int = typer.Option(3000, min=1, max=1_000_000, help="Optimizer steps."),
+    steps: int = typer.Option(
+        None, min=1, max=1_000_000, help="Optimizer steps \\[default: 2,000 per concept, as --train-missing]."
+    ),
     lr: float = number(5e-3, min=1e-9, max=1.0, help="Learning rate of the new token rows."),
     kv_lr: float = number(1e-5, min=1e-12, max=1.0, help="Custom Diffusion: learning rate of the K/V projections."),
     batch: int = typer.Option(1, min=1, max=256, help="Batch size."),
@@ -55,6 +57,8 @@ def train(
     """
     from hw2cli import runtime, settings
     from hw2cli.io.atomic import check_output_folder
+    from hw2cli.pretrained.sd_source import model_kind
+    from hw2cli.tasks.personalize.auto import STEPS_PER_CONCEPT
     from hw2cli.tasks.personalize.concepts import parse_concept
     from hw2cli.tasks.personalize.train import PersonalizeOptions, train_personalization
 
@@ -62,13 +66,14 @@ def train(
     for spec in concept:
         parse_concept(spec)  # every concept checked before the model loads
     check_output_folder(out, "run folder")
+    model_kind(model)  # a mistyped path is said now, not after diffusers has loaded
     current = settings.get()
     opts = PersonalizeOptions(
         model=model,
         concepts=list(concept),
         out=str(out),
         method=method,
-        steps=steps,
+        steps=steps if steps is not None else STEPS_PER_CONCEPT * len(concept),
         lr=lr,
         kv_lr=kv_lr,
         batch=batch,
@@ -97,7 +102,9 @@ def generate(
     input_json: Path = typer.Argument(None, help="The homework's input.json (graded layout)."),
     out: Path = typer.Argument(None, help="Output folder \\[default: outputs/personalize]."),
     model: str = typer.Option(..., "--model", help=MODEL_HELP),
-    embeds: list[Path] = typer.Option(None, help="Learned embeddings (run folder, token folder or .safetensors)."),
+    embeds: list[Path] = typer.Option(
+        None, help="Learned embeddings (run folder, token folder or .safetensors); repeat for several runs."
+    ),
     prompt: str = typer.Option(
         None, help="A free prompt instead of input.json, e.g. 'A <new1> in the style of <new2>.'"
     ),
@@ -131,15 +138,16 @@ def generate(
     GPU not measured yet); an interrupted one continues on the next run.
 
     Examples:
-      hw2 personalize generate hw2_data/textual_inversion/input.json out/p3 --model sd-v1-4.ckpt
       hw2 personalize generate hw2_data/textual_inversion/input.json out/p3 --model sd-v1-4.ckpt --train-missing
+      hw2 personalize generate hw2_data/textual_inversion/input.json out/p3 --model sd-v1-4.ckpt \\
+          --embeds runs/personalize
       hw2 personalize generate --prompt "A <new1> in the style of <new2>." -n 4 --model sd-v1-4.ckpt --embeds runs/cd
     """
     from hw2cli import runtime, settings
     from hw2cli.data.prompts import read_input_json
     from hw2cli.errors import UsageError
     from hw2cli.io.atomic import check_output_folder
-    from hw2cli.tasks.personalize.generate import generate
+    from hw2cli.pretrained.sd_source import model_kind
 
     _check_resolution(resolution)
     entries = None
@@ -160,6 +168,9 @@ def generate(
         raise UsageError(
             "--train-missing and --refs learn the concepts of an input.json; a free --prompt needs --embeds."
         )
+    model_kind(model)  # a mistyped path is said at once, before any training plan or import of torch
+    from hw2cli.tasks.personalize.generate import generate
+
     device, dtype = runtime.setup()
     current = settings.get()
     sources = list(embeds or [])
@@ -243,15 +254,21 @@ def _train_missing(
 @app.command("eval")
 def eval_command(
     out: Path = typer.Argument(..., help="The generated folder (OUT/<key>/<idx>/*.png)."),
-    input_json: Path = typer.Option(..., "--json", help="The input.json with prompt_4_clip_eval and baselines."),
-    refs: Path = typer.Option(..., "--refs", help="Reference images: hw2_data/textual_inversion (one folder per key)."),
+    input_json: Path = typer.Argument(
+        None,
+        help="The input.json with prompt_4_clip_eval and baselines "
+        "\\[default: DATA_ROOT/textual_inversion/input.json].",
+    ),
+    refs: Path = typer.Option(
+        None, "--refs", help="Reference images, one folder per key \\[default: the input.json's folder]."
+    ),
     clip_model: str = typer.Option("openai/clip-vit-base-patch32", help="The grader's CLIP (Hub id or local folder)."),
     preprocess: Literal["homework", "model"] = typer.Option(
         "homework",
         help="homework: the TA's grader's image preprocessing (transformers 4.19.2's CLIP arithmetic); "
         "model: the loaded CLIP's own processor.",
     ),
-    as_json: bool = typer.Option(False, "--as-json", help="Machine-readable output."),
+    as_json: bool = typer.Option(False, "--json", "--as-json", help="Machine-readable output."),
 ) -> None:
     """The P3 grader: image and text CLIP scores of the best 5 of 25, pass/fail per prompt.
 
@@ -259,17 +276,25 @@ def eval_command(
     of the short side to 224 with the long side truncated, centre crop at int((side-224+1)/2)),
     which moves scores by up to 0.01 per image against transformers 5's processor. Files in a
     reference folder that are not images (.png, .jpg, .jpeg, .webp, .bmp) are skipped with a
-    warning; the TA's grader would try to open them and fail."""
+    warning; the TA's grader would try to open them and fail.
+
+    Examples:
+      hw2 personalize eval out/p3 hw2_data/textual_inversion/input.json
+      hw2 personalize eval out/p3 --json          # DATA_ROOT's input.json, scores as JSON
+      hw2 personalize eval out/p3 my/input.json --refs hw2_data/textual_inversion
+    """
     from hw2cli import runtime, settings
     from hw2cli.data.prompts import read_input_json
     from hw2cli.pretrained.clip import load_clip
     from hw2cli.tasks.grading import grade, grading_plan
 
+    current = settings.get()
+    input_json = input_json if input_json is not None else current.data_root / "textual_inversion" / "input.json"
+    refs = refs if refs is not None else input_json.parent
     jobs = grading_plan(out, read_input_json(input_json, need_eval=True), refs)  # every folder checked first
     for folder, ignored in {j.references[0].parent: j.ignored for j in jobs if j.ignored}.items():
         ui.warn(f"{folder}: skipped {len(ignored)} non-image file(s) ({', '.join(p.name for p in ignored[:3])}).")
     device, _ = runtime.setup()
-    current = settings.get()
     from hw2cli.errors import HW2Error
 
     try:

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 import shutil
 import struct
 from collections.abc import Callable, Iterable
@@ -37,8 +36,8 @@ import torch
 
 from hw2cli.errors import RunError, UsageError
 from hw2cli.io.manifest import hash_edges
+from hw2cli.pretrained.sd_source import model_kind
 
-SINGLE_FILE_SUFFIXES = (".ckpt", ".safetensors", ".pt", ".pth", ".bin")
 LIGHTNING_CALLBACK = "pytorch_lightning.callbacks.model_checkpoint.ModelCheckpoint"
 # What an SD v1 state dict in the original layout holds (counted on sd-v1-4.ckpt)
 V1_PREFIXES = {
@@ -229,10 +228,6 @@ def pipeline_arguments(dtype: torch.dtype) -> dict[str, Any]:
     return {"safety_checker": None, "requires_safety_checker": False, **_dtype_kwarg(dtype)}
 
 
-# owner/name on the Hub: one slash, neither part a path step ("/abs", "./x", "a/../b" are paths)
-HUB_ID_RE = re.compile(r"(?!\.)[\w.-]+/(?!\.)[\w.-]+")
-
-
 def load_pipeline(
     model: str | Path,
     *,
@@ -249,27 +244,16 @@ def load_pipeline(
 
     path = Path(model)
     common = pipeline_arguments(dtype)
+    kind = model_kind(model)
     try:
-        if path.is_dir():
-            if not (path / "model_index.json").exists():
-                raise UsageError(
-                    f"the model folder {path} has no model_index.json; pass a diffusers Stable Diffusion "
-                    "folder or the sd-v1-4.ckpt file."
-                )
+        if kind == "folder":
             pipe = StableDiffusionPipeline.from_pretrained(path, local_files_only=True, **common)
-        elif path.suffix in SINGLE_FILE_SUFFIXES:
-            if not path.is_file():
-                raise UsageError(f"the model {path} does not exist; pass the homework's sd-v1-4.ckpt.")
+        elif kind == "file":
             weights = cached_single_file(path, cache, note)
             pipe = StableDiffusionPipeline.from_single_file(
                 str(weights), config=str(sd_config_dir(cache)), local_files_only=True, **common
             )
-        elif not path.exists() and not HUB_ID_RE.fullmatch(str(model)):
-            raise UsageError(
-                f"the model {model} does not exist; pass the homework's sd-v1-4.ckpt, a diffusers folder or a Hub "
-                "id (like CompVis/stable-diffusion-v1-4)."
-            )
-        elif not path.exists():
+        else:
             offline = ensure_offline_if_unreachable(offline)
             try:
                 pipe = StableDiffusionPipeline.from_pretrained(
@@ -283,11 +267,6 @@ def load_pipeline(
                     f"{model} is no folder here, and as a Hub id it is not in the weights cache and {reason}; pass "
                     "a local sd-v1-4.ckpt or a diffusers folder instead."
                 ) from None
-        else:
-            raise UsageError(
-                f"the model {model} is neither a diffusers folder, a .ckpt/.safetensors file nor a Hub id "
-                "(like CompVis/stable-diffusion-v1-4)."
-            )
     except (UsageError, RunError):
         raise
     except OSError as exc:

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from hw2cli.errors import RunError, UsageError
+from hw2cli.errors import UsageError
 from hw2cli.io.atomic import confine, inside, listed, remove_stale_temporaries, save_image
 from hw2cli.io.manifest import prepare_outputs
 from hw2cli.tasks.personalize.concepts import check_prompt_tokens
@@ -278,15 +278,19 @@ def generate(
     prompts = [prompt] if prompt is not None else [p for e in entries.values() for p in e["prompt"]]  # type: ignore[union-attr]
     sources, missing = embedding_sources(prompts, embeddings)
     if missing:  # before the model loads
+        learn = (
+            ", or {opt:train_missing} to learn them now from the reference images beside the input.json"
+            if entries is not None
+            else ""
+        )
         if not sources:
-            raise RunError(
+            raise UsageError(
                 f"the prompts use {', '.join(missing)}, but this install ships no trained embeddings yet; give "
-                "{opt:embeds} (hw2 personalize train makes them), or {opt:train_missing} to learn them now from "
-                "the reference images beside the input.json."
+                f"{{opt:embeds}} (hw2 personalize train makes them){learn}."
             )
         raise UsageError(
-            f"the prompts use {', '.join(missing)}, which none of the embeddings given provides; "
-            "pass {opt:embeds} with its learned_embeds.safetensors."
+            f"the prompts use {', '.join(missing)}, which none of the embeddings given provides; pass "
+            f"{{opt:embeds}} once more with the run that learned it (the option repeats){learn}."
         )
     if device.type == "cpu":
         dtype = torch.float32  # half precision on a CPU is slow and lossy

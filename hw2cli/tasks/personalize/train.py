@@ -54,7 +54,7 @@ class PersonalizeOptions:
     concepts: list[str]
     out: str
     method: str = "textual-inversion"  # or "custom-diffusion"
-    steps: int = 3000
+    steps: int = 2000  # the command's default: 2,000 per concept
     lr: float = 5e-3
     kv_lr: float = 1e-5
     batch: int = 1
