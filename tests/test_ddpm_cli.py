@@ -151,6 +151,22 @@ def test_grid_and_trajectory_figures(run_cli, checkpoint, tmp_path):
     assert Image.open(tmp_path / "t.png").size[0] > Image.open(tmp_path / "t.png").size[1]
 
 
+def test_figures_go_under_the_output_root_setting_by_default(run_cli, checkpoint, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HW2_OUTPUT_ROOT", str(tmp_path / "mine"))
+    fast = ["--steps", "1", "--checkpoint", checkpoint]
+    assert run_cli("ddpm", "grid", "--dataset", "mnistm", *fast).code == 0
+    assert run_cli("ddpm", "trajectory", "--timesteps", "0,999", "--checkpoint", checkpoint).code == 0
+    ddim = ["--steps", "2", "--checkpoint", checkpoint]
+    assert run_cli("ddim", "eta-grid", "--etas", "0,1", "--count", "1", *ddim).code == 0
+    assert run_cli("ddim", "interpolate", "--alphas", "0,1", "--mode", "lerp", *ddim).code == 0
+    figures = tmp_path / "mine" / "figures"
+    assert sorted(p.name for p in figures.iterdir()) == [
+        "eta_grid.png", "grid_mnistm.png", "interpolation.png", "trajectory.png"
+    ]  # fmt: skip
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine"]  # nothing in the working folder
+
+
 def grader_predictions(folder, model) -> dict[str, int]:
     """The grader's own pipeline, with torchvision transforms, independent of hw2's loader."""
     from torchvision import transforms

@@ -797,7 +797,7 @@ def test_two_gloo_processes_see_different_images_and_end_identical(sd, tmp_path)
 
 
 def test_a_prompt_without_new_tokens_needs_no_embeddings_and_one_positional_is_the_folder(
-    run_cli, sd, tmp_path, isolated_cache
+    run_cli, sd, tmp_path, isolated_cache, monkeypatch
 ):
     model, _ = sd
     out = tmp_path / "dogs"
@@ -809,6 +809,11 @@ def test_a_prompt_without_new_tokens_needs_no_embeddings_and_one_positional_is_t
     r = run_cli("personalize", "generate", "--prompt", "A <new1> on a bench.", tmp_path / "x", "--model", model,
                 "--steps", "1", "--resolution", RES)  # fmt: skip
     assert r.code == 2 and "the prompts use <new1>" in r.err  # a new token still needs its embedding
+    monkeypatch.setenv("HW2_OUTPUT_ROOT", str(tmp_path / "mine"))
+    r = run_cli("personalize", "generate", "--prompt", "A photo of a dog.", "--model", model, "--steps", "1",
+                "--resolution", RES, "-n", "1")  # fmt: skip
+    assert r.code == 0, r.err
+    assert [p.name for p in (tmp_path / "mine" / "personalize").iterdir()] == ["A_photo_of_a_dog_0.png"]
     assert "--train-missing" not in r.err  # it learns the concepts of an input.json, not of a free prompt
 
 

@@ -186,6 +186,33 @@ def test_bracketed_words_in_option_help_survive_rich_markup(run_cli, monkeypatch
     assert checked > 15
 
 
+def test_no_option_help_is_cut_short_in_an_80_column_terminal(run_cli, monkeypatch):
+    """Rich cuts a word longer than its column with '…' (a long path or a spec without spaces): in
+    the usual 80-column terminal the one required option's syntax was unreadable."""
+    import re
+
+    import typer.main
+    from typer._click import Context
+
+    from hw2cli.app import app
+
+    monkeypatch.setenv("COLUMNS", "80")
+    cut = []
+
+    def walk(cmd, path):
+        cmd = cmd.real() if hasattr(cmd, "real") else cmd
+        if hasattr(cmd, "list_commands"):
+            ctx = Context(cmd)
+            for name in cmd.list_commands(ctx):
+                walk(cmd.get_command(ctx, name), [*path, name])
+        r = run_cli(*path, "--help")
+        assert max(map(len, r.out.splitlines())) <= 80, path
+        cut.extend(f"{' '.join(path)}: {line.strip()}" for line in r.out.splitlines() if re.search(r"\S…", line))
+
+    walk(typer.main.get_command(app), [])
+    assert not cut, "\n".join(cut)
+
+
 def test_help_prose_is_reflowed_but_examples_keep_their_lines():
     doc = """Summary line.
 

@@ -80,3 +80,12 @@ def keep_finished() -> Any:
         "--resume/--no-resume",
         help="Keep the images a previous run with the same settings finished (an interrupted run continues).",
     )
+
+
+def under_output_root(path: Any, *parts: str) -> Any:
+    """``path``, or where it goes by default: ``OUTPUT_ROOT/parts`` (the ``output_root`` setting)."""
+    if path is not None:
+        return path
+    from hw2cli import settings
+
+    return settings.get().output_root.joinpath(*parts)

@@ -26,20 +26,20 @@ def eval_command(
     data: Path = typer.Option(
         None,
         "--data",
-        help="Images: <classid>_<idx>.png files, an ImageFolder tree or a CSV of path,label "
-        "\\[default: DATA_ROOT/clip_zeroshot/val].",
+        help="Images: a folder of <id>_<n>.png (the homework's), an ImageFolder tree or a CSV of path,label "
+        "\\[default: clip_zeroshot/val in DATA_ROOT].",
     ),
     labels: Path = typer.Option(None, "--labels", help="id2label.json \\[default: beside or inside --data]."),
     model: str = typer.Option(
         None,
         "--model",
         help="open_clip: a model name (ViT-B-32) or model-config .json; transformers: a Hub id or a saved folder "
-        "\\[default: ViT-B-32 / openai/clip-vit-base-patch32].",
+        "\\[default: ViT-B-32; with transformers, its openai twin on the Hub].",
     ),
     pretrained: str = typer.Option(
         None,
         "--pretrained",
-        help="open_clip weights: a tag (openai, laion2b_s34b_b79k, …) or a checkpoint file "
+        help="open_clip weights: a tag (openai, laion2b_s34b_b79k and others) or a checkpoint file "
         "(.pt, .bin, .safetensors) \\[default: openai].",
     ),
     backend: Literal["open_clip", "transformers"] = typer.Option(
@@ -55,12 +55,11 @@ def eval_command(
     workers: int = typer.Option(
         None,
         "--workers",
-        "--num-workers",
         min=0,
         max=256,
         help="DataLoader processes decoding images (0: in this process) \\[default: CPU count, at most 8].",
     ),
-    out: Path = typer.Option(None, "--out", help="Report folder \\[default: OUTPUT_ROOT/clip]."),
+    out: Path = typer.Option(None, "--out", help="Report folder \\[default: the clip folder of OUTPUT_ROOT]."),
     examples: int = typer.Option(5, min=1, max=100, help="Correct and incorrect examples in the figure (each)."),
     precision: Literal["auto", "fp32", "fp16", "bf16"] = typer.Option(
         "auto", help="auto (fp16 autocast on CUDA, bf16 with --dtype bf16; fp32 on CPU), fp32, fp16 or bf16."

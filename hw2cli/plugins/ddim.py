@@ -10,7 +10,15 @@ from typing import Literal
 import typer
 
 from hw2cli import ui
-from hw2cli.plugins._options import SETTING, float_list, keep_finished, number, resolve_seed, rich_safe
+from hw2cli.plugins._options import (
+    SETTING,
+    float_list,
+    keep_finished,
+    number,
+    resolve_seed,
+    rich_safe,
+    under_output_root,
+)
 from hw2cli.plugins._options import seed as seed_option
 
 app = typer.Typer(
@@ -130,11 +138,11 @@ def sample_command(
 
 @app.command("eta-grid")
 def eta_grid_command(
-    out: Path = typer.Option(Path("figures/eta_grid.png"), help="Output PNG."),
+    out: Path = typer.Option(None, help="Output PNG \\[default: eta_grid.png in the figures folder of OUTPUT_ROOT]."),
     etas: str = typer.Option("0,0.25,0.5,0.75,1", help="Comma-separated η values (rows), each 0 to 10."),
     noise: list[Path] = typer.Option(None, help="Noise files (columns); repeat or comma-separate."),
     noise_dir: Path = typer.Option(
-        None, help="Use the first --count files of this folder \\[default with --unet: DATA_ROOT/face/noise]."
+        None, help="Use the first --count files of this folder \\[default with --unet: face/noise in DATA_ROOT]."
     ),
     count: int = typer.Option(
         None,
@@ -179,7 +187,8 @@ def eta_grid_command(
     ui.on_interrupt(ui.KEPT if resume else None)
     with ui.progress("eta grid", None) as bar, _face_noise_hint():
         path = eta_grid_figure(
-            out, _spec(unet, digit, dataset, checkpoint), eta_values, opts, device=device, dtype=dtype,
+            under_output_root(out, "figures", "eta_grid.png"), _spec(unet, digit, dataset, checkpoint), eta_values,
+            opts, device=device, dtype=dtype,
             noise_files=files, noise_dir=noise_dir, default_noise_dir=settings.get().data_root / "face" / "noise",
             count=count, seed=resolve_seed(seed), normalize=normalize, resume=resume,
             state_dir=settings.get().weights_dir, on_start=lambda n: bar.reset(n), on_batch=bar.update,
@@ -191,7 +200,9 @@ def eta_grid_command(
 def interpolate_command(
     a: Path = typer.Argument(None, help="First noise file \\[default with --unet: DATA_ROOT/face/noise/00.pt]."),
     b: Path = typer.Argument(None, help="Second noise file \\[default: .../01.pt]."),
-    out: Path = typer.Option(Path("figures/interpolation.png"), help="Output PNG."),
+    out: Path = typer.Option(
+        None, help="Output PNG \\[default: interpolation.png in the figures folder of OUTPUT_ROOT]."
+    ),
     mode: Literal["slerp", "lerp", "both"] = typer.Option("both", help="slerp, lerp or both (one figure, a row each)."),
     alphas: str = typer.Option(
         "0:1:0.1",
@@ -229,7 +240,8 @@ def interpolate_command(
     ui.on_interrupt(ui.KEPT if resume else None)
     with ui.progress("interpolate", None) as bar, _face_noise_hint():
         path = interpolation_figure(
-            out, _spec(unet, digit, dataset, checkpoint), values, modes, opts, device=device, dtype=dtype, a=a, b=b,
+            under_output_root(out, "figures", "interpolation.png"), _spec(unet, digit, dataset, checkpoint), values,
+            modes, opts, device=device, dtype=dtype, a=a, b=b,
             default_noise_dir=settings.get().data_root / "face" / "noise", seed=resolve_seed(seed), normalize=normalize,
             resume=resume, state_dir=settings.get().weights_dir, on_start=lambda n: bar.reset(n), on_batch=bar.update,
         )  # fmt: skip

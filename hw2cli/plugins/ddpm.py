@@ -9,7 +9,7 @@ from typing import Any, Literal
 import typer
 
 from hw2cli import ui
-from hw2cli.plugins._options import SETTING, keep_finished, number, resolve_seed
+from hw2cli.plugins._options import SETTING, keep_finished, number, resolve_seed, under_output_root
 from hw2cli.plugins._options import seed as seed_option
 
 app = typer.Typer(
@@ -241,7 +241,7 @@ def sample_command(
     steps: int = typer.Option(None, min=1, max=1000, help="Sampler steps \\[default: per sampler]."),
     seed: int = seed_option(None, "Random seed [default: the seed setting]."),
     checkpoint: Path = typer.Option(None, help=CHECKPOINT_HELP),
-    out: Path = typer.Option(None, help="Output folder \\[default: OUTPUT_ROOT/samples]."),
+    out: Path = typer.Option(None, help="Output folder \\[default: the samples folder of OUTPUT_ROOT]."),
     data_range: DataRange = typer.Option(None, help="Legacy checkpoints: 01 or pm1 pixel range."),
     cond_layout: CondLayout = typer.Option(None, help="Legacy checkpoints: dataset-major, digit-major or digit-only."),
     clip_x0: bool = typer.Option(True, "--clip-x0/--no-clip-x0", help=CLIP_HELP),
@@ -336,7 +336,9 @@ def generate(
 
 @app.command()
 def grid(
-    out: Path = typer.Option(Path("figures"), help="Folder for grid_mnistm.png and grid_svhn.png."),
+    out: Path = typer.Option(
+        None, help="Folder for grid_mnistm.png and grid_svhn.png \\[default: the figures folder of OUTPUT_ROOT]."
+    ),
     dataset: DatasetChoice = typer.Option("both", help="mnistm, svhn or both."),
     checkpoint: Path = typer.Option(None, help=CHECKPOINT_HELP),
     sampler: Sampler = typer.Option("dpm", help=SAMPLER_HELP),
@@ -349,7 +351,7 @@ def grid(
     from hw2cli.tasks.ddpm import grid_figure
 
     names = ["mnistm", "svhn"] if dataset == "both" else [dataset]
-    check_output_folder(out)
+    out = check_output_folder(under_output_root(out, "figures"))
     model, dtype = _model(checkpoint, guidance=guidance)
     with ui.progress("grid", 100 * len(names)) as bar:
         for name in names:
@@ -369,7 +371,7 @@ def grid(
 
 @app.command()
 def trajectory(
-    out: Path = typer.Option(Path("figures/trajectory.png"), help="Output PNG."),
+    out: Path = typer.Option(None, help="Output PNG \\[default: trajectory.png in the figures folder of OUTPUT_ROOT]."),
     timesteps: str = typer.Option(None, help="Comma-separated t to show \\[default: six, evenly spaced]."),
     digit: int = typer.Option(0, min=0, max=9, help="Which digit's reverse process."),
     checkpoint: Path = typer.Option(None, help=CHECKPOINT_HELP),
@@ -381,7 +383,7 @@ def trajectory(
     from hw2cli.io.atomic import check_output_file
     from hw2cli.tasks.ddpm import trajectory_figure
 
-    check_output_file(out, "figure", image=True)
+    out = check_output_file(under_output_root(out, "figures", "trajectory.png"), "figure", image=True)
     ts = None
     if timesteps is not None:
         parts = [v.strip() for v in timesteps.split(",")]

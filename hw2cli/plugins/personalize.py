@@ -8,7 +8,7 @@ from typing import Literal
 import typer
 
 from hw2cli import ui
-from hw2cli.plugins._options import keep_finished, number
+from hw2cli.plugins._options import keep_finished, number, under_output_root
 from hw2cli.plugins._options import seed as seed_option
 
 app = typer.Typer(
@@ -17,7 +17,7 @@ app = typer.Typer(
     rich_markup_mode="rich",
 )
 
-MODEL_HELP = "Stable Diffusion v1: sd-v1-4.ckpt (offline), a diffusers folder, or a Hub id."
+MODEL_HELP = "Stable Diffusion v1: sd-v1-4.ckpt or a .safetensors file (offline), a diffusers folder, or a Hub id."
 RESOLUTION = {"min": 8, "max": 2048}
 
 
@@ -31,7 +31,12 @@ def _check_resolution(value: int | None) -> None:
 @app.command()
 def train(
     model: str = typer.Option(..., "--model", help=MODEL_HELP),
-    concept: list[str] = typer.Option(..., "--concept", help="'<new1>=folder:initword\\[:object|style]'; repeat."),
+    concept: list[str] = typer.Option(
+        ...,
+        "--concept",
+        help="TOKEN=FOLDER:INIT, with :style at the end for a style, e.g. <new1>=ti/0:dog or "
+        "'<new2>=ti/1:David Revoy:style'; INIT is the word or phrase the token starts as; repeat for more tokens.",
+    ),
     method: Literal["textual-inversion", "custom-diffusion"] = typer.Option(
         "textual-inversion", help="textual-inversion or custom-diffusion."
     ),
@@ -100,7 +105,7 @@ def train(
 @app.command()
 def generate(
     input_json: Path = typer.Argument(None, help="The homework's input.json (graded layout)."),
-    out: Path = typer.Argument(None, help="Output folder \\[default: outputs/personalize]."),
+    out: Path = typer.Argument(None, help="Output folder \\[default: the personalize folder of OUTPUT_ROOT]."),
     model: str = typer.Option(..., "--model", help=MODEL_HELP),
     embeds: list[Path] = typer.Option(
         None, help="Learned embeddings (run folder, token folder or .safetensors); repeat for several runs."
@@ -120,7 +125,8 @@ def generate(
         False,
         "--train-missing",
         help="Learn the tokens no embedding provides first (textual inversion on the concept's reference "
-        "images; what hw2_3.sh does); kept in WEIGHTS_DIR/personalize, so a rerun reuses or continues them.",
+        "images; what hw2_3.sh does); kept in the personalize folder of WEIGHTS_DIR, so a rerun reuses or "
+        "continues them.",
     ),
     refs: Path = typer.Option(
         None, help="With --train-missing: the reference folders (REFS/<key>) \\[default: the input.json's folder]."
@@ -160,7 +166,7 @@ def generate(
         raise UsageError("give the input.json to generate the graded layout, or --prompt for a free prompt.")
     else:
         entries = read_input_json(input_json)  # a bad file fails before the model loads
-    out = check_output_folder(out or Path("outputs/personalize"))
+    out = check_output_folder(under_output_root(out, "personalize"))
     for source in embeds or []:
         if not Path(source).exists():
             raise UsageError(f"--embeds {source} does not exist.")
