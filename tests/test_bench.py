@@ -44,6 +44,22 @@ def test_bench_sample_digit(run_cli, digit_ckpt, tmp_path):
     assert "× eager" in r.out
 
 
+def test_bench_sample_times_the_embedded_distilled_student_as_sampling_calls_it(run_cli, tmp_path):
+    r = run_cli("bench", "sample", "--batch", "2", "--steps", "1", "--no-compile", "--repeats", "1", "--out", tmp_path)
+    assert r.code == 0, r.err  # the default model is a guidance-distilled student: it needs its weight w
+    rows = json.loads((tmp_path / "sample_digit.json").read_text())["rows"]
+    assert rows[0]["path"] == "eager" and rows[0]["ms"] > 0, rows[0]
+
+
+def test_bench_sample_fails_when_its_baseline_cannot_be_measured(run_cli, tmp_path, monkeypatch):
+    def broken(*args, **kwargs):
+        raise ValueError("a network that cannot run")
+
+    monkeypatch.setattr("hw2cli.diffusion.sample_ddim", broken)
+    r = run_cli("bench", "sample", "--batch", "2", "--steps", "1", "--no-compile", "--repeats", "1", "--out", tmp_path)
+    assert r.code == 1 and "the eager baseline was not measured" in r.err and "cannot run" in r.err
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

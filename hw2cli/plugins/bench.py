@@ -115,3 +115,8 @@ def sample(
         width=width,
     )
     _show(report, out, f"sample_{model}", as_json)
+    eager = report.rows[0] if report.rows else None
+    if eager is None or eager.ms is None:
+        from hw2cli.errors import RunError
+
+        raise RunError(f"the eager baseline was not measured ({eager.note if eager else 'no rows'}), so nothing is.")
