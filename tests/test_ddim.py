@@ -71,7 +71,7 @@ def test_an_interrupted_graded_sample_resumes_to_identical_bytes(run_cli, face, 
     assert sorted(p.name for p in out.iterdir()) == ["00.png"]  # written when its batch was done
     first = (out / "00.png").stat().st_mtime_ns
     r = run_cli("ddim", "sample", root / "noise", out, *common)
-    assert r.code == 0 and "kept 1 finished by an earlier run" in r.out, r.out + r.err
+    assert r.code == 0 and "wrote 2 images" in r.out and "kept 1 finished by an earlier run" in r.out, r.out + r.err
     assert (out / "00.png").stat().st_mtime_ns == first  # kept, not made again
     for name in ("00.png", "01.png", "02.png"):
         assert (out / name).read_bytes() == (tmp_path / "straight" / name).read_bytes()

@@ -133,7 +133,8 @@ def sample_command(
             state_dir=settings.get().weights_dir, on_start=started, on_batch=bar.update, note=ui.warn,
         )  # fmt: skip
     kept = f"; kept {written.reused} finished by an earlier run" if written.reused else ""
-    ui.result(f"wrote {ui.plural(len(written.paths), 'image')} to {out}{kept} ({described.get('source', '')})")
+    made = len(written.paths) - written.reused
+    ui.result(f"wrote {ui.plural(made, 'image')} to {out}{kept} ({described.get('source', '')})")
 
 
 @app.command("eta-grid")
