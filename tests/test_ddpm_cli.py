@@ -223,6 +223,7 @@ def test_eval_matches_the_grader_pipeline(run_cli, checkpoint, tmp_path):
     assert report["mnistm"]["count"] == 30
     table = run_cli("ddpm", "eval", out, *args)
     assert "mean accuracy" in table.out
+    assert "graded by mnistm: lenet (Classifier.pth)" in table.err and "embedded" not in table.err
 
 
 def test_eval_names_what_the_homework_grader_would_trip_on(run_cli, tmp_path):
@@ -242,6 +243,9 @@ def test_eval_names_what_the_homework_grader_would_trip_on(run_cli, tmp_path):
     assert len(problems) == 3 and "Warning: " in r.err
     table = run_cli("ddpm", "eval", out)
     assert "nan" not in table.out and "–" in table.out
+    said = " ".join(table.err.split())  # a score from hw2's own classifiers is not the homework's grade
+    assert "lenet (classifier_svhn.safetensors, embedded in hw2, not the homework grader)" in said
+    assert "--svhn-classifier detectors" in said
 
 
 def test_eval_errors(run_cli, tmp_path):

@@ -401,7 +401,11 @@ def trajectory(
 def eval_command(
     out: Path = typer.Argument(..., help="The generated folder holding mnistm/ and svhn/."),
     mnistm_checkpoint: Path = typer.Option(None, help="MNIST-M classifier (official Classifier.pth loads)."),
-    svhn_checkpoint: Path = typer.Option(None, help="SVHN classifier: a local ResNet-34 (timm) state dict."),
+    svhn_checkpoint: Path = typer.Option(
+        None,
+        help="SVHN classifier: a ResNet-34 with the CIFAR stem (3×3 first conv, no max-pool; what "
+        "`hw2 classifier train --arch resnet34` writes) or a LeNet, as .safetensors or .pth.",
+    ),
     svhn_classifier: Literal["embedded", "detectors"] = typer.Option(
         "embedded",
         help="Without --svhn-checkpoint: the embedded LeNet, or detectors: the homework's own grader "
@@ -458,4 +462,7 @@ def eval_command(
             for d in range(10)]  # fmt: skip
     rows.append(["all"] + [f"{s.accuracy:.2%}" for s in scores.values()])
     ui.print_table(["digit", *scores], rows, title="P1 accuracy")
+    ui.info("graded by " + "; ".join(f"{name}: {s.classifier}" for name, s in scores.items()))
+    if any("embedded in hw2" in s.classifier for s in scores.values()):
+        ui.info("the homework's graders: --mnistm-checkpoint Classifier.pth and --svhn-classifier detectors")
     ui.result(f"mean accuracy {result['mean_accuracy']:.2%}")

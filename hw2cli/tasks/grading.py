@@ -62,9 +62,11 @@ def official_svhn_checkpoint(cache: Path, offline: bool = False, on_progress: An
 
 def load_classifier(path: str | Path | None, dataset: str, arch: str | None = None) -> tuple[torch.nn.Module, str]:
     """A classifier from a file (ours: safetensors with metadata; official: ``{"state_dict": ...}``
-    ``.pth``), or the embedded default for ``dataset``. Returns ``(model, description)``."""
+    ``.pth``), or the embedded default for ``dataset``. Returns ``(model, description)``; the
+    description of the embedded default says it is not the homework's grader."""
     from safetensors import safe_open
 
+    embedded = path is None
     if path is None:
         path = default_classifier_path(dataset)
         if not path.exists():
@@ -97,7 +99,7 @@ def load_classifier(path: str | Path | None, dataset: str, arch: str | None = No
         raise UsageError(f"unknown classifier architecture {arch!r}; expected {' or '.join(ARCHITECTURES)}.")
     model = build_classifier(arch)
     load_state_into(model, {k: v.float() for k, v in state.items()}, str(path))
-    return model.eval(), f"{arch} ({path.name})"
+    return model.eval(), f"{arch} ({path.name}{', embedded in hw2, not the homework grader' if embedded else ''})"
 
 
 def grader_tensor(images_uint8: torch.Tensor) -> torch.Tensor:
