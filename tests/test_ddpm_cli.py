@@ -266,6 +266,13 @@ def test_classifier_train_and_use(run_cli, digits, tmp_path):
     assert r.code == 0, r.err
     assert "val accuracy" in r.out
     assert json.loads(out.with_suffix(".json").read_text())["arch"] == "lenet"
+    trained = out.read_bytes()
+    again = ["classifier", "train", "--data", digits, "--dataset", "mnistm", "--epochs", "1", "--batch", "8"]
+    r = run_cli(*again, "--out", out)
+    assert r.code == 2 and "already holds a trained classifier; pass --overwrite" in r.err
+    assert out.read_bytes() == trained  # not lost to a second run
+    assert run_cli(*again, "--out", out, "--overwrite").code == 0
+    assert out.read_bytes() != trained
     r = run_cli("classifier", "train", "--data", digits, "--dataset", "cifar")
     assert r.code == 2 and "--dataset is 'cifar'; expected one of" in r.err
 

@@ -27,6 +27,7 @@ def train(
     lr: float = number(2e-3, min=1e-9, max=10.0, help="Peak learning rate (one-cycle)."),
     seed: int = seed_option(None, "Random seed [default: the seed setting]."),
     resume: bool = typer.Option(False, "--resume", help="Continue the unfinished run for --out where it stopped."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out file."),
 ) -> None:
     """Train a digit classifier on one data set and report its validation accuracy.
 
@@ -46,6 +47,10 @@ def train(
     if out.suffix != ".safetensors":
         raise UsageError(f"--out {out} must end in .safetensors (the classifier is saved in that format).")
     check_output_file(out, "classifier file")
+    if out.exists() and not (resume or overwrite):
+        raise UsageError(
+            f"{out} already holds a trained classifier; pass --overwrite to replace it, or choose another --out."
+        )
     device, _ = runtime.setup()
     current = settings.get()
     with ui.progress(f"train {arch}", None) as bar:
