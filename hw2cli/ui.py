@@ -143,14 +143,15 @@ class ProgressBar:
     """A progress bar with live metrics: ``bar.update(advance=1, loss=0.12)``.
 
     Rich (description, bar, done/total, it/s, elapsed • remaining, metrics) on a terminal;
-    a plain line about every 10 % and at the end elsewhere; nothing under ``--quiet``.
+    elsewhere a plain line about every 10 % (at most one a second, and one every 10 s when
+    progress is slow) and one at the end; nothing under ``--quiet``.
     """
 
     def __init__(self, description: str, total: int | None, *, plain_every_s: float = 10.0) -> None:
         self.description = description
         self.total = total
-        self.done = 0
-        self._base = 0  # steps done before this run started (a resumed run): not part of its rate
+        self.done: float = 0
+        self._base: float = 0  # steps done before this run started (a resumed run): not part of its rate
         self.metrics: dict[str, Any] = {}
         self._mode = "off" if _state["quiet"] else ("rich" if err().is_terminal else "plain")
         self._progress: Progress | None = None
@@ -159,6 +160,7 @@ class ProgressBar:
         self._last_plain = self._start
         self._next_pct = 10
         self._plain_every_s = plain_every_s
+        self._said: float | None = None  # the count the last plain line showed
 
     def __enter__(self) -> ProgressBar:
         self._start = time.perf_counter()
@@ -192,18 +194,24 @@ class ProgressBar:
             # Progress.reset also drops Rich's speed samples, which would otherwise count `done` as one advance.
             self._progress.reset(self._task_id, total=total, completed=done)
 
-    def update(self, advance: int = 1, **metrics: Any) -> None:
+    def update(self, advance: float = 1, **metrics: Any) -> None:
+        """Count ``advance`` more done (a fraction too: a step of a long item)."""
         self.done += advance
+        if abs(self.done - round(self.done)) < 1e-6:  # fractions of an item add up to whole items
+            self.done = round(self.done)
         if metrics:
             self.metrics.update(metrics)
         if self._mode == "rich" and self._progress is not None:
-            self._progress.update(self._task_id, advance=advance, metrics=self._metric_text())
+            self._progress.update(self._task_id, completed=self.done, metrics=self._metric_text())
         elif self._mode == "plain":
             now = time.perf_counter()
             pct = 100 * self.done / self.total if self.total else 0
-            if (self.total and pct >= self._next_pct) or now - self._last_plain >= self._plain_every_s:
-                while self.total and pct >= self._next_pct:
-                    self._next_pct += 10
+            milestone = bool(self.total) and pct >= self._next_pct
+            while self.total and pct >= self._next_pct:
+                self._next_pct += 10
+            # a 10 % milestone is worth a line only a second after the last one: a task of a
+            # fraction of a second says one line at the end, not ten
+            if (milestone and now - self._last_plain >= 1.0) or now - self._last_plain >= self._plain_every_s:
                 self._last_plain = now
                 self._plain_line()
 
@@ -217,15 +225,17 @@ class ProgressBar:
         eta = ""
         if self.total and rate > 0 and self.done < self.total:
             eta = f" eta {(self.total - self.done) / rate:.0f}s"
-        line = f"{self.description}: {self.done}{total} {rate:.1f} it/s elapsed {elapsed:.0f}s{eta}"
+        done = f"{self.done:.1f}" if isinstance(self.done, float) else str(self.done)
+        line = f"{self.description}: {done}{total} {rate:.1f} it/s elapsed {elapsed:.0f}s{eta}"
         if self.metrics:
             line += " " + self._metric_text()
         print(line, file=sys.stderr, flush=True)
+        self._said = self.done
 
     def __exit__(self, *exc: Any) -> None:
         if self._progress is not None:
             self._progress.stop()
-        elif self._mode == "plain" and self.total and self.done < self.total and exc[0] is None:
+        elif self._mode == "plain" and exc[0] is None and self.done and self.done != self._said:
             self._plain_line()
 
 

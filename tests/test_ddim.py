@@ -126,7 +126,7 @@ def test_an_interrupted_figure_continues_where_it_stopped(run_cli, face, tmp_pat
     r = run_cli("ddim", *common, "--out", tmp_path / "resumed.png")
     assert r.code == 0, r.err
     assert len(calls) == total - 2  # the two batches finished before the interruption were kept
-    assert sum(counted_images) == 6  # 3 η × 2 noises, or slerp and lerp × 3 α: kept batches count once
+    assert sum(counted_images) == pytest.approx(6)  # 3 η × 2 noises, or slerp and lerp × 3 α: kept ones count once
     assert (tmp_path / "resumed.png").read_bytes() == (tmp_path / "straight.png").read_bytes()
     assert not list((tmp_path / "weights" / "outputs").glob("figure-*"))  # kept only until the figure exists
     calls.clear()
@@ -390,3 +390,15 @@ def test_a_damaged_kept_batch_is_made_again(tmp_path):
     again = FinishedBatches(tmp_path, {"command": "x"})
     assert again.load("row-0") is None and again.reused == 0
     assert FinishedBatches(tmp_path, {"command": "x"}, resume=False).folder.exists() is False  # --no-resume forgets
+
+
+def test_progress_moves_a_step_at_a_time_and_adds_up_to_the_images(face):
+    from hw2cli.tasks.ddim import DDIMOptions, SourceSpec, iter_ddim, open_source
+
+    root, _ = face
+    source = open_source(SourceSpec(unet=root / "UNet.pt"), torch.device("cpu"))
+    noise = torch.randn(3, 3, SIDE, SIDE, generator=torch.Generator().manual_seed(0))
+    reports = []
+    list(iter_ddim(source, noise, DDIMOptions(steps=4), batch=2, on_batch=reports.append))
+    assert len(reports) == 4 + 4  # a report per step of each batch: a CPU face no longer sits at 0/10
+    assert sum(reports[:4]) == pytest.approx(2) and sum(reports[4:]) == pytest.approx(1)

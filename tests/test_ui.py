@@ -5,15 +5,31 @@ from __future__ import annotations
 from hw2cli import ui
 
 
-def test_plain_progress_reports_counts_rate_and_metrics(capsys):
+def test_plain_progress_reports_counts_rate_and_metrics(capsys, monkeypatch):
+    clock = iter(float(t) for t in range(1000))
+    monkeypatch.setattr(ui.time, "perf_counter", lambda: next(clock))  # one second per step
     with ui.progress("train", total=20) as bar:
         for _ in range(20):
             bar.update(1, loss=0.5)
     err = capsys.readouterr().err
     lines = [line for line in err.splitlines() if line.startswith("train:")]
-    assert 2 <= len(lines) <= 11  # about every 10 %
+    assert len(lines) == 10  # every 10 %
     assert lines[-1].startswith("train: 20/20 ")
     assert "it/s" in lines[-1] and "loss=0.5" in lines[-1]
+
+
+def test_a_fast_task_says_one_plain_line_and_fractions_add_up(capsys):
+    with ui.progress("check", total=1000) as bar:
+        for _ in range(1000):
+            bar.update(1)
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("check:")]
+    assert len(lines) == 1 and lines[0].startswith("check: 1000/1000 ")
+    with ui.progress("ddim", total=2) as bar:
+        for _ in range(2 * 49):
+            bar.update(1 / 49)  # a step of a face
+        assert bar.done == 2 and isinstance(bar.done, int)
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("ddim:")]
+    assert lines[-1].startswith("ddim: 2/2 ")
 
 
 def test_quiet_prints_no_progress(capsys):

@@ -156,6 +156,23 @@ def check_noise(noise: torch.Tensor, source: EpsSource, names: Sequence[str]) ->
 # ---------------------------------------------------------------------------- sampling
 
 
+class _StepProgress:
+    """Reports a batch of ``n`` images to ``on_batch`` a step at a time (``n / steps`` each), so a
+    progress bar moves while a face takes minutes on a CPU; the batch's reports add up to ``n``."""
+
+    def __init__(self, n: int, steps: int, on_batch: Callable[[float], None] | None) -> None:
+        self.n, self.per, self.sent, self.on_batch = n, n / max(steps, 1), 0.0, on_batch
+
+    def step(self, _: Any = None) -> None:
+        if self.on_batch is not None and self.sent + self.per < self.n - 1e-9:
+            self.on_batch(self.per)
+            self.sent += self.per
+
+    def finish(self) -> None:
+        if self.on_batch is not None:
+            self.on_batch(self.n - self.sent)
+
+
 def iter_ddim(
     source: EpsSource,
     noise: torch.Tensor,
@@ -187,6 +204,7 @@ def iter_ddim(
             continue
         x = noise[start:stop].to(source.device)
         gen = torch.Generator(source.device).manual_seed(seed * 1_000_003 + k) if opts.eta > 0 else None
+        progress = _StepProgress(stop - start, len(timesteps), on_batch)
         x = sample_ddim(
             source.eps,
             x,
@@ -197,9 +215,9 @@ def iter_ddim(
             clip_x0=bool(opts.clip_x0),
             alpha_prev=opts.alpha_prev,
             final_alpha=opts.final_alpha,
+            callback=progress.step if on_batch is not None else None,
         )
-        if on_batch is not None:
-            on_batch(x.shape[0])
+        progress.finish()
         yield start, x.float().cpu()
 
 
