@@ -149,6 +149,7 @@ def test_grid_and_trajectory_figures(run_cli, checkpoint, tmp_path):
     )
     assert r.code == 0, r.err
     assert Image.open(tmp_path / "t.png").size[0] > Image.open(tmp_path / "t.png").size[1]
+    assert "trajectory: 2000/2000" in r.err  # minutes on a CPU: the progress counts every step of both data sets
 
 
 def test_figures_go_under_the_output_root_setting_by_default(run_cli, checkpoint, tmp_path, monkeypatch):

@@ -69,6 +69,10 @@ def kernels(
 
     On a GPU every case is timed with triton.testing.do_bench, which flushes the L2 cache before
     each run; the copy bandwidth that GroupNorm is compared with is measured the same way.
+
+    Examples:
+      hw2 bench kernels --quick --no-compile          # a smoke run, seconds on a CPU
+      hw2 --device cuda bench kernels --dtype bf16
     """
     from hw2cli import runtime
     from hw2cli.tasks.bench import bench_kernels
@@ -95,7 +99,12 @@ def sample(
     out: Path = typer.Option(Path("benchmarks/results"), help="Folder for the JSON result."),
     as_json: bool = typer.Option(False, "--json", help="Print the JSON instead of a table."),
 ) -> None:
-    """A whole DDIM loop per path: eager, Triton kernels, torch.compile, CUDA graphs."""
+    """A whole DDIM loop per path: eager, Triton kernels, torch.compile, CUDA graphs.
+
+    Examples:
+      hw2 bench sample --batch 50 --steps 6 --no-compile   # the embedded digit model on a CPU
+      hw2 --device cuda bench sample --model face --dtype bf16
+    """
     from hw2cli import runtime
     from hw2cli.tasks.bench import bench_sample
 

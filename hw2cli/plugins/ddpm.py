@@ -276,7 +276,7 @@ def sample_command(
 
 @app.command()
 def generate(
-    out: Path = typer.Argument(..., help="Output folder; gets mnistm/ and svhn/."),
+    out: Path = typer.Argument(..., metavar="OUT", help="Output folder; gets mnistm/ and svhn/."),
     checkpoint: Path = typer.Option(None, help=CHECKPOINT_HELP),
     sampler: Sampler = typer.Option("dpm", help=SAMPLER_HELP),
     steps: int = typer.Option(None, min=1, max=1000, help="Sampler steps \\[default: per sampler]."),
@@ -346,7 +346,12 @@ def grid(
     guidance: float = number(2.0, min=-1.0, max=100.0, help=GUIDANCE_HELP),
     seed: int = seed_option(None, "Random seed" + SETTING + "."),
 ) -> None:
-    """The report's 10×10 grid per data set: rows digits, columns different noise."""
+    """The report's 10×10 grid per data set: rows digits, columns different noise.
+
+    Examples:
+      hw2 ddpm grid                                   # OUTPUT_ROOT/figures/grid_{mnistm,svhn}.png
+      hw2 ddpm grid --dataset svhn --guidance 3 --out report/figures
+    """
     from hw2cli.io.atomic import check_output_folder
     from hw2cli.tasks.ddpm import grid_figure
 
@@ -378,7 +383,13 @@ def trajectory(
     guidance: float = number(2.0, min=-1.0, max=100.0, help=GUIDANCE_HELP),
     seed: int = seed_option(None, "Random seed" + SETTING + "."),
 ) -> None:
-    """Six snapshots of the reverse process of the first "0" of each data set (full DDPM)."""
+    """Six snapshots of the reverse process of the first "0" of each data set (full DDPM: on a
+    CPU a few minutes, one network call per timestep of the schedule).
+
+    Examples:
+      hw2 ddpm trajectory
+      hw2 ddpm trajectory --timesteps 0,150,300,450,600,749 --out report/trajectory.png
+    """
     from hw2cli.errors import UsageError
     from hw2cli.io.atomic import check_output_file
     from hw2cli.tasks.ddpm import trajectory_figure
@@ -393,13 +404,18 @@ def trajectory(
         if len(ts) > 50:
             raise UsageError(f"--timesteps lists {len(ts)} values; a figure takes at most 50.")
     model, _ = _model(checkpoint, guidance=guidance)
-    path = trajectory_figure(model, out, timesteps=ts, digit=digit, guidance=guidance, seed=resolve_seed(seed))
+    from hw2cli.data import DATASETS
+
+    with ui.progress("trajectory", len(DATASETS) * model.schedule.num_steps) as bar:
+        path = trajectory_figure(
+            model, out, timesteps=ts, digit=digit, guidance=guidance, seed=resolve_seed(seed), on_step=bar.update
+        )
     ui.result(f"wrote {path}")
 
 
 @app.command("eval")
 def eval_command(
-    out: Path = typer.Argument(..., help="The generated folder holding mnistm/ and svhn/."),
+    out: Path = typer.Argument(..., metavar="OUT", help="The generated folder holding mnistm/ and svhn/."),
     mnistm_checkpoint: Path = typer.Option(None, help="MNIST-M classifier (official Classifier.pth loads)."),
     svhn_checkpoint: Path = typer.Option(
         None,

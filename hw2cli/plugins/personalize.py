@@ -104,8 +104,10 @@ def train(
 
 @app.command()
 def generate(
-    input_json: Path = typer.Argument(None, help="The homework's input.json (graded layout)."),
-    out: Path = typer.Argument(None, help="Output folder \\[default: the personalize folder of OUTPUT_ROOT]."),
+    input_json: Path = typer.Argument(None, metavar="INPUT_JSON", help="The homework's input.json (graded layout)."),
+    out: Path = typer.Argument(
+        None, metavar="OUT", help="Output folder \\[default: the personalize folder of OUTPUT_ROOT]."
+    ),
     model: str = typer.Option(..., "--model", help=MODEL_HELP),
     embeds: list[Path] = typer.Option(
         None, help="Learned embeddings (run folder, token folder or .safetensors); repeat for several runs."
@@ -259,9 +261,10 @@ def _train_missing(
 
 @app.command("eval")
 def eval_command(
-    out: Path = typer.Argument(..., help="The generated folder (OUT/<key>/<idx>/*.png)."),
+    out: Path = typer.Argument(..., metavar="OUT", help="The generated folder (OUT/<key>/<idx>/*.png)."),
     input_json: Path = typer.Argument(
         None,
+        metavar="INPUT_JSON",
         help="The input.json with prompt_4_clip_eval and baselines "
         "\\[default: DATA_ROOT/textual_inversion/input.json].",
     ),

@@ -55,7 +55,7 @@ class DDIMOptions:
     eta: float = 0.0
     alpha_prev: str = "next"  # or "t-1"
     final_alpha: str = "first"  # or "one"
-    clip_x0: bool | None = None  # None: on for the (guided) digit model, off for the face UNet (the spec's)
+    clip_x0: bool | None = None  # None: on for the (guided) digit model, off for the face UNet (the homework's)
     offset: int = 1
 
     def validate(self) -> None:

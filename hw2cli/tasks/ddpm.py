@@ -284,8 +284,10 @@ def trajectory_figure(
     digit: int = 0,
     guidance: float = 2.0,
     seed: int = 0,
+    on_step: Callable[[int], None] | None = None,
 ) -> Path:
     """Six snapshots of the reverse process (full-length DDPM) of the first ``digit`` of each data set.
+    ``on_step(1)`` hears every step (``len(DATASETS)`` × the schedule's length in all).
 
     The column for ``t`` shows ``x`` right after the denoising step at timestep ``t``, so the
     last column, t = 0, is the finished image and t = T − 1 is one step from pure noise.
@@ -306,6 +308,8 @@ def trajectory_figure(
         def grab(info: dict[str, Any], snaps: dict[int, torch.Tensor] = snaps) -> None:
             if info["t"] in wanted:
                 snaps[info["t"]] = info["x"][:1].detach().clone()
+            if on_step is not None:
+                on_step(1)
 
         x_start = torch.randn((1, 3, 28, 28), generator=torch.Generator().manual_seed(seed)).to(model.device)
         null = torch.tensor([model.null_condition], device=model.device)
