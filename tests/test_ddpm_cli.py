@@ -274,6 +274,12 @@ def test_classifier_train_and_use(run_cli, digits, tmp_path):
     assert out.read_bytes() == trained  # not lost to a second run
     assert run_cli(*again, "--out", out, "--overwrite").code == 0
     assert out.read_bytes() != trained
+    mine = tmp_path / "model.run" / "notes" / "thesis.txt"  # where model.safetensors's run would keep its state
+    mine.parent.mkdir(parents=True)
+    mine.write_text("my thesis")
+    r = run_cli(*again, "--out", tmp_path / "model.safetensors")
+    assert r.code == 2 and "model.run already exists and is not an unfinished classifier run" in r.err
+    assert mine.read_text() == "my thesis" and not (tmp_path / "model.safetensors").exists()
     r = run_cli("classifier", "train", "--data", digits, "--dataset", "cifar")
     assert r.code == 2 and "--dataset is 'cifar'; expected one of" in r.err
 

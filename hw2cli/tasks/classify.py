@@ -7,6 +7,7 @@ accuracies.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import shutil
@@ -87,6 +88,11 @@ def train_classifier(
     run = run_folder(out)
     remove_stale_temporaries(run)
     saved = state_folders(run)
+    if run.exists() and not saved and (not run.is_dir() or any(run.iterdir())):
+        raise UsageError(
+            f"{run} already exists and is not an unfinished classifier run (it is where this run would keep its "
+            "resume state, beside --out); move it away or choose another {opt:out}."
+        )
     check_run_folder(run, bool(saved), resume, "unfinished classifier run")
     mark = None
     if resume:  # checked before anything is built: a bad or foreign state fails at once
@@ -118,8 +124,18 @@ def train_classifier(
     }
     save_safetensors(model.state_dict(), out, metadata=meta)
     write_json(out.with_suffix(".json"), {**meta, "train_accuracy": train_acc, "data": str(data)})
-    shutil.rmtree(run, ignore_errors=True)
+    _remove_run(run)
     return ClassifierTrainResult(out, val_acc, train_acc, epochs)
+
+
+def _remove_run(run: Path) -> None:
+    """Remove the resume state a finished run no longer needs: its state folders and temporaries,
+    then the folder if nothing else is in it (nothing this run did not write is deleted)."""
+    for state in state_folders(run):
+        shutil.rmtree(state, ignore_errors=True)
+    remove_stale_temporaries(run)
+    with contextlib.suppress(OSError):
+        run.rmdir()
 
 
 def _train(
