@@ -87,3 +87,28 @@ def test_data_outputs_are_checked_before_any_work(run_cli, tmp_path, monkeypatch
     (tmp_path / "file").write_text("x")
     r = run_cli("data", "mnistm", tmp_path / "file", "--digits", tmp_path / "nothing-here")
     assert r.code == 2 and "is an existing file" in r.err
+
+
+def test_a_data_set_already_there_is_kept_unless_replace(run_cli, tmp_path, monkeypatch):
+    """`hw2 data synth hw2_data` beside the homework's real images swapped them out without a word."""
+    monkeypatch.setenv("HW2_OFFLINE", "1")
+    real = tmp_path / "hw2_data" / "digits" / "mnistm"
+    (real / "data").mkdir(parents=True)
+    (real / "data" / "00000.png").write_bytes(b"the homework's image")
+    (real / "train.csv").write_text("image_name,label\n00000.png,3\n")
+    (real / "notes.txt").write_text("mine")
+    for args in (
+        ("synth", tmp_path / "hw2_data", "--per-class", "1"),
+        ("mnistm", tmp_path / "hw2_data", "--digits", tmp_path / "nothing-here"),
+    ):
+        r = run_cli("data", *args)
+        assert r.code == 2, r.err
+        assert f"{real} already holds a data set (data, train.csv); pass --replace" in " ".join(r.err.split())
+    assert (real / "data" / "00000.png").read_bytes() == b"the homework's image"
+    r = run_cli("data", "synth", tmp_path / "hw2_data", "--per-class", "1", "--datasets", "svhn")
+    assert r.code == 0, r.err  # another data set of the same folder is free
+    r = run_cli("data", "svhn", tmp_path / "hw2_data", "--source", "lookalike", "--per-class", "1")
+    assert r.code == 2 and "digits/svhn already holds a data set" in r.err
+    r = run_cli("data", "synth", tmp_path / "hw2_data", "--per-class", "1", "--replace")
+    assert r.code == 0, r.err
+    assert len(list((real / "data").iterdir())) == 10 and (real / "notes.txt").read_text() == "mine"

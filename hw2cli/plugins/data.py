@@ -40,6 +40,9 @@ def synth(
         0.1, "--val-fraction", min=0.0, max=0.99, help="Share of each class listed in val.csv (0 <= F < 1)."
     ),
     datasets: str = typer.Option("mnistm,svhn", "--datasets", help="Comma-separated: mnistm, svhn."),
+    replace: bool = typer.Option(
+        False, "--replace", help="Swap out a data set OUT already holds (its data/ and CSVs; other files stay)."
+    ),
 ) -> None:
     """Write synthetic MNIST-M and SVHN look-alikes in the homework layout.
 
@@ -47,8 +50,8 @@ def synth(
     [bold]data/*.png[/] (28x28 RGB), [bold]train.csv[/] and [bold]val.csv[/]
     (header image_name,label). Font digits are warped at random; MNIST-M
     blends them with colour textures, SVHN draws house-number crops with
-    neighbouring digits. An existing dataset folder gets exactly the new
-    images.
+    neighbouring digits. A data set OUT already holds is kept unless
+    [bold]--replace[/], which gives its folder exactly the new images.
 
     [bold]Examples:[/]
 
@@ -60,8 +63,8 @@ def synth(
     """
     from hw2cli.data.synth import synthesize
 
-    _output_folder(out)
     names = _parse_datasets(datasets)
+    _output_folder(out, names, replace)
     total = 10 * per_class * len(dict.fromkeys(names)) if per_class >= 1 else None
     with ui.progress("synth", total) as bar:
         counts = synthesize(
@@ -160,6 +163,9 @@ def mnistm(
     crop_region: str = typer.Option(
         "whole", "--crop-region", help="whole, first-half or second-half of each photo (disjoint crops)."
     ),
+    replace: bool = typer.Option(
+        False, "--replace", help="Swap out a data set OUT already holds (its data/ and CSVs; other files stay)."
+    ),
 ) -> None:
     """MNIST-M by its original recipe: |photo crop - MNIST digit| per channel (Ganin & Lempitsky 2015).
 
@@ -184,7 +190,7 @@ def mnistm(
 
     _choice("--digit-split", digit_split, DIGIT_SPLITS)
     _choice("--crop-region", crop_region, CROP_REGIONS)
-    _output_folder(out)
+    _output_folder(out, ["mnistm"], replace)
     cache, offline = _data_cache()
     with ui.progress("digits", None) as bar:
         source_digits = mnist_digits(digits, cache=cache, offline=offline, on_progress=_download_bar(bar))
@@ -233,6 +239,9 @@ def svhn(
     val_fraction: float = number(
         0.1, "--val-fraction", min=0.0, max=0.99, help="Share of each class listed in val.csv."
     ),
+    replace: bool = typer.Option(
+        False, "--replace", help="Swap out a data set OUT already holds (its data/ and CSVs; other files stay)."
+    ),
 ) -> None:
     """SVHN in the homework layout: the real train split resized to 28x28, or an offline look-alike.
 
@@ -251,7 +260,7 @@ def svhn(
     from hw2cli.errors import RunError
 
     _choice("--source", source, ("auto", "torchvision", "lookalike"))
-    _output_folder(out)
+    _output_folder(out, ["svhn"], replace)
     cache, offline = _data_cache()
     real = None
     if source in ("auto", "torchvision"):
@@ -292,11 +301,23 @@ def _choice(option: str, value: str, allowed: tuple[str, ...]) -> None:
         raise UsageError(f"{option} {value!r} is not one of {', '.join(allowed)}.")
 
 
-def _output_folder(out: Path) -> None:
-    """Before any work: ``out`` can become a writable folder (not a file, not under /proc, ...)."""
+def _output_folder(out: Path, datasets: list[str], replace: bool) -> None:
+    """Before any work: ``out`` can become a writable folder (not a file, not under /proc, ...),
+    each ``OUT/digits/<dataset>`` can be one, and none already holds a data set unless ``replace``
+    (``hw2 data synth hw2_data`` would otherwise swap the homework's real images for synthetic ones)."""
+    from hw2cli.errors import UsageError
     from hw2cli.io.atomic import check_output_folder
 
     check_output_folder(out)
+    for name in dict.fromkeys(datasets):
+        folder = out / "digits" / name
+        check_output_folder(folder, "data set folder")
+        held = [p.name for p in (folder / "data", folder / "train.csv", folder / "val.csv") if p.exists()]
+        if held and not replace:
+            raise UsageError(
+                f"{folder} already holds a data set ({', '.join(held)}); pass {{opt:replace}} to swap in the new "
+                "images, or choose another OUT."
+            )
 
 
 @app.command("fetch")
