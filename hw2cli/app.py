@@ -17,7 +17,7 @@ from typing import Any
 import typer
 from typer.core import TyperCommand, TyperGroup
 
-from hw2cli import __version__, registry, ui
+from hw2cli import __version__, interrupts, registry, ui
 from hw2cli.errors import HW2Error, as_option
 
 PROJECT_PANEL = "Project"
@@ -300,6 +300,7 @@ def main(argv: list[str] | None = None) -> int:
     debug = "--debug" in args or os.environ.get("HW2_DEBUG", "").lower() in ("1", "true", "yes")
     ui.configure(debug=debug, quiet=False)
     ui.on_interrupt(None)
+    interrupts.install()
     command = typer.main.get_command(app)
     try:
         code = command.main(args=args, prog_name="hw2", standalone_mode=False)

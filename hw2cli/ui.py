@@ -30,6 +30,8 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
+from hw2cli import interrupts
+
 _state: dict = {"quiet": False, "debug": False, "interrupt_hint": None}
 
 
@@ -196,6 +198,7 @@ class ProgressBar:
 
     def update(self, advance: float = 1, **metrics: Any) -> None:
         """Count ``advance`` more done (a fraction too: a step of a long item)."""
+        interrupts.check()  # a Ctrl-C a library's finaliser swallowed stops the work here
         self.done += advance
         if abs(self.done - round(self.done)) < 1e-6:  # fractions of an item add up to whole items
             self.done = round(self.done)

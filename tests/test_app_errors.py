@@ -103,3 +103,51 @@ def test_env_report(run_cli):
     ):
         assert key in report
     assert report["device"] == "cpu" or report["cuda available"]
+
+
+def test_a_ctrl_c_a_finaliser_swallows_still_stops_the_command(run_cli, tmp_path, monkeypatch, capsys):
+    """SIGINT raised inside a library's __del__ (as regex's did while Stable Diffusion loaded) is
+    dropped by Python with "Exception ignored"; the command used to run on to the end, exit 0."""
+    import gc
+    import os
+    import signal
+    import time
+
+    from hw2cli.plugins import ddpm as plugin
+
+    class Finaliser:
+        def __del__(self):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)  # the handler runs here, inside __del__
+
+    real = plugin._model
+
+    def loading(*args, **kwargs):  # the model load, with a finaliser running during it
+        model = real(*args, **kwargs)
+        Finaliser()
+        gc.collect()
+        return model
+
+    monkeypatch.setattr(plugin, "_model", loading)
+    out = tmp_path / "s"
+    r = run_cli("ddpm", "sample", "--digit", "1", "-n", "2", "--steps", "2", "--out", out)
+    assert r.code == 130 and "interrupted" in r.err, r.err
+    assert "Exception ignored" not in r.err + capsys.readouterr().err
+    assert not out.exists() or not list(out.glob("*.png"))  # stopped before any image
+    monkeypatch.setattr(plugin, "_model", real)
+    assert run_cli("ddpm", "sample", "--digit", "1", "-n", "1", "--steps", "2", "--out", out).code == 0
+
+
+def test_a_swallowed_ctrl_c_stops_a_trainer_before_its_first_step():
+    import pytest
+
+    from hw2cli import interrupts
+    from hw2cli.tasks.training import deferred_interrupts
+
+    interrupts.install()
+    interrupts._state["pending"] = True  # what the handler notes when its KeyboardInterrupt was dropped
+    with pytest.raises(KeyboardInterrupt), deferred_interrupts():
+        raise AssertionError("the training loop must not start")
+    assert not interrupts.pending()
+    with deferred_interrupts() as stop:  # nothing pending: training runs
+        assert stop.signal is None

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from hw2cli import interrupts
 from hw2cli.errors import HW2Error, UsageError
 from hw2cli.io.atomic import write_text
 
@@ -53,6 +54,7 @@ class StopRequest:
 def deferred_interrupts() -> Iterator[StopRequest]:
     """While active, SIGINT and SIGTERM only set the yielded request (a second SIGINT interrupts)."""
     request = StopRequest()
+    interrupts.check()  # a Ctrl-C swallowed while the model loaded: stop before the first step
     if threading.current_thread() is not threading.main_thread():
         yield request
         return
