@@ -93,9 +93,18 @@ def _in_system_tree(path: Path) -> Path | None:
     return None
 
 
-def check_output_folder(path: str | os.PathLike[str], what: str = "output folder") -> Path:
-    """Fail now, before any work, if ``path`` cannot become a writable folder."""
+def check_output_folder(
+    path: str | os.PathLike[str], what: str = "output folder", *, within: str | os.PathLike[str] | None = None
+) -> Path:
+    """Fail now, before any work, if ``path`` cannot become a writable folder (one that stays
+    inside the folder ``within``, where given: a sub-folder that is a link out would be refused
+    only at its first write, after the work)."""
     path = Path(path)
+    if within is not None and (path.exists() or path.is_symlink()) and not _is_within(path, Path(within).resolve()):
+        raise UsageError(
+            f"the {what} {path} leads outside {within} (to {path.resolve()}); remove that link or choose another "
+            "folder."
+        )
     tree = _in_system_tree(path)
     if tree is not None:
         raise UsageError(f"the {what} {path} lies under {tree}, which holds no real files; choose another folder.")
@@ -122,6 +131,11 @@ def check_output_file(path: str | os.PathLike[str], what: str = "output file", *
     path = Path(path)
     if path.is_dir():
         raise UsageError(f"the {what} {path} is an existing folder; give a file name.")
+    if path.is_symlink() and not _is_within(path, path.parent.resolve()):
+        raise UsageError(
+            f"the {what} {path} is a link to {path.resolve()}, outside its folder; remove the link or give another "
+            "name."
+        )
     if image and path.suffix.lower() not in image_suffixes():
         raise UsageError(
             f"the {what} {path} does not end in an image format Pillow writes; use .png (or .jpg, .webp, .tiff)."

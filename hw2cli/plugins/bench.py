@@ -75,8 +75,10 @@ def kernels(
       hw2 --device cuda bench kernels --dtype bf16
     """
     from hw2cli import runtime
+    from hw2cli.io.atomic import check_output_folder
     from hw2cli.tasks.bench import bench_kernels
 
+    check_output_folder(out, "results folder")  # before minutes of timing, not after
     device, _ = runtime.setup()
     report = bench_kernels(device, dtype=_dtype(dtype, device), repeats=repeats, use_compile=compile, quick=quick)
     _show(report, out, "kernels", as_json)
@@ -106,8 +108,10 @@ def sample(
       hw2 --device cuda bench sample --model face --dtype bf16
     """
     from hw2cli import runtime
+    from hw2cli.io.atomic import check_output_folder
     from hw2cli.tasks.bench import bench_sample
 
+    check_output_folder(out, "results folder")  # before minutes of timing, not after
     device, _ = runtime.setup()
     batch = batch or {"digit": 500, "face": 10, "sd": 2}.get(model, 1)
     report = bench_sample(

@@ -142,6 +142,7 @@ def train(
     if not names or any(n not in ("mnistm", "svhn") for n in names) or len(set(names)) != len(names):
         raise UsageError(f"--datasets is {datasets!r}; expected mnistm, svhn or mnistm,svhn.")
     check_output_folder(out, "run folder")
+    check_output_folder(out / "samples", "samples folder", within=out)
     device, _ = runtime.setup()
     current = settings.get()
     opts = TrainOptions(
@@ -209,6 +210,7 @@ def distill(
         if not teacher.exists():
             teacher = default_checkpoint()
     check_output_folder(out, "run folder")
+    check_output_folder(out / "samples", "samples folder", within=out)
     device, _ = runtime.setup()
     current = settings.get()
     opts = TrainOptions(
@@ -306,6 +308,10 @@ def generate(
     from hw2cli.tasks.ddpm import generate_graded
 
     check_output_folder(out)
+    from hw2cli.data import DATASETS
+
+    for name in DATASETS:
+        check_output_folder(out / name, "data set folder", within=out)
     model, dtype = _model(checkpoint, data_range, cond_layout, guidance)
     if cuda_graph and model.device.type != "cuda":
         from hw2cli.errors import RunError

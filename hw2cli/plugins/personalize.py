@@ -64,13 +64,14 @@ def train(
     from hw2cli.io.atomic import check_output_folder
     from hw2cli.pretrained.sd_source import model_kind
     from hw2cli.tasks.personalize.auto import STEPS_PER_CONCEPT
-    from hw2cli.tasks.personalize.concepts import parse_concept
+    from hw2cli.tasks.personalize.concepts import parse_concept, slug
     from hw2cli.tasks.personalize.train import PersonalizeOptions, train_personalization
 
     _check_resolution(resolution)
-    for spec in concept:
-        parse_concept(spec)  # every concept checked before the model loads
+    specs = [parse_concept(spec) for spec in concept]  # every concept checked before the model loads
     check_output_folder(out, "run folder")
+    for spec in specs:
+        check_output_folder(out / slug(spec.token), "token folder", within=out)
     model_kind(model)  # a mistyped path is said now, not after diffusers has loaded
     current = settings.get()
     opts = PersonalizeOptions(
@@ -169,6 +170,9 @@ def generate(
     else:
         entries = read_input_json(input_json)  # a bad file fails before the model loads
     out = check_output_folder(under_output_root(out, "personalize"))
+    for key, entry in (entries or {}).items():
+        for idx in range(len(entry["prompt"])):
+            check_output_folder(out / key / str(idx), "prompt folder", within=out)
     for source in embeds or []:
         if not Path(source).exists():
             raise UsageError(f"--embeds {source} does not exist.")

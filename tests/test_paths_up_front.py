@@ -1,0 +1,65 @@
+"""Output paths that cannot work are usage errors found before any work, not at the first write
+after minutes of sampling or training (a link out of the output folder, a file in the way)."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+
+@pytest.fixture
+def place(tmp_path):
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    (outside / "victim.png").write_bytes(b"not yours")
+    refs = tmp_path / "refs"
+    refs.mkdir()
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(refs / "a.png")
+    prompts = tmp_path / "input.json"
+    prompts.write_text(
+        '{"0": {"src_image": "0", "token_name": "<new1>", "prompt": ["A <new1>."], '
+        '"prompt_4_clip_eval": ["A dog."], "baseline": [[1, 1]]}}'
+    )
+    return tmp_path, outside, refs, prompts
+
+
+def _cases(tmp_path, outside, refs, prompts):
+    (tmp_path / "g").mkdir()
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "g" / "mnistm").symlink_to(tmp_path / "empty")  # an empty folder: only the link is wrong
+    (tmp_path / "figs").mkdir()
+    (tmp_path / "figs" / "eta.png").symlink_to(outside / "victim.png")
+    (tmp_path / "afile").write_text("x")
+    for run, blocker in (("t", "samples"), ("p", "0"), ("q", "new1")):
+        (tmp_path / run).mkdir()
+        (tmp_path / run / blocker).write_text("in the way")
+    return [
+        (["ddpm", "generate", tmp_path / "g"], "leads outside"),
+        (["ddim", "eta-grid", "--etas", "0", "--count", "1", "--steps", "2", "--out", tmp_path / "figs" / "eta.png"],
+         "is a link to"),
+        (["ddpm", "trajectory", "--out", tmp_path / "figs" / "eta.png"], "is a link to"),
+        (["bench", "sample", "--batch", "2", "--steps", "1", "--no-compile", "--out", tmp_path / "afile"],
+         "is an existing file"),
+        (["bench", "kernels", "--quick", "--no-compile", "--out", tmp_path / "afile"], "is an existing file"),
+        (["ddpm", "train", "--data", tmp_path / "nodata", "--out", tmp_path / "t"], "samples is an existing file"),
+        (["personalize", "generate", prompts, tmp_path / "p", "--model", "x.ckpt"], "p/0 is a file, not a folder"),
+        (["personalize", "train", "--model", "x.ckpt", "--concept", f"<new1>={refs}:dog", "--out", tmp_path / "q"],
+         "new1 is an existing file"),
+    ]  # fmt: skip
+
+
+def test_output_paths_that_cannot_work_are_refused_before_any_work(run_cli, place, monkeypatch):
+    tmp_path, outside, refs, prompts = place
+    monkeypatch.setenv("HW2_WEIGHTS_DIR", str(tmp_path / "w"))
+    for args, message in _cases(tmp_path, outside, refs, prompts):
+        started = time.perf_counter()
+        r = run_cli(*args)
+        assert r.code == 2 and message in " ".join(r.err.split()), (args, r.code, r.err)
+        assert time.perf_counter() - started < 60  # a sentence, not a run (the bound only catches a hang)
+    assert (outside / "victim.png").read_bytes() == b"not yours" and [p.name for p in outside.iterdir()] == [
+        "victim.png"
+    ]
+    assert not list((tmp_path / "empty").iterdir())
