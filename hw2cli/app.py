@@ -117,6 +117,28 @@ def quiet_libraries(*, debug: bool) -> None:
     logging.getLogger().setLevel(logging.ERROR)
 
 
+_routed: dict[str, str] = {}
+LIBRARY_CACHES = {
+    "MPLCONFIGDIR": "matplotlib",
+    "TORCHINDUCTOR_CACHE_DIR": "torchinductor",
+    "TRITON_CACHE_DIR": "triton",
+}
+
+
+def route_library_caches(weights_dir: Path) -> None:
+    """Matplotlib's font cache, torch.compile's and Triton's compiled code go under the weights
+    folder (they went to ~/.cache, ~/.triton and $TMPDIR), unless the user set them, or the
+    folder cannot be written (the libraries then fall back to their own places quietly)."""
+    probe = Path(weights_dir).absolute()
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not (probe.is_dir() and os.access(probe, os.W_OK | os.X_OK)):
+        return
+    for name, sub in LIBRARY_CACHES.items():
+        if os.environ.get(name) in (None, _routed.get(name)):  # unset, or set by an earlier run in this process
+            _routed[name] = os.environ[name] = str(Path(weights_dir).absolute() / sub)
+
+
 @app.callback()
 def root(
     device: str | None = typer.Option(None, help="auto, cpu, cuda, cuda:N or mps \\[env: HW2_DEVICE]."),
@@ -151,6 +173,7 @@ def root(
         "weights_dir": weights_dir,
     }
     settings_mod.set_current(*settings_mod.load(cli, config_file=config))
+    route_library_caches(settings_mod.get().weights_dir)
 
 
 # --------------------------------------------------------------------------- project commands

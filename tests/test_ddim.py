@@ -402,3 +402,20 @@ def test_progress_moves_a_step_at_a_time_and_adds_up_to_the_images(face):
     list(iter_ddim(source, noise, DDIMOptions(steps=4), batch=2, on_batch=reports.append))
     assert len(reports) == 4 + 4  # a report per step of each batch: a CPU face no longer sits at 0/10
     assert sum(reports[:4]) == pytest.approx(2) and sum(reports[4:]) == pytest.approx(1)
+
+
+def test_rows_of_figures_abandoned_for_two_weeks_are_forgotten(tmp_path):
+    import os
+    import time
+
+    from hw2cli.tasks.ddim import FinishedBatches
+
+    images = torch.zeros(2, 3, 4, 4, dtype=torch.uint8)
+    old, recent = FinishedBatches(tmp_path, {"figure": "old"}), FinishedBatches(tmp_path, {"figure": "recent"})
+    old.save("row-0", images), recent.save("row-0", images)
+    weeks_ago = time.time() - 15 * 86400
+    os.utime(old.folder, (weeks_ago, weeks_ago))
+    again = FinishedBatches(tmp_path, {"figure": "old"})  # its own settings: kept, however old
+    assert again.folder.exists()
+    FinishedBatches(tmp_path, {"figure": "another"})
+    assert not old.folder.exists() and recent.folder.exists()

@@ -63,3 +63,23 @@ def test_output_paths_that_cannot_work_are_refused_before_any_work(run_cli, plac
         "victim.png"
     ]
     assert not list((tmp_path / "empty").iterdir())
+
+
+def test_library_caches_go_under_the_weights_folder_not_home_or_tmp(tmp_path):
+    """Matplotlib's font cache (~/.cache/matplotlib) and torch.compile's code ($TMPDIR/torchinductor_*)
+    landed outside every folder the user named."""
+    import os
+    import subprocess
+    import sys
+
+    home, tmp, weights = tmp_path / "home", tmp_path / "tmp", tmp_path / "weights"
+    home.mkdir(), tmp.mkdir()
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("MPLCONFIGDIR", "TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR")
+    }
+    env.update(HOME=str(home), TMPDIR=str(tmp), HW2_WEIGHTS_DIR=str(weights), OMP_NUM_THREADS="1")
+    args = ["ddpm", "grid", "--dataset", "mnistm", "--steps", "1", "--out", tmp_path / "figs"]
+    r = subprocess.run([sys.executable, "-m", "hw2cli", *map(str, args)], env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert [p for p in home.rglob("*")] == [] and [p for p in tmp.rglob("*")] == []
+    assert (weights / "matplotlib").is_dir()

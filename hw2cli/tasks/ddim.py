@@ -258,8 +258,24 @@ class FinishedBatches:
         key = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:24]
         self.folder = None if state_dir is None else Path(state_dir) / "outputs" / f"figure-{key}"
         self.reused = 0
+        if self.folder is not None:
+            self._forget_abandoned(self.folder.parent)
         if self.folder is not None and not resume:
             shutil.rmtree(self.folder, ignore_errors=True)
+
+    KEEP_DAYS = 14
+
+    def _forget_abandoned(self, outputs: Path) -> None:
+        """Rows of figures never finished (nor rerun with their settings) for ``KEEP_DAYS`` go."""
+        import time
+
+        cutoff = time.time() - self.KEEP_DAYS * 86400
+        for folder in outputs.glob("figure-*") if outputs.is_dir() else []:
+            try:
+                if folder != self.folder and folder.is_dir() and folder.stat().st_mtime < cutoff:
+                    shutil.rmtree(folder, ignore_errors=True)
+            except OSError:
+                continue
 
     def load(self, name: str, on_batch: Callable[[int], None] | None = None) -> torch.Tensor | None:
         """The images of batch ``name`` if an earlier run with these settings finished it."""
