@@ -47,7 +47,7 @@ def env(tmp_path_factory):
     paths["evil"] = root / "evil.pt"
     (root / "file.txt").write_text("not a folder")
     paths["file"] = root / "file.txt"
-    (root / "sd.ckpt").write_bytes(b"a stand-in: every case below fails before the model loads")
+    (root / "sd.ckpt").write_bytes(b"PK\x03\x04" + b"a stand-in: every case below fails before the model loads" * 2)
     (root / "empty").mkdir()
     paths["empty"] = root / "empty"
     synthesize(root / "data", per_class=2, seed=5)

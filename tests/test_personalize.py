@@ -959,9 +959,6 @@ def test_train_missing_errors_come_before_any_model_loads(run_cli, sd, tmp_path,
 
 
 def test_a_mistyped_model_is_said_before_diffusers_loads(tmp_path):
-    import os
-    import subprocess
-    import sys
 
     code = (
         "import sys; from hw2cli.app import main; rc = main(sys.argv[1:]); "
@@ -972,13 +969,26 @@ def test_a_mistyped_model_is_said_before_diffusers_loads(tmp_path):
         (ti / key).mkdir(parents=True)
         Image.new("RGB", (8, 8)).save(ti / key / "a.png")
     input_json = public_input_json(ti)
+    (tmp_path / "noise.ckpt").write_bytes(bytes(range(256)) * 4)  # a file, but no checkpoint
+    for model, said in (
+        ("sd-v1-4.ckpt", "the model sd-v1-4.ckpt does not exist"),
+        ("noise.ckpt", "noise.ckpt is neither a PyTorch checkpoint nor a safetensors file"),
+    ):
+        _said_at_once(code, ti, input_json, tmp_path, model, said)
+
+
+def _said_at_once(code, ti, input_json, tmp_path, model, said):
+    import os
+    import subprocess
+    import sys
+
     for args in (
-        ["personalize", "generate", input_json, tmp_path / "o", "--model", "sd-v1-4.ckpt", "--train-missing"],
-        ["personalize", "train", "--model", "sd-v1-4.ckpt", "--concept", f"<new1>={ti / '0'}:dog"],
+        ["personalize", "generate", input_json, tmp_path / "o", "--model", model, "--train-missing"],
+        ["personalize", "train", "--model", model, "--concept", f"<new1>={ti / '0'}:dog"],
     ):
         r = subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True,
                            cwd=tmp_path, env={**os.environ, "HW2_WEIGHTS_DIR": str(tmp_path / "w")})  # fmt: skip
-        assert r.returncode == 2 and "the model sd-v1-4.ckpt does not exist" in r.stderr, r.stderr
+        assert r.returncode == 2 and said in " ".join(r.stderr.split()), r.stderr
         assert r.stdout.split()[0] == "False", r.stdout  # diffusers was never imported
 
 

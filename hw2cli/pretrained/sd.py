@@ -26,7 +26,6 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import struct
 from collections.abc import Callable, Iterable
 from importlib import resources
 from pathlib import Path
@@ -36,7 +35,7 @@ import torch
 
 from hw2cli.errors import RunError, UsageError
 from hw2cli.io.manifest import hash_edges
-from hw2cli.pretrained.sd_source import model_kind
+from hw2cli.pretrained.sd_source import file_kind, model_kind
 
 LIGHTNING_CALLBACK = "pytorch_lightning.callbacks.model_checkpoint.ModelCheckpoint"
 # What an SD v1 state dict in the original layout holds (counted on sd-v1-4.ckpt)
@@ -45,8 +44,6 @@ V1_PREFIXES = {
     "first_stage_model.": 248,
     "cond_stage_model.transformer.text_model.": 196,
 }
-_ZIP_MAGIC = b"PK\x03\x04"
-_PICKLE_PROTOCOLS = (b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05")
 
 Note = Callable[[str], None]
 
@@ -94,29 +91,6 @@ def _safe_globals() -> list[Any]:
                                                         "u1", "b1")}  # fmt: skip
     allowed += sorted(dtype_classes, key=lambda c: c.__name__)
     return allowed
-
-
-def file_kind(path: Path) -> str:
-    """``zip`` (PyTorch's format since 1.6), ``pickle`` (legacy torch.save) or ``safetensors``,
-    from the first bytes; a :class:`UsageError` for anything else."""
-    try:
-        size = path.stat().st_size
-        with open(path, "rb") as fh:
-            head = fh.read(16)
-    except OSError as exc:
-        raise UsageError(f"cannot read {path}: {exc.strerror or exc}.") from None
-    if size < 64:
-        raise UsageError(f"{path} has {size} bytes; it is not a Stable Diffusion checkpoint (sd-v1-4.ckpt is 4.3 GB).")
-    if head.startswith(_ZIP_MAGIC):
-        return "zip"
-    if head[:2] in _PICKLE_PROTOCOLS:
-        return "pickle"
-    header_len = struct.unpack("<Q", head[:8])[0]
-    if 0 < header_len < size and head[8:9] == b"{":
-        return "safetensors"
-    raise UsageError(
-        f"{path} is neither a PyTorch checkpoint nor a safetensors file (its first bytes are {head[:8]!r})."
-    )
 
 
 def read_checkpoint_state(path: str | Path) -> dict[str, torch.Tensor]:
