@@ -230,7 +230,9 @@ def _cached_tag_file(cfg: dict[str, Any], cache: Path) -> str | None:
     return None
 
 
-def _how_to(what: str, cache: Path, hint: str) -> str:
+def _how_to(what: str, cache: Path, hint: str, reason: str | None = None) -> str:
+    if reason:
+        return f"{what} is not in the weights cache and {reason}: {hint}, or run once online; the cache is {cache}."
     return f"could not download {what} (offline?): {hint}, or run once online; the cache is {cache}."
 
 
@@ -441,11 +443,11 @@ def _load_transformers(name: str, device: torch.device, cache_root: Path, offlin
             f"{{opt:model}} {path} has no config.json; pass a folder written by CLIPModel.save_pretrained."
         )
     source = str(path) if local else name
+    hint = "pass {opt:model} FOLDER holding a saved CLIP (CLIPModel.save_pretrained)"
+    reason = "offline mode is on" if offline else None
     if not local and not offline and ensure_offline_if_unreachable(offline):
         offline = True  # cached files still load; missing ones fail at once instead of retrying
-        hint = f"{unreachable_hint()}; pass {{opt:model}} FOLDER holding a saved CLIP (CLIPModel.save_pretrained)"
-    else:
-        hint = "pass {opt:model} FOLDER holding a saved CLIP (CLIPModel.save_pretrained)"
+        reason = unreachable_hint()
     common: dict[str, Any] = (
         {"local_files_only": True} if local else {"cache_dir": str(cache), "local_files_only": offline}
     )
@@ -454,7 +456,7 @@ def _load_transformers(name: str, device: torch.device, cache_root: Path, offlin
     except Exception as exc:
         if local:
             raise UsageError(f"cannot load a CLIP model from {path}: {type(exc).__name__}: {exc}.") from exc
-        raise RunError(_how_to(name, cache, hint)) from exc
+        raise RunError(_how_to(name, cache, hint, reason)) from exc
     has_tokenizer = not local or (path / "tokenizer.json").is_file() or (path / "vocab.json").is_file()
     try:
         if not has_tokenizer:
@@ -462,7 +464,7 @@ def _load_transformers(name: str, device: torch.device, cache_root: Path, offlin
         tokenizer = CLIPTokenizer.from_pretrained(source, **common)
     except (OSError, ValueError, TypeError):
         if not local:
-            raise RunError(_how_to(f"the tokenizer of {name}", cache, hint)) from None
+            raise RunError(_how_to(f"the tokenizer of {name}", cache, hint, reason)) from None
         folder = write_clip_tokenizer_files(cache_root / "clip_tokenizer")
         tokenizer = CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"))
         notes.append("tokenizer derived from open_clip's CLIP BPE (the folder has no tokenizer files)")
@@ -473,7 +475,7 @@ def _load_transformers(name: str, device: torch.device, cache_root: Path, offlin
         processor = CLIPImageProcessor.from_pretrained(source, **common)
     except (OSError, ValueError, TypeError):
         if not local:
-            raise RunError(_how_to(f"the image processor of {name}", cache, hint)) from None
+            raise RunError(_how_to(f"the image processor of {name}", cache, hint, reason)) from None
         processor = CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
         notes.append(f"standard CLIP preprocessing at {size}px (the folder has no preprocessor_config.json)")
     module = module.to(device).eval()
