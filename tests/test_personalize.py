@@ -944,7 +944,8 @@ def test_train_missing_errors_come_before_any_model_loads(run_cli, sd, tmp_path,
     shutil.copytree(refs / "0", ti / "0")  # no folder for concept "1"
     input_json = public_input_json(ti)
     missing_model = tmp_path / "none.ckpt"
-    missing_model.write_bytes(b"")  # would fail to load; the reference check comes first
+    missing_model.write_bytes(b"PK\x03\x04" + bytes(100))  # looks like a checkpoint, would fail to load: the
+    # reference check comes first
     r = run_cli("personalize", "generate", input_json, tmp_path / "o", "--model", missing_model, "--train-missing")
     assert r.code == 2 and "no reference images for concept '1'" in r.err and "Traceback" not in r.err
     r = run_cli("personalize", "generate", "--prompt", "A <new1>.", tmp_path / "o", "--model", model, "--train-missing")
