@@ -19,11 +19,13 @@ _state: dict[str, Any] = {"pending": False, "installed": False}
 
 
 def install() -> None:
-    """The SIGINT handler of a command run (main thread only; a fresh start for each run)."""
+    """The SIGINT (and SIGTERM) handler of a command run (main thread only; a fresh start for
+    each run): the work stops as after a Ctrl-C, temporaries are removed and finished outputs kept."""
     _state["pending"] = False
     if threading.current_thread() is not threading.main_thread():
         return
     signal.signal(signal.SIGINT, _handler)
+    signal.signal(signal.SIGTERM, _handler)  # a scheduler's stop ends a run as a Ctrl-C does (exit 130)
     if not _state["installed"]:
         _state["installed"] = True
         previous = sys.unraisablehook

@@ -151,3 +151,31 @@ def test_a_swallowed_ctrl_c_stops_a_trainer_before_its_first_step():
     assert not interrupts.pending()
     with deferred_interrupts() as stop:  # nothing pending: training runs
         assert stop.signal is None
+
+
+def test_sigterm_stops_a_generating_command_as_a_ctrl_c_does(run_cli, tmp_path, monkeypatch):
+    """A cluster's SIGTERM (a job's time limit) killed generation with 143 and no word; it now
+    stops like Ctrl-C: exit 130, the finished images kept, and the rerun makes the rest."""
+    import os
+    import signal
+
+    from hw2cli.tasks import ddpm as core
+
+    real, calls = core.save_image, []
+
+    def terminated(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 150:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(core, "save_image", terminated)
+    out = tmp_path / "p1"
+    r = run_cli("ddpm", "generate", out, "--batch", "100")
+    assert r.code == 130 and "interrupted; what was finished is kept" in r.err, r.err
+    kept = sorted(out.rglob("*.png"))
+    assert 100 <= len(kept) < 1000 and not list(out.rglob(".*.tmp"))
+    monkeypatch.setattr(core, "save_image", real)
+    r = run_cli("ddpm", "generate", out, "--batch", "100")
+    assert r.code == 0 and "kept" in r.out + r.err
+    assert len(list(out.rglob("*.png"))) == 1000
