@@ -129,10 +129,12 @@ def route_library_caches(weights_dir: Path) -> None:
     """Matplotlib's font cache, torch.compile's and Triton's compiled code go under the weights
     folder (they went to ~/.cache, ~/.triton and $TMPDIR), unless the user set them, or the
     folder cannot be written (the libraries then fall back to their own places quietly)."""
-    probe = Path(weights_dir).absolute()
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
-    if not (probe.is_dir() and os.access(probe, os.W_OK | os.X_OK)):
+    from hw2cli.errors import UsageError
+    from hw2cli.io.atomic import check_output_folder
+
+    try:
+        check_output_folder(weights_dir, "weights folder")
+    except UsageError:
         return
     for name, sub in LIBRARY_CACHES.items():
         if os.environ.get(name) in (None, _routed.get(name)):  # unset, or set by an earlier run in this process

@@ -49,11 +49,6 @@ def pending() -> bool:
     return bool(_state["pending"])
 
 
-def handled() -> None:
-    """The interrupt was acted on (the command stops, or a trainer saves and stops)."""
-    _state["pending"] = False
-
-
 def check() -> None:
     """Raise KeyboardInterrupt if a Ctrl-C arrived and was swallowed on its way."""
     if _state["pending"]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import re
+from pathlib import Path
 from typing import Any
 
 import typer
@@ -82,7 +83,7 @@ def keep_finished() -> Any:
     )
 
 
-def under_output_root(path: Any, *parts: str) -> Any:
+def under_output_root(path: Path | None, *parts: str) -> Path:
     """``path``, or where it goes by default: ``OUTPUT_ROOT/parts`` (the ``output_root`` setting)."""
     if path is not None:
         return path

@@ -112,7 +112,6 @@ def generate_prompt(
     }
     done = prepare_outputs(out, settings, paths, state_dir=state_dir or out.parent, resume=resume, note=note, part=stem)
     with confine(out):
-        remove_stale_temporaries(out)
         skip = lambda a, b: all(p in done for p in paths[a:b])  # noqa: E731
         for start, images in iter_images(pipe, prompt, n, skip=skip, **kwargs):
             for i, img in enumerate(images):
