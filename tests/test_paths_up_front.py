@@ -83,3 +83,18 @@ def test_library_caches_go_under_the_weights_folder_not_home_or_tmp(tmp_path):
     assert r.returncode == 0, r.stderr
     assert [p for p in home.rglob("*")] == [] and [p for p in tmp.rglob("*")] == []
     assert (weights / "matplotlib").is_dir()
+
+
+def test_an_unwritable_weights_folder_leaves_the_library_caches_where_they_were(monkeypatch, tmp_path):
+    from hw2cli import app
+
+    blocker = tmp_path / "weights"
+    blocker.write_text("a file where the weights folder should be")
+    for name in app.LIBRARY_CACHES:
+        monkeypatch.setenv(name, "")  # recorded, so the test's own values are undone afterwards
+        monkeypatch.delenv(name)
+    monkeypatch.setattr(app, "_routed", {})
+    app.route_library_caches(blocker)
+    assert not any(name in __import__("os").environ for name in app.LIBRARY_CACHES)
+    app.route_library_caches(tmp_path / "ok")
+    assert __import__("os").environ["MPLCONFIGDIR"] == str(tmp_path / "ok" / "matplotlib")
