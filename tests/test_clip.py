@@ -483,3 +483,26 @@ def test_broken_links_and_folders_named_like_images_are_named_not_dropped_silent
     metrics = json.loads(r.out)
     assert metrics["images"] == len(list(homework.glob("*.png")))
     assert sorted(Path(p).name for p in metrics["left_out"]) == ["2_99.png", "3_99.png"]
+
+
+def test_an_interrupted_report_leaves_the_earlier_report_whole(run_cli, tiny, homework, tmp_path, monkeypatch):
+    """The three report files move into the folder together: a stop while the figure is drawn
+    (after predictions.csv is made) keeps the earlier run's three files, not a mix of two runs."""
+    import hw2cli.tasks.clip as clip_task
+
+    assert run_cli(*_args(tiny, homework, tmp_path)).code == 0
+    names = ("predictions.csv", "metrics.json", "examples.png")
+    before = {name: (tmp_path / name).read_bytes() for name in names}
+
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(clip_task, "examples_figure", stopped)
+    r = run_cli(*_args(tiny, homework, tmp_path, "--templates", "cifar"))
+    assert r.code == 130, r.err
+    assert {name: (tmp_path / name).read_bytes() for name in names} == before
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
+    monkeypatch.undo()
+    assert run_cli(*_args(tiny, homework, tmp_path, "--templates", "cifar")).code == 0
+    assert (tmp_path / "predictions.csv").read_bytes() != before["predictions.csv"]
+    assert json.loads((tmp_path / "metrics.json").read_text())["templates"]["name"] == "cifar"

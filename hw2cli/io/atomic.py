@@ -215,6 +215,26 @@ def make_staging_folder(path: Path) -> Path:
 
 
 @contextlib.contextmanager
+def files_together(folder: str | os.PathLike[str], names: list[str]) -> Iterator[Path]:
+    """Yield a staging folder beside ``folder``'s files; when the block succeeds, the files
+    ``names`` written there move into ``folder`` one right after the other (nothing moves if it
+    fails), so a report made of several files never holds files of two runs after a kill."""
+    import shutil
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    staging = make_staging_folder(folder / names[0])
+    try:
+        yield staging
+        for name in names:
+            os.replace(staging / name, folder / name)
+    except OSError as exc:
+        raise RunError(f"cannot write to the folder {folder}: {exc.strerror or exc}.") from exc
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+@contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str], *, fsync: bool = False) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it onto ``path`` if the block succeeds.
 

@@ -26,7 +26,7 @@ import torch
 
 from hw2cli.data.labelled import LabelledImages
 from hw2cli.errors import UsageError
-from hw2cli.io.atomic import save_safetensors, write_json, write_text
+from hw2cli.io.atomic import files_together, save_safetensors, write_json, write_text
 from hw2cli.pretrained.clip import ClipModel
 
 SINGLE_TEMPLATE = "a photo of a {}."
@@ -419,13 +419,16 @@ def write_outputs(report: ZeroShotReport, out: Path, *, examples: int = 5, seed:
     """Write ``predictions.csv``, ``metrics.json`` and ``examples.png`` in ``out``; return the metrics
     (``metrics["files"]`` names the three files)."""
     out = Path(out)
-    files = {
-        "predictions": out / "predictions.csv",
-        "metrics": out / "metrics.json",
-        "examples": out / "examples.png",
-    }
-    write_text(files["predictions"], predictions_csv(report))
-    examples_figure(report, files["examples"], examples, seed)
+    names = {"predictions": "predictions.csv", "metrics": "metrics.json", "examples": "examples.png"}
+    metrics = _metrics(report, {k: out / name for k, name in names.items()}, examples, seed)
+    with files_together(out, list(names.values())) as staging:
+        write_text(staging / names["predictions"], predictions_csv(report))
+        examples_figure(report, staging / names["examples"], examples, seed)
+        write_json(staging / names["metrics"], metrics)
+    return metrics
+
+
+def _metrics(report: ZeroShotReport, files: dict[str, Path], examples: int, seed: int) -> dict[str, Any]:
     right, wrong = pick_examples(report, examples, seed)
     metrics = report.metrics()
     metrics["examples"] = {
@@ -442,7 +445,6 @@ def write_outputs(report: ZeroShotReport, out: Path, *, examples: int = 5, seed:
     }
     metrics["left_out"] = [str(p) for p in report.data.skipped]
     metrics["files"] = {k: str(v) for k, v in files.items()}
-    write_json(files["metrics"], metrics)
     return metrics
 
 
