@@ -936,6 +936,34 @@ def test_train_missing_learns_the_tokens_once_continues_after_an_interruption_an
     assert sorted(p.name for p in run.glob("state-*")) == states
 
 
+def test_train_missing_stopped_before_it_saved_leaves_no_empty_run_folder(
+    run_cli, sd, tmp_path, isolated_cache, monkeypatch
+):
+    """A Ctrl-C while the model loads for --train-missing (nothing learned yet) removes the run
+    folder made up front to check the weights folder; a run that saved a state keeps it (above)."""
+    import os
+    import shutil
+
+    from hw2cli.tasks.personalize import train as P
+
+    model, refs = sd
+    ti = tmp_path / "textual_inversion"
+    for key in ("0", "1"):
+        shutil.copytree(refs / key, ti / key)
+    made = []
+
+    def loading(opts, **kwargs):
+        made.append(os.path.isdir(opts.out))  # the folder exists while the model loads
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(P, "train_personalization", loading)
+    r = run_cli("personalize", "generate", public_input_json(ti), tmp_path / "out", "--model", model,
+                "--train-missing", "--train-steps", "2", "--resolution", RES, "--steps", "1")  # fmt: skip
+    assert r.code == 130, r.err
+    assert made == [True]
+    assert list((tmp_path / "cache" / "personalize").iterdir()) == []
+
+
 def test_train_missing_errors_come_before_any_model_loads(run_cli, sd, tmp_path, isolated_cache):
     import shutil
 

@@ -19,6 +19,7 @@ continues where it stopped, and other images or another model train anew.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import re
@@ -253,16 +254,23 @@ def train_planned(
 
         import torch
 
-        train_personalization(
-            plan.opts,
-            device=device,
-            cache=plan.weights_dir,
-            offline=offline,
-            resume=bool(state_folders(plan.out)),
-            note=note,
-            on_start=on_start,
-            on_step=on_step,
-        )
+        try:
+            train_personalization(
+                plan.opts,
+                device=device,
+                cache=plan.weights_dir,
+                offline=offline,
+                resume=bool(state_folders(plan.out)),
+                note=note,
+                on_start=on_start,
+                on_step=on_step,
+            )
+        except BaseException:
+            # stopped or failed before it saved anything: the folder plan_from_first made goes
+            # (rmdir removes only an empty folder; a saved state stays for the next run)
+            with contextlib.suppress(OSError):
+                plan.out.rmdir()
+            raise
         gc.collect()  # the training pipeline is gone; give its memory back before generation loads one
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
