@@ -135,6 +135,28 @@ def test_ddim_switches_change_the_last_step_only_as_documented():
         sample_ddim(toy_eps, x, s, 50, final_alpha="zero")
 
 
+@pytest.mark.parametrize("alpha_prev", ["next", "t-1"])
+@pytest.mark.parametrize("final_alpha", ["first", "one"])
+def test_ddim_conventions_match_the_update_written_out(alpha_prev, final_alpha):
+    """The four conventions of passing solutions (HW2_SPEC.md): ᾱ_prev = ᾱ[t − 20] or ᾱ[t − 1],
+    and after the last step ᾱ[0] or 1.0, each against the update written out in float64."""
+    s = NoiseSchedule.linear()
+    ab = s.alpha_bar  # float64
+    x = torch.randn(2, 3, 4, 4, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    ts = list(range(981, 0, -20))
+    ref = x.clone()
+    for i, t in enumerate(ts):
+        if i + 1 == len(ts):
+            prev = ab[0] if final_alpha == "first" else torch.tensor(1.0, dtype=torch.float64)
+        else:
+            prev = ab[ts[i + 1]] if alpha_prev == "next" else ab[t - 1]
+        eps = toy_eps(ref, torch.full((2,), t))
+        x0 = (ref - (1 - ab[t]).sqrt() * eps) / ab[t].sqrt()
+        ref = prev.sqrt() * x0 + (1 - prev).sqrt() * eps
+    ours = sample_ddim(toy_eps, x.clone(), s, 50, offset=1, alpha_prev=alpha_prev, final_alpha=final_alpha)
+    torch.testing.assert_close(ours, ref, rtol=1e-10, atol=1e-10)
+
+
 def gaussian_eps(mu: float, std: float, schedule: NoiseSchedule):
     """Exact ε for data ~ N(mu, std²): E[ε | x_t] = √(1−ᾱ)(x_t − √ᾱ·mu)/(ᾱ·std² + 1 − ᾱ)."""
     ab_table = schedule.alpha_bar

@@ -245,7 +245,9 @@ def sample_ddim(
     alpha_bar = schedule.alpha_bar.tolist()
     final = alpha_bar[0] if final_alpha == "first" else 1.0
     for i, t in enumerate(ts):
-        t_prev = (ts[i + 1] if i + 1 < len(ts) else -1) if alpha_prev == "next" else t - 1
+        # after the last step the final rule holds in both conventions (ᾱ[t − 1] = ᾱ[0] at t = 1
+        # would otherwise make final_alpha="one" a no-op under "t-1")
+        t_prev = -1 if i + 1 == len(ts) else ts[i + 1] if alpha_prev == "next" else t - 1
         a_prev = alpha_bar[t_prev] if t_prev >= 0 else final
         eps = model(x, _t_batch(t, x), cond)
         z = _draw(noise, generator, i, x) if eta > 0 else None
