@@ -152,6 +152,69 @@ def test_grid_and_trajectory_figures(run_cli, checkpoint, tmp_path):
     assert "trajectory: 2000/2000" in r.err  # minutes on a CPU: the progress counts every step of both data sets
 
 
+def _find(figure: np.ndarray, tile: np.ndarray) -> list[tuple[int, int]]:
+    """Where ``tile`` appears pixel for pixel in ``figure`` (top-left corners)."""
+    h, w = tile.shape[:2]
+    ys, xs = np.nonzero((figure[: 1 - h or None, : 1 - w or None] == tile[0, 0]).all(axis=2))
+    return [(y, x) for y, x in zip(ys, xs, strict=True) if np.array_equal(figure[y : y + h, x : x + w], tile)]
+
+
+def test_trajectory_shows_the_clipped_ddpm_snapshots_in_the_order_asked(run_cli, checkpoint, tmp_path):
+    """Each column is x right after the DDPM step at its t, sampled with x0 clipped (as every
+    other digit command samples), drawn 5 px per pixel, columns in the order of --timesteps."""
+    from hw2cli.diffusion import guided_eps, sample
+    from hw2cli.io.checkpoints import load_model
+    from hw2cli.io.images import to_uint8
+
+    r = run_cli("ddpm", "trajectory", "--out", tmp_path / "t.png", "--timesteps", "0,500", "--seed", "3",
+                "--checkpoint", checkpoint)  # fmt: skip
+    assert r.code == 0, r.err
+    figure = np.asarray(Image.open(tmp_path / "t.png").convert("RGB"))
+    model = load_model(checkpoint, torch.device("cpu"))
+
+    def snapshots(clip_x0):
+        snaps = {}
+        x = torch.randn((1, 3, 28, 28), generator=torch.Generator().manual_seed(3))
+        eps = guided_eps(model.net, 2.0, torch.tensor([model.null_condition]), torch.device("cpu"), torch.float32)
+        with torch.inference_mode():
+            sample("ddpm", eps, x, model.schedule, None, cond=torch.tensor([model.condition(0, "mnistm")]),
+                   callback=lambda info: snaps.update({info["t"]: info["x"].clone()}),
+                   generator=torch.Generator().manual_seed(3), clip_x0=clip_x0)  # fmt: skip
+        tile = {t: to_uint8(snaps[t], model.config.data_range)[0].permute(1, 2, 0).numpy() for t in (0, 500)}
+        return {t: v.repeat(5, axis=0).repeat(5, axis=1) for t, v in tile.items()}
+
+    clipped = snapshots(True)
+    assert not np.array_equal(clipped[0], snapshots(False)[0])  # the switch matters for this model
+    ((y0, x0),) = _find(figure, clipped[0])
+    ((y500, x500),) = _find(figure, clipped[500])
+    assert y0 == y500 and x0 < x500  # one row (MNIST-M), t = 0 first as asked
+
+
+def test_trajectory_of_a_teapearce_checkpoint_spans_its_schedule(run_cli, tmp_path):
+    """TeaPearce's schedule runs t = n_T … 1: the default columns lie in it, t = 0 is refused
+    with the range, and --n-t reads a checkpoint trained with another n_T (the report's 750)."""
+    from hw2cli.models import ContextUnet
+
+    torch.manual_seed(2)
+    torch.save(ContextUnet(3, 8, 20).state_dict(), tmp_path / "model_39.pth")
+    args = ["ddpm", "trajectory", "--checkpoint", tmp_path / "model_39.pth"]
+    r = run_cli(*args, "--out", tmp_path / "a.png")
+    assert r.code == 0, r.err
+    assert "trajectory: 800/800" in r.err  # 400 steps per data set
+    r = run_cli(*args, "--timesteps", "0,200")
+    assert r.code == 2 and "the timestep 0 is outside this model's schedule (1 to 400)" in r.err
+    r = run_cli(*args, "--n-t", "30", "--timesteps", "31")
+    assert r.code == 2 and "(1 to 30)" in r.err
+    r = run_cli(*args, "--n-t", "30", "--timesteps", "1,15,30", "--out", tmp_path / "b.png")
+    assert r.code == 0, r.err
+    assert "trajectory: 60/60" in r.err
+
+
+def test_n_t_is_refused_for_a_checkpoint_that_records_its_schedule(run_cli, checkpoint, tmp_path):
+    r = run_cli("ddpm", "grid", "--n-t", "750", "--checkpoint", checkpoint, "--out", tmp_path)
+    assert r.code == 2 and "records its own schedule" in r.err and "--n-t is for checkpoints without a config" in r.err
+
+
 def test_figures_go_under_the_output_root_setting_by_default(run_cli, checkpoint, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("HW2_OUTPUT_ROOT", str(tmp_path / "mine"))

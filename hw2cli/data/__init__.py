@@ -17,6 +17,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 DATASETS = ("mnistm", "svhn")  # P1's two data sets, in their condition order (index = dataset)
+DISPLAY_NAMES = {"mnistm": "MNIST-M", "svhn": "SVHN"}  # as figures and reports spell them
 # Image files the readers accept (what Pillow opens and people keep images in)
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff"})
 
@@ -31,7 +32,15 @@ _LAZY = {
     "synthesize": "hw2cli.data.synth",
 }
 
-__all__ = ["DATASETS", "IMAGE_SUFFIXES", "DigitsDataset", "find_dataset_roots", "load_image", "synthesize"]
+__all__ = [
+    "DATASETS",
+    "DISPLAY_NAMES",
+    "IMAGE_SUFFIXES",
+    "DigitsDataset",
+    "find_dataset_roots",
+    "load_image",
+    "synthesize",
+]
 
 
 def __getattr__(name: str) -> Any:

@@ -368,7 +368,9 @@ def load_checkpoint(path: str | Path, **legacy: Any) -> tuple[nn.Module, Diffusi
             recorded = getattr(config, key, None)
             if value is not None and value != recorded:
                 shown = "..".join(f"{v:g}" for v in recorded) if key == "data_range" else recorded
-                option = {"condition_layout": "cond_layout"}.get(key, key)  # the parameter that sets it
+                if key == "schedule" and isinstance(recorded, dict):
+                    shown = ", ".join(f"{k} {v}" for k, v in recorded.items())
+                option = {"condition_layout": "cond_layout", "schedule": "n_t"}.get(key, key)  # the option that sets it
                 raise UsageError(
                     f"{path} records its own {key.replace('_', ' ')} ({shown}); {{opt:{option}}} is for checkpoints "
                     "without a config, such as TeaPearce .pth files."

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -41,6 +43,90 @@ def save_grid(images: torch.Tensor, path: str | Path, nrow: int, padding: int = 
     return save_image(make_grid(images, nrow, padding), path)
 
 
+@dataclass(frozen=True)
+class GridLayout:
+    """Where :func:`labelled_grid` puts things, in figure pixels from the top left."""
+
+    width: int
+    height: int
+    boxes: list[tuple[int, int, int, int]]  # (left, top, right, bottom) of each image, row-major
+    scale: int  # figure pixels per image pixel
+    title_lines: list[str]
+
+
+def _text_size(text: str, points: float, dpi: int) -> tuple[float, float]:
+    """Width and height in pixels of one line of ``text`` as matplotlib draws it."""
+    from matplotlib.backends.backend_agg import RendererAgg
+    from matplotlib.font_manager import FontProperties
+
+    if not text:
+        return 0.0, 0.0
+    w, h, _ = RendererAgg(1, 1, dpi).get_text_width_height_descent(text, FontProperties(size=points), ismath=False)
+    return w, h
+
+
+def _wrap(text: str, points: float, dpi: int, width: float) -> list[str]:
+    """Greedy word wrap of ``text`` into lines at most ``width`` pixels wide (a long word stays whole)."""
+    lines: list[str] = []
+    text = text.replace(" = ", "\u00a0=\u00a0")  # "η = 0" stays on one line
+    for paragraph in text.split("\n"):
+        line = ""
+        for word in paragraph.split(" "):
+            trial = f"{line} {word}" if line else word
+            if line and _text_size(trial, points, dpi)[0] > width:
+                lines.append(line)
+                line = word
+            else:
+                line = trial
+        lines.append(line)
+    return lines
+
+
+LABEL_PT, TITLE_PT, PAD = 8, 10, 10
+
+
+def grid_layout(
+    n_rows: int,
+    n_cols: int,
+    image_size: tuple[int, int],
+    *,
+    rows: Sequence[str],
+    cols: Sequence[str] | None = None,
+    title: str | None = None,
+    row_title: str | None = None,
+    col_title: str | None = None,
+    scale: int | None = None,
+    dpi: int = 150,
+) -> GridLayout:
+    """The pixel layout of a labelled grid of ``n_rows`` × ``n_cols`` images of ``image_size``
+    (H, W). ``scale`` defaults to the smallest whole number that draws an image at least 80
+    pixels tall (3 for 28×28 digits, 1 for 256² faces), or wide enough for the widest column label."""
+    h0, w0 = image_size
+    widest = max((_text_size(c, LABEL_PT, dpi)[0] for c in cols or ()), default=0.0) + 6  # a column label
+    if scale is None:  # at least 80 pixels tall, and as wide as the widest column label (up to 4× the 80)
+        scale = max(1, -(-80 // h0), min(-(-int(widest) // w0), -(-320 // w0)))
+    h, w = h0 * scale, w0 * scale
+    gap = max(4, round(0.03 * h), int(widest) - w)  # labels wider than their image never touch
+    line = _text_size("Ag", LABEL_PT, dpi)[1]
+    left = PAD + max((_text_size(r, LABEL_PT, dpi)[0] for r in rows), default=0) + 8
+    if row_title:
+        left += _text_size(row_title, LABEL_PT + 1, dpi)[1] + PAD
+    grid_w = n_cols * w + (n_cols - 1) * gap
+    width = int(round(left)) + grid_w + PAD + max(0, (int(widest) - w + 1) // 2)  # the last label's overhang
+    title_lines = _wrap(title, TITLE_PT, dpi, width - 2 * PAD) if title else []
+    top = PAD + len(title_lines) * _text_size("Ag", TITLE_PT, dpi)[1] * 1.3 + (PAD if title_lines else 0)
+    top += line + 6 if cols is not None else 0
+    grid_h = n_rows * h + (n_rows - 1) * gap
+    bottom = PAD + (_text_size(col_title, LABEL_PT + 1, dpi)[1] + PAD if col_title else 0)
+    x0, y0 = int(round(left)), int(round(top))
+    boxes = [
+        (x0 + c * (w + gap), y0 + r * (h + gap), x0 + c * (w + gap) + w, y0 + r * (h + gap) + h)
+        for r in range(n_rows)
+        for c in range(n_cols)
+    ]
+    return GridLayout(width, y0 + grid_h + int(round(bottom)), boxes, scale, title_lines)
+
+
 def labelled_grid(
     images: torch.Tensor,
     path: str | Path,
@@ -50,11 +136,13 @@ def labelled_grid(
     title: str | None = None,
     row_title: str | None = None,
     col_title: str | None = None,
-    cell_inches: float = 0.6,
+    scale: int | None = None,
     dpi: int = 150,
 ) -> Path:
     """A report-ready PNG: ``images`` uint8 ``[len(rows)·len(cols), C, H, W]`` in row-major order,
-    each row and column labelled."""
+    each row and column labelled. Every image is drawn pixel for pixel, each of its pixels a
+    ``scale`` × ``scale`` block (see :func:`grid_layout`): no resampling filter blurs a 28×28
+    digit, no 256² face loses resolution, and equal images look equal wherever they sit."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -62,36 +150,40 @@ def labelled_grid(
 
     n_rows = len(rows)
     n_cols = images.shape[0] // n_rows
-    fig, axes = plt.subplots(
-        n_rows,
-        n_cols,
-        figsize=(cell_inches * n_cols + 1.2, cell_inches * n_rows + (0.7 if title else 0.3)),
-        squeeze=False,
-    )
-    for r in range(n_rows):
-        for c in range(n_cols):
-            ax = axes[r][c]
-            img = images[r * n_cols + c].permute(1, 2, 0).numpy()
-            ax.imshow(img if img.shape[2] == 3 else img[:, :, 0], cmap=None if img.shape[2] == 3 else "gray")
-            ax.set_xticks([])
-            ax.set_yticks([])
-            for spine in ax.spines.values():
-                spine.set_visible(False)
-            if c == 0:
-                ax.set_ylabel(rows[r], rotation=0, ha="right", va="center", fontsize=8)
-            if r == 0 and cols is not None:
-                ax.set_title(cols[c], fontsize=8)
-    if row_title:
-        fig.supylabel(row_title, fontsize=9)
-    if col_title:
-        fig.supxlabel(col_title, fontsize=9)
-    if title:
-        import textwrap
+    layout = grid_layout(
+        n_rows, n_cols, tuple(images.shape[-2:]), rows=rows, cols=cols, title=title,
+        row_title=row_title, col_title=col_title, scale=scale, dpi=dpi,
+    )  # fmt: skip
+    canvas = np.full((layout.height, layout.width, 3), 255, dtype=np.uint8)
+    k = layout.scale
+    for image, (x0, y0, x1, y1) in zip(images, layout.boxes, strict=True):
+        array = image.permute(1, 2, 0).numpy()
+        if array.shape[2] == 1:
+            array = np.repeat(array, 3, axis=2)
+        canvas[y0:y1, x0:x1] = array.repeat(k, axis=0).repeat(k, axis=1)
+    fig = plt.figure(figsize=(layout.width / dpi, layout.height / dpi), dpi=dpi)
+    fig.figimage(canvas, 0, 0, origin="upper", resize=False)
 
-        # about 13 characters per inch at 10 pt: wrap rather than run off a narrow figure
-        width_chars = max(20, int(fig.get_figwidth() * 13))
-        fig.suptitle(textwrap.fill(title, width_chars), fontsize=10)
-    fig.tight_layout()
+    def text(x: float, y: float, s: str, **kw: Any) -> None:  # pixel coordinates from the top left
+        fig.text(x / layout.width, 1 - y / layout.height, s, **kw)
+
+    first = layout.boxes[0]
+    for r, label in enumerate(rows):
+        _, top, _, bottom = layout.boxes[r * n_cols]
+        text(first[0] - 8, (top + bottom) / 2, label, ha="right", va="center", fontsize=LABEL_PT)
+    if cols is not None:
+        for c, label in enumerate(cols):
+            x0, top, x1, _ = layout.boxes[c]
+            text((x0 + x1) / 2, top - 6, label, ha="center", va="baseline", fontsize=LABEL_PT)
+    grid_bottom = layout.boxes[-1][3]
+    if row_title:
+        text(PAD, (first[1] + grid_bottom) / 2, row_title, ha="left", va="center", rotation=90, fontsize=LABEL_PT + 1)
+    if col_title:
+        text((first[0] + layout.boxes[-1][2]) / 2, grid_bottom + PAD, col_title, ha="center", va="top",
+             fontsize=LABEL_PT + 1)  # fmt: skip
+    if layout.title_lines:
+        text(layout.width / 2, PAD, "\n".join(layout.title_lines), ha="center", va="top", fontsize=TITLE_PT,
+             linespacing=1.3)  # fmt: skip
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=dpi)
     plt.close(fig)

@@ -31,24 +31,48 @@ GUIDANCE_HELP = "Classifier-free guidance weight w: (1+w)·ε(c) − w·ε(∅).
 CLIP_HELP = "Keep the predicted x0 in the data range while sampling (without it, guidance saturates images)."
 
 
-def _legacy(data_range: str | None, cond_layout: str | None) -> dict:
+def data_range_option() -> Any:
+    return typer.Option(None, help="Legacy checkpoints: 01 or pm1 pixel range.")
+
+
+def cond_layout_option() -> Any:
+    return typer.Option(None, help="Legacy checkpoints: dataset-major, digit-major or digit-only.")
+
+
+def n_t_option() -> Any:
+    return typer.Option(
+        None,
+        "--n-t",
+        min=2,
+        max=100_000,
+        help="TeaPearce checkpoints: the n_T of their training \\[default: 400].",
+    )
+
+
+def _legacy(data_range: str | None, cond_layout: str | None, n_t: int | None = None) -> dict:
     legacy: dict = {}
     if data_range is not None:
         legacy["data_range"] = (0.0, 1.0) if data_range == "01" else (-1.0, 1.0)
     if cond_layout is not None:
         legacy["condition_layout"] = cond_layout
+    if n_t is not None:
+        legacy["schedule"] = {"kind": "teapearce", "n_T": n_t, "beta1": 1e-4, "beta2": 0.02}
     return legacy
 
 
 def _model(
-    checkpoint: Path | None, data_range: str | None = None, cond_layout: str | None = None, guidance: float = 2.0
+    checkpoint: Path | None,
+    data_range: str | None = None,
+    cond_layout: str | None = None,
+    guidance: float = 2.0,
+    n_t: int | None = None,
 ):
     from hw2cli import runtime
     from hw2cli.io.checkpoints import load_model
     from hw2cli.tasks.ddpm import guidance_outside_training
 
     device, dtype = runtime.setup()
-    model = load_model(checkpoint, device, **_legacy(data_range, cond_layout))
+    model = load_model(checkpoint, device, **_legacy(data_range, cond_layout, n_t))
     note = guidance_outside_training(model, guidance)
     if note:
         ui.warn(note)
@@ -244,8 +268,9 @@ def sample_command(
     seed: int = seed_option(None, "Random seed [default: the seed setting]."),
     checkpoint: Path = typer.Option(None, help=CHECKPOINT_HELP),
     out: Path = typer.Option(None, help="Output folder \\[default: the samples folder of OUTPUT_ROOT]."),
-    data_range: DataRange = typer.Option(None, help="Legacy checkpoints: 01 or pm1 pixel range."),
-    cond_layout: CondLayout = typer.Option(None, help="Legacy checkpoints: dataset-major, digit-major or digit-only."),
+    data_range: DataRange = data_range_option(),
+    cond_layout: CondLayout = cond_layout_option(),
+    n_t: int = n_t_option(),
     clip_x0: bool = typer.Option(True, "--clip-x0/--no-clip-x0", help=CLIP_HELP),
 ) -> None:
     """Sample one digit: PNG files plus one grid image.
@@ -267,7 +292,7 @@ def sample_command(
             f"{out} keeps {ui.plural(len(earlier), 'image')} of an earlier, larger sample of {digit} "
             f"({listed([p.name for p in earlier])}); they are not part of this one (use another --out, or delete them)."
         )
-    model, dtype = _model(checkpoint, data_range, cond_layout, guidance)
+    model, dtype = _model(checkpoint, data_range, cond_layout, guidance, n_t)
     with ui.progress(f"sample {digit}", n * len(names)) as bar:
         files, grid = sample_folder(
             model, digit, names, n, out, sampler=sampler, steps=steps, guidance=guidance,
@@ -288,8 +313,9 @@ def generate(
     batch: int = typer.Option(
         None, min=1, max=10_000, help="Images per forward batch \\[default: 100 on CPU, 500 on CUDA]."
     ),
-    data_range: DataRange = typer.Option(None, help="Legacy checkpoints: 01 or pm1 pixel range."),
-    cond_layout: CondLayout = typer.Option(None, help="Legacy checkpoints: dataset-major, digit-major or digit-only."),
+    data_range: DataRange = data_range_option(),
+    cond_layout: CondLayout = cond_layout_option(),
+    n_t: int = n_t_option(),
     clip_x0: bool = typer.Option(True, "--clip-x0/--no-clip-x0", help=CLIP_HELP),
     resume: bool = keep_finished(),
     cuda_graph: bool = typer.Option(False, "--cuda-graph", help="CUDA: replay each step from one CUDA graph."),
@@ -312,7 +338,7 @@ def generate(
 
     for name in DATASETS:
         check_output_folder(out / name, "data set folder", within=out)
-    model, dtype = _model(checkpoint, data_range, cond_layout, guidance)
+    model, dtype = _model(checkpoint, data_range, cond_layout, guidance, n_t)
     if cuda_graph and model.device.type != "cuda":
         from hw2cli.errors import RunError
 
@@ -351,6 +377,10 @@ def grid(
     steps: int = typer.Option(None, min=1, max=1000, help="Sampler steps."),
     guidance: float = number(2.0, min=-1.0, max=100.0, help=GUIDANCE_HELP),
     seed: int = seed_option(None, "Random seed" + SETTING + "."),
+    data_range: DataRange = data_range_option(),
+    cond_layout: CondLayout = cond_layout_option(),
+    n_t: int = n_t_option(),
+    clip_x0: bool = typer.Option(True, "--clip-x0/--no-clip-x0", help=CLIP_HELP),
 ) -> None:
     """The report's 10×10 grid per data set: rows digits, columns different noise.
 
@@ -363,7 +393,7 @@ def grid(
 
     names = ["mnistm", "svhn"] if dataset == "both" else [dataset]
     out = check_output_folder(under_output_root(out, "figures"))
-    model, dtype = _model(checkpoint, guidance=guidance)
+    model, dtype = _model(checkpoint, data_range, cond_layout, guidance, n_t)
     with ui.progress("grid", 100 * len(names)) as bar:
         for name in names:
             path = grid_figure(
@@ -375,6 +405,7 @@ def grid(
                 steps=steps,
                 guidance=guidance,
                 dtype=dtype,
+                clip_x0=clip_x0,
                 on_batch=bar.update,
             )
             ui.result(f"wrote {path}")
@@ -383,18 +414,25 @@ def grid(
 @app.command()
 def trajectory(
     out: Path = typer.Option(None, help="Output PNG \\[default: trajectory.png in the figures folder of OUTPUT_ROOT]."),
-    timesteps: str = typer.Option(None, help="Comma-separated t to show \\[default: six, evenly spaced]."),
+    timesteps: str = typer.Option(
+        None, help="Comma-separated t to show, in that order \\[default: six, evenly spaced, noise to image]."
+    ),
     digit: int = typer.Option(0, min=0, max=9, help="Which digit's reverse process."),
     checkpoint: Path = typer.Option(None, help=CHECKPOINT_HELP),
     guidance: float = number(2.0, min=-1.0, max=100.0, help=GUIDANCE_HELP),
     seed: int = seed_option(None, "Random seed" + SETTING + "."),
+    data_range: DataRange = data_range_option(),
+    cond_layout: CondLayout = cond_layout_option(),
+    n_t: int = n_t_option(),
+    clip_x0: bool = typer.Option(True, "--clip-x0/--no-clip-x0", help=CLIP_HELP),
 ) -> None:
     """Six snapshots of the reverse process of the first "0" of each data set (full DDPM: on a
     CPU a few minutes, one network call per timestep of the schedule).
 
     Examples:
       hw2 ddpm trajectory
-      hw2 ddpm trajectory --timesteps 0,150,300,450,600,749 --out report/trajectory.png
+      hw2 ddpm trajectory --timesteps 999,600,300,150,50,0 --out report/trajectory.png
+      hw2 ddpm trajectory --checkpoint model_39.pth --n-t 750 --timesteps 750,600,450,300,150,1
     """
     from hw2cli.errors import UsageError
     from hw2cli.io.atomic import check_output_file
@@ -409,13 +447,14 @@ def trajectory(
         ts = [int(v) for v in parts]
         if len(ts) > 50:
             raise UsageError(f"--timesteps lists {len(ts)} values; a figure takes at most 50.")
-    model, _ = _model(checkpoint, guidance=guidance)
+    model, _ = _model(checkpoint, data_range, cond_layout, guidance, n_t)
     from hw2cli.data import DATASETS
 
-    with ui.progress("trajectory", len(DATASETS) * model.schedule.num_steps) as bar:
+    with ui.progress("trajectory", len(DATASETS) * model.schedule.max_sampler_steps) as bar:
         path = trajectory_figure(
-            model, out, timesteps=ts, digit=digit, guidance=guidance, seed=resolve_seed(seed), on_step=bar.update
-        )
+            model, out, timesteps=ts, digit=digit, guidance=guidance, seed=resolve_seed(seed), clip_x0=clip_x0,
+            on_step=bar.update,
+        )  # fmt: skip
     ui.result(f"wrote {path}")
 
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from hw2cli.data import IMAGE_SUFFIXES
+from hw2cli.data import DISPLAY_NAMES, IMAGE_SUFFIXES
 from hw2cli.data.noise import load_noise_dir, load_noise_file, seeded_noise, stack_noise
 from hw2cli.diffusion import NoiseSchedule, make_timesteps, sample_ddim
 from hw2cli.diffusion.samplers import leading_gap
@@ -133,7 +133,13 @@ def digit_source(
     def eps(x: torch.Tensor, t: torch.Tensor, _: Any = None) -> torch.Tensor:
         return guided(x, t, cond.expand(x.shape[0]))
 
-    return EpsSource(eps, model.schedule, 28, f"digit model, digit {digit} ({dataset}, {model.source})", device)
+    return EpsSource(
+        eps,
+        model.schedule,
+        28,
+        f"digit model, digit {digit} ({DISPLAY_NAMES.get(dataset, dataset)}, {model.source})",
+        device,
+    )
 
 
 # ---------------------------------------------------------------------------- noise
@@ -339,8 +345,7 @@ def eta_grid(
         path,
         rows=[f"η = {eta:g}" for eta in etas],
         cols=list(names),
-        title=f"DDIM, {opts.steps} steps: {source.description}",
-        cell_inches=1.3 if noise.shape[-1] > 64 else 0.8,
+        title=f"DDIM, {opts.steps} steps, rows η, columns noise: {source.description}",
     )
 
 
@@ -374,8 +379,10 @@ def interpolate(
     batch: int = 11,
     on_batch: Callable[[int], None] | None = None,
     kept: FinishedBatches | None = None,
+    ends: tuple[str, str] = ("a", "b"),
 ) -> Path:
-    """Rows: slerp and/or lerp; columns: alpha. DDIM (eta = 0 unless set) from each mixed noise."""
+    """Rows: slerp and/or lerp; columns: alpha. DDIM (eta = 0 unless set) from each mixed noise;
+    ``ends`` names the two noises in the title."""
     kept = kept or FinishedBatches(None, {})
     rows = []
     for mode in modes:
@@ -395,8 +402,8 @@ def interpolate(
         path,
         rows=list(modes),
         cols=[f"α = {alpha:g}" for alpha in alphas],
-        title=f"Interpolation between two noises: {source.description}",
-        cell_inches=1.1 if a.shape[-1] > 64 else 0.7,
+        title=f"{' and '.join(modes)} from {ends[0]} (α = 0) to {ends[1]} (α = 1): DDIM, {opts.steps} steps, "
+        f"η = {opts.eta:g}; {source.description}",
     )
 
 
@@ -589,6 +596,7 @@ def interpolation_figure(
         xa, xb = pair[:1], pair[1:]
         names = [f"seed {seed}"]
     check_noise(xa, source, names)
+    ends = (names[0], names[1]) if len(names) == 2 else (f"noise 1 of seed {seed}", f"noise 2 of seed {seed}")
     if on_start is not None:
         on_start(len(alphas) * len(modes))
     batch = 11 if device.type == "cuda" else 1  # on a CPU a face takes minutes: keep each one as it is done
@@ -598,7 +606,18 @@ def interpolation_figure(
     kept = FinishedBatches(state_dir, settings, resume=resume)
     with confine(out.parent):
         path = interpolate(
-            source, xa, xb, alphas, modes, out, opts, normalize=normalize, batch=batch, on_batch=on_batch, kept=kept
+            source,
+            xa,
+            xb,
+            alphas,
+            modes,
+            out,
+            opts,
+            normalize=normalize,
+            batch=batch,
+            on_batch=on_batch,
+            kept=kept,
+            ends=ends,
         )
     kept.finish()
     return path

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from hw2cli.data import DATASETS
+from hw2cli.data import DATASETS, DISPLAY_NAMES
 from hw2cli.diffusion import guided_eps, sample
 from hw2cli.diffusion.samplers import leading_gap
 from hw2cli.errors import RunError, UsageError
@@ -271,9 +271,18 @@ def grid_figure(
         path,
         rows=[str(d) for d in range(10)],
         cols=None,
-        title=f"{dataset.upper()}: 10 samples per digit ({model.source})",
+        title=f"{DISPLAY_NAMES[dataset]}: {columns} samples per digit ({sampler_words(model, sample_kw)}, "
+        f"seed {seed}; {model.source})",
         row_title="digit",
     )
+
+
+def sampler_words(model: DigitModel, sample_kw: dict[str, Any]) -> str:
+    """How the images were sampled, for a figure's title: "DPM-Solver++, 6 steps, w = 2"."""
+    sampler = sample_kw.get("sampler", "dpm")
+    steps = sample_kw.get("steps") or default_steps(model, sampler) or model.schedule.max_sampler_steps
+    name = {"dpm": "DPM-Solver++", "unipc": "UniPC", "ddim": "DDIM", "ddpm": "DDPM"}[sampler]
+    return f"{name}, {steps} steps, w = {sample_kw.get('guidance', 2.0):g}"
 
 
 def trajectory_figure(
@@ -284,22 +293,24 @@ def trajectory_figure(
     digit: int = 0,
     guidance: float = 2.0,
     seed: int = 0,
+    clip_x0: bool = True,
     on_step: Callable[[int], None] | None = None,
 ) -> Path:
     """Six snapshots of the reverse process (full-length DDPM) of the first ``digit`` of each data set.
     ``on_step(1)`` hears every step (``len(DATASETS)`` × the schedule's length in all).
 
     The column for ``t`` shows ``x`` right after the denoising step at timestep ``t``, so the
-    last column, t = 0, is the finished image and t = T − 1 is one step from pure noise.
+    column of the schedule's first timestep (0; 1 for TeaPearce's) is the finished image and
+    t = T − 1 is one step from pure noise. Columns follow the order of ``timesteps`` (default:
+    six evenly spaced over the schedule, from noise to image).
     """
-    total = model.schedule.num_steps
+    first, last = model.schedule.first_timestep, model.schedule.num_steps - 1
     if timesteps is None:
-        last = total - 1
-        timesteps = [round(last * k / 5) for k in range(5, -1, -1)]
-    timesteps = sorted({int(t) for t in timesteps}, reverse=True)
-    bad = [t for t in timesteps if not 0 <= t < total]
+        timesteps = [first + round((last - first) * k / 5) for k in range(5, -1, -1)]
+    timesteps = list(dict.fromkeys(int(t) for t in timesteps))  # the user's order, each once
+    bad = [t for t in timesteps if not first <= t <= last]
     if bad:
-        raise UsageError(f"the timestep {bad[0]} is outside this model's schedule (0 to {total - 1}).")
+        raise UsageError(f"the timestep {bad[0]} is outside this model's schedule ({first} to {last}).")
     wanted = set(timesteps)
     rows = []
     for dataset in DATASETS:
@@ -325,14 +336,17 @@ def trajectory_figure(
                 cond=cond,
                 callback=grab,
                 generator=torch.Generator(model.device).manual_seed(seed),
+                clip_x0=clip_x0,
             )
         lo, hi = model.config.data_range
         rows.append(torch.cat([to_uint8(snaps[t], (lo, hi)) for t in timesteps]))
+    steps = model.schedule.max_sampler_steps
     return labelled_grid(
         torch.cat(rows),
         path,
-        rows=list(DATASETS),
+        rows=[DISPLAY_NAMES[d] for d in DATASETS],
         cols=[f"t = {t}" for t in timesteps],
-        title=f"Reverse process of the first {digit}",
-        cell_inches=1.0,
+        title=f"Reverse process of the first {digit}: x after the DDPM step at t ({steps} steps, "
+        f"w = {guidance:g}, seed {seed}{'' if clip_x0 else ', x0 not clipped'}; {model.source})",
+        scale=5,
     )

@@ -1,0 +1,43 @@
+"""Report figures: every image drawn pixel for pixel (no resampling blur), labels that fit."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from hw2cli.io.images import LABEL_PT, _text_size, grid_layout, labelled_grid
+
+
+def _upscaled(image: torch.Tensor, k: int) -> np.ndarray:
+    array = image.permute(1, 2, 0).numpy()
+    if array.shape[2] == 1:
+        array = np.repeat(array, 3, axis=2)
+    return array.repeat(k, axis=0).repeat(k, axis=1)
+
+
+@pytest.mark.parametrize(
+    ("shape", "cols", "want_scale"),
+    [
+        ((3, 28, 28), None, 3),  # a digit grid: 84 px per digit
+        ((1, 28, 28), ["seed 0, #0", "seed 0, #1", "seed 0, #2"], 4),  # labels wider than 84 px: scale 4
+        ((3, 64, 64), ["α = 0", "α = 0.5", "α = 1"], 2),
+        ((3, 256, 256), ["00.pt", "01.pt", "02.pt"], 1),  # faces at their own resolution
+    ],
+)
+def test_every_image_is_drawn_pixel_for_pixel(tmp_path, shape, cols, want_scale):
+    images = torch.randint(0, 256, (6, *shape), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    images[5] = images[0]  # the same image in another place
+    kw = {"rows": ["η = 0", "η = 0.25"], "cols": cols, "title": "a title " * 12, "row_title": "digit"}
+    path = labelled_grid(images, tmp_path / "g.png", **kw)
+    layout = grid_layout(2, 3, tuple(shape[1:]), **kw)
+    assert layout.scale == want_scale
+    figure = np.asarray(Image.open(path).convert("RGB"))
+    assert figure.shape[:2] == (layout.height, layout.width)
+    for image, (x0, y0, x1, y1) in zip(images, layout.boxes, strict=True):
+        assert np.array_equal(figure[y0:y1, x0:x1], _upscaled(image, layout.scale))
+    if cols is not None:  # neighbouring column labels never touch
+        pitch = layout.boxes[1][0] - layout.boxes[0][0]
+        assert max(_text_size(c, LABEL_PT, 150)[0] for c in cols) < pitch
+    assert layout.boxes[0][0] > 0 and layout.boxes[-1][2] < layout.width and layout.boxes[-1][3] < layout.height
