@@ -41,3 +41,20 @@ def test_every_image_is_drawn_pixel_for_pixel(tmp_path, shape, cols, want_scale)
         pitch = layout.boxes[1][0] - layout.boxes[0][0]
         assert max(_text_size(c, LABEL_PT, 150)[0] for c in cols) < pitch
     assert layout.boxes[0][0] > 0 and layout.boxes[-1][2] < layout.width and layout.boxes[-1][3] < layout.height
+
+
+def test_captioned_rows_of_many_examples_wrap_at_five(tmp_path):
+    """`clip eval --examples 12` stays page-wide: a row of 12 goes on over three lines of at most 5."""
+    from hw2cli.io.images import captioned_rows
+
+    files = []
+    for i in range(12):
+        files.append(tmp_path / f"{i}.png")
+        Image.fromarray(np.full((32, 32, 3), 20 * i, dtype=np.uint8)).save(files[-1])
+    items = [(f, f"caption {i}") for i, f in enumerate(files)]
+    five = Image.open(captioned_rows([("correct", "tab:green", items[:5]), ("incorrect", "tab:red", [])],
+                                     tmp_path / "five.png")).size  # fmt: skip
+    twelve = Image.open(captioned_rows([("correct", "tab:green", items), ("incorrect", "tab:red", [])],
+                                       tmp_path / "twelve.png")).size  # fmt: skip
+    assert twelve[0] == five[0]  # as wide as five
+    assert twelve[1] == pytest.approx(five[1] * 4 / 2, abs=2)  # 3 lines + the empty row, against 1 + 1

@@ -191,17 +191,27 @@ def labelled_grid(
 
 
 def captioned_rows(
-    rows: Sequence[tuple[str, str, Sequence[tuple[str | Path, str]]]], path: str | Path, *, title: str = ""
+    rows: Sequence[tuple[str, str, Sequence[tuple[str | Path, str]]]],
+    path: str | Path,
+    *,
+    title: str = "",
+    per_line: int = 5,
 ) -> Path:
     """A report-ready PNG of captioned image files, one row per ``(label, colour, [(file, caption), …])``:
     each image framed and captioned in the row's colour, the label on the left; an empty row says
-    ``no <label> examples``. (CLIP's correct / incorrect predictions.)"""
+    ``no <label> examples``; a row of more than ``per_line`` images goes on over several lines
+    (the figure stays page-wide). (CLIP's correct / incorrect predictions.)"""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from PIL import Image
 
+    rows = [
+        (label if start == 0 else "", colour, items[start : start + per_line])
+        for label, colour, items in rows
+        for start in (range(0, len(items), per_line) if items else [0])
+    ]
     cols = max(1, *(len(items) for _, _, items in rows))
     fig, axes = plt.subplots(len(rows), cols, figsize=(2.2 * cols + 0.8, 3.2 * len(rows)), squeeze=False)
     for r, (label, colour, items) in enumerate(rows):
@@ -211,7 +221,7 @@ def captioned_rows(
             ax.set_yticks([])
             if c >= len(items):
                 ax.axis("off")
-                if c == 0:
+                if c == 0 and not items:
                     ax.text(0.5, 0.5, f"no {label} examples", ha="center", va="center", fontsize=8)
                 continue
             file, caption = items[c]

@@ -411,7 +411,10 @@ def examples_figure(report: ZeroShotReport, path: Path, n: int = 5, seed: int = 
         ("correct", "tab:green", [caption(i) for i in right]),
         ("incorrect", "tab:red", [caption(i) for i in wrong]),
     ]
-    title = f"CLIP zero-shot ({report.model}, {report.templates_name} prompts): top-1 {report.top1:.2%}"
+    title = (
+        f"CLIP zero-shot ({report.model}, {report.templates_name} prompts): top-1 {report.top1:.2%}, "
+        f"top-5 {report.top5:.2%} of {len(report.data.files)} images"
+    )
     return captioned_rows(rows, path, title=title)
 
 
