@@ -475,6 +475,16 @@ def test_eval_equals_a_hand_computation(run_cli, generated, sd, tmp_path, isolat
             assert row["image_score"] == pytest.approx(np.mean([image_scores[i] for i in order]), rel=1e-4)
             assert row["text_score"] == pytest.approx(np.mean([text_scores[i] for i in order]), rel=1e-4, abs=1e-4)
             assert row["passed"] == (row["image_score"] >= 10 and row["text_score"] >= 5)
+            assert [k["file"] for k in row["kept"]] == [files[i].name for i in order]  # best first
+            assert [k["image_score"] for k in row["kept"]] == pytest.approx([image_scores[i] for i in order], rel=1e-4)
+    drawn = run_cli("personalize", "eval", out, input_json, "--refs", refs, "--clip-model", clip_dir, "--preprocess",
+                "model", "--sheet", tmp_path / "report" / "best5.png")  # fmt: skip
+    assert drawn.code == 0, drawn.err
+    with Image.open(tmp_path / "report" / "best5.png") as sheet:
+        assert sheet.format == "PNG" and sheet.size[1] > sheet.size[0] / 3  # a row per prompt
+    inside = out / next(iter(data)) / "0" / "best5.png"
+    refused = run_cli("personalize", "eval", out, input_json, "--refs", refs, "--sheet", inside)
+    assert refused.code == 2 and "inside a graded folder" in refused.err and not inside.exists()
     table = run_cli("personalize", "eval", out, input_json, "--refs", refs, "--clip-model", clip_dir)
     assert "prompts pass" in table.out
     # 0.x's spelling, `--json input.json`, still grades (--json is now the output flag, the file positional)

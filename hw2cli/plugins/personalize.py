@@ -282,6 +282,9 @@ def eval_command(
         "model: the loaded CLIP's own processor.",
     ),
     as_json: bool = typer.Option(False, "--json", "--as-json", help="Machine-readable output."),
+    sheet: Path = typer.Option(
+        None, metavar="PNG", help="Also draw the 5 kept images of every prompt, with their scores, into this PNG."
+    ),
 ) -> None:
     """The P3 grader: image and text CLIP scores of the best 5 of 25, pass/fail per prompt.
 
@@ -294,6 +297,7 @@ def eval_command(
     Examples:
       hw2 personalize eval out/p3 hw2_data/textual_inversion/input.json
       hw2 personalize eval out/p3 --json          # DATA_ROOT's input.json, scores as JSON
+      hw2 personalize eval out/p3 --sheet report/p3_best5.png
       hw2 personalize eval out/p3 my/input.json --refs hw2_data/textual_inversion
     """
     from hw2cli import runtime, settings
@@ -304,6 +308,16 @@ def eval_command(
     current = settings.get()
     input_json = input_json if input_json is not None else current.data_root / "textual_inversion" / "input.json"
     refs = refs if refs is not None else input_json.parent
+    if sheet is not None:
+        from hw2cli.errors import UsageError
+        from hw2cli.io.atomic import check_output_file
+
+        sheet = check_output_file(sheet, "figure", image=True)
+        if out.resolve() in sheet.resolve().parents[1:]:
+            raise UsageError(
+                f"--sheet {sheet} is inside a graded folder of {out}, which must hold only its 25 images; "
+                "put it elsewhere (OUT itself will do)."
+            )
     jobs = grading_plan(out, read_input_json(input_json, need_eval=True), refs)  # every folder checked first
     for folder, ignored in {j.references[0].parent: j.ignored for j in jobs if j.ignored}.items():
         ui.warn(f"{folder}: skipped {len(ignored)} non-image file(s) ({', '.join(p.name for p in ignored[:3])}).")
@@ -315,6 +329,10 @@ def eval_command(
     except HW2Error as exc:  # the loader names its model parameter; here that is --clip-model
         raise type(exc)(str(exc.args[0]).replace("{opt:model}", "{opt:clip_model}")) from exc.__cause__
     scores = grade(out, input_json, refs, clip, preprocess=preprocess)
+    if sheet is not None:
+        from hw2cli.tasks.grading import best_sheet
+
+        ui.result(f"wrote {best_sheet(scores, sheet, clip_name=clip_model)}")
     if as_json:
         ui.print_json(
             [
@@ -326,6 +344,7 @@ def eval_command(
                     "text_score": s.text_score,
                     "baseline": list(s.baseline),
                     "passed": s.passed,
+                    "kept": [{"file": f.name, "image_score": i, "text_score": t} for f, i, t in s.best],
                 }
                 for s in scores
             ]

@@ -246,6 +246,7 @@ class PromptScore:
     image_score: float
     text_score: float
     baseline: tuple[float, float]
+    best: list[tuple[Path, float, float]] = field(default_factory=list)  # (file, image, text) of the kept, best first
 
     @property
     def passed(self) -> bool:
@@ -410,6 +411,25 @@ def grade(
                 float(image_score[best].mean()),
                 float(text_score[best].mean()),
                 job.baseline,
+                [(job.files[i], float(image_score[i]), float(text_score[i])) for i in best.tolist()],
             )
         )
     return scores
+
+
+def best_sheet(scores: list[PromptScore], path: str | Path, *, clip_name: str = "CLIP") -> Path:
+    """A figure of what the grader kept: one row per prompt (its key/index, green where it
+    passes), the best images by ``image + 2.5·text``, each captioned with its two scores."""
+    from hw2cli.io.images import captioned_rows
+
+    rows = [
+        (
+            f"{s.key}/{s.index}: {'passes' if s.passed else 'below baseline'}",
+            "tab:green" if s.passed else "tab:red",
+            [(file, f"image {image:.1f}\ntext {text:.1f}") for file, image, text in s.best],
+        )
+        for s in scores
+    ]
+    kept = len(scores[0].best) if scores else 5
+    title = f"The {kept} images the P3 grader keeps per prompt (best image + 2.5·text; {clip_name})"
+    return captioned_rows(rows, path, title=title)
