@@ -403,8 +403,16 @@ def test_generate_free_prompt_and_errors(run_cli, sd, trained, tmp_path, isolate
     common = ["--model", model, "--embeds", trained, "--steps", "1", "--resolution", str(RES)]
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        r = run_cli("personalize", "generate", "--prompt", "A <new1> in the style of <new2>.", "-n", "2", *common)
+        r = run_cli("personalize", "generate", "--prompt", "A <new1> in the style of <new2>.", "-n", "2",
+                    tmp_path / "free", *common)  # fmt: skip
     assert r.code == 0, r.err
+    folder = tmp_path / "free"
+    images = [np.asarray(Image.open(folder / f"A_new1_in_the_style_of_new2_{i}.png").convert("RGB")) for i in (0, 1)]
+    sheet = np.asarray(Image.open(folder / "A_new1_in_the_style_of_new2_sheet.png").convert("RGB"))
+    for image in images:  # the report's figure holds both images pixel for pixel (they are smaller than 256)
+        h, w = image.shape[:2]
+        ys, xs = np.nonzero((sheet[: 1 - h, : 1 - w] == image[0, 0]).all(axis=2))
+        assert any(np.array_equal(sheet[y : y + h, x : x + w], image) for y, x in zip(ys, xs, strict=True))
     assert not [w for w in caught if "torch_dtype" in str(w.message)]  # diffusers' deprecation is not ours to show
     r = run_cli("personalize", "generate", "--prompt", "A <new3> on a bench.", *common)
     assert r.code == 2 and "use <new3>, which none of the embeddings given provides" in r.err
@@ -657,8 +665,8 @@ def test_an_interrupted_free_prompt_resumes_to_identical_bytes_and_a_larger_n_ad
     def generate(out, *extra):
         return main([str(a) for a in ["personalize", "generate", "--prompt", prompt, out, *common, *extra]])
 
-    def pngs(folder):
-        return {p.name: p.read_bytes() for p in sorted(folder.glob("*.png"))}
+    def pngs(folder):  # the images (the side-by-side sheet is drawn anew on every run)
+        return {p.name: p.read_bytes() for p in sorted(folder.glob("*.png")) if not p.stem.endswith("_sheet")}
 
     assert generate(tmp_path / "a", "-n", 6) == 0
     restore = interrupt_on_call(P, "save_image", 5)  # two batches finished, the third stopped

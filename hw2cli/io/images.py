@@ -112,9 +112,16 @@ def grid_layout(
     if row_title:
         left += _text_size(row_title, LABEL_PT + 1, dpi)[1] + PAD
     grid_w = n_cols * w + (n_cols - 1) * gap
-    width = int(round(left)) + grid_w + PAD + max(0, (int(widest) - w + 1) // 2)  # the last label's overhang
+    natural = int(round(left)) + grid_w + PAD + max(0, (int(widest) - w + 1) // 2)  # the last label's overhang
+    # a title wider than the grid widens the figure (up to 4 inches) and the grid sits in the middle
+    width = max(natural, min(int(_text_size(title or "", TITLE_PT, dpi)[0]) + 2 * PAD, 4 * dpi))
+    left += (width - natural) // 2
     title_lines = _wrap(title, TITLE_PT, dpi, width - 2 * PAD) if title else []
-    top = PAD + len(title_lines) * _text_size("Ag", TITLE_PT, dpi)[1] * 1.3 + (PAD if title_lines else 0)
+    if title_lines:  # matplotlib spaces lines 1.3 font sizes apart
+        pitch = 1.3 * TITLE_PT * dpi / 72
+        top = 2 * PAD + _text_size("Ag", TITLE_PT, dpi)[1] + (len(title_lines) - 1) * pitch
+    else:
+        top = PAD
     top += line + 6 if cols is not None else 0
     grid_h = n_rows * h + (n_rows - 1) * gap
     bottom = PAD + (_text_size(col_title, LABEL_PT + 1, dpi)[1] + PAD if col_title else 0)

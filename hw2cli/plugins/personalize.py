@@ -208,6 +208,8 @@ def generate(
     kept = f"; kept {result['reused']} finished by an earlier run" if result["reused"] else ""
     where = f"to {out}" if prompt is not None else f"under {out}"
     ui.result(f"wrote {ui.plural(result['written'], 'image')} {where}{kept}")
+    if result.get("sheet"):
+        ui.result(f"wrote {result['sheet']} (the images side by side)")
 
 
 def _default_refs(input_json: Path) -> list[Path]:
