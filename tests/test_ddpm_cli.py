@@ -43,7 +43,10 @@ def test_sample_writes_pngs_and_a_grid(run_cli, checkpoint, tmp_path):
     names = sorted(p.name for p in out.iterdir())
     assert names == ["grid_digit3.png", "mnistm_3_001.png", "mnistm_3_002.png", "svhn_3_001.png", "svhn_3_002.png"]
     assert Image.open(out / "mnistm_3_001.png").size == (28, 28)
-    assert Image.open(out / "grid_digit3.png").size == (2 + 2 * 30, 2 + 2 * 30)
+    grid = np.asarray(Image.open(out / "grid_digit3.png").convert("RGB"))
+    for name in names[1:]:  # each sample in the labelled grid, 3 px per pixel
+        tile = np.asarray(Image.open(out / name).convert("RGB")).repeat(3, axis=0).repeat(3, axis=1)
+        assert len(_find(grid, tile)) == 1
 
 
 def test_a_smaller_sample_in_a_used_folder_names_the_earlier_images_it_leaves(run_cli, checkpoint, tmp_path):

@@ -164,10 +164,29 @@ def sample_folder(
         for k, name in enumerate(datasets):
             chunk = images[k * n : (k + 1) * n]
             files += write_samples(chunk, [f"{name}_{digit}_{i:03d}.png" for i in range(1, n + 1)], out)
-        from hw2cli.io.images import save_grid
-
-        grid = save_grid(images, out / f"grid_digit{digit}.png", nrow=n)
+        title = f"digit {digit}: {n} per data set ({sampler_words(model, kwargs)}, seed {kwargs.get('seed', 0)})"
+        grid = sample_grid(images, datasets, n, out / f"grid_digit{digit}.png", title)
     return files, grid
+
+
+def sample_grid(
+    images: torch.Tensor, datasets: Sequence[str], n: int, path: Path, title: str, per_row: int = 10
+) -> Path:
+    """The samples ``[len(datasets)·n, 3, H, W]`` in rows of ``per_row``, each row labelled with its
+    data set (and which samples, past ten); more than 200 images go in a plain grid, unlabelled."""
+    from hw2cli.io.images import save_grid
+
+    if images.shape[0] > 200:
+        return save_grid(images, path, nrow=per_row)
+    cols = min(n, per_row)
+    tiles, labels = [], []
+    for k, name in enumerate(datasets):
+        for start in range(0, n, cols):
+            chunk = images[k * n + start : k * n + min(start + cols, n)]
+            tiles += [*chunk, *[torch.full_like(images[0], 255)] * (cols - len(chunk))]  # white after the last
+            span = f" {start + 1}–{start + len(chunk)}" if n > cols else ""
+            labels.append(DISPLAY_NAMES.get(name, name) + span)
+    return labelled_grid(torch.stack(tiles), path, rows=labels, title=title)
 
 
 def write_samples(images: torch.Tensor, names: Sequence[str], folder: Path) -> list[Path]:
