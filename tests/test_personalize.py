@@ -520,6 +520,15 @@ def test_eval_finds_the_input_json_in_the_data_root_and_the_references_beside_it
     default = run_cli("personalize", "eval", out, "--clip-model", clip_dir, "--json")
     assert default.code == 0, default.err
     assert json.loads(explicit.out) == json.loads(beside.out) == json.loads(default.out)
+    assert "are both folders" not in explicit.err + beside.err + default.err
+    # a src_image naming another concept's folder: the key's folder is read, and the ambiguity said
+    data = json.loads(input_json.read_text())
+    data["0"]["src_image"] = "1"
+    (home / "input.json").write_text(json.dumps(data))
+    both = run_cli("personalize", "eval", out, home / "input.json", "--clip-model", clip_dir, "--json")
+    assert both.code == 0, both.err
+    assert f"concept '0': {home / '0'} and {home / '1'} (its src_image) are both folders" in both.err
+    assert json.loads(both.out) == json.loads(explicit.out)
     monkeypatch.setenv("HW2_DATA_ROOT", str(tmp_path / "nowhere"))
     r = run_cli("personalize", "eval", out, "--clip-model", clip_dir)
     assert r.code == 2 and "input.json does not exist" in r.err

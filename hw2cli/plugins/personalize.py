@@ -238,6 +238,11 @@ def _train_missing(
         model, entries, missing, refs, weights_dir=current.weights_dir, steps_per_concept=steps,
         resolution=resolution, seed=seed,
     )  # fmt: skip
+    from hw2cli.tasks.grading import ambiguous_references
+
+    for concept in plan.concepts:
+        for note in ambiguous_references(concept.folder.parent, {concept.key: entries[concept.key]}):
+            ui.warn(note)
     if auto.finished(plan):
         ui.info(f"using {', '.join(missing)} learned by an earlier run ({plan.out})")
     else:
@@ -305,7 +310,7 @@ def eval_command(
     from hw2cli import runtime, settings
     from hw2cli.data.prompts import read_input_json
     from hw2cli.pretrained.clip import load_clip
-    from hw2cli.tasks.grading import grade, grading_plan
+    from hw2cli.tasks.grading import ambiguous_references, grade, grading_plan
 
     current = settings.get()
     input_json = input_json if input_json is not None else current.data_root / "textual_inversion" / "input.json"
@@ -320,7 +325,10 @@ def eval_command(
                 f"--sheet {sheet} is inside a graded folder of {out}, which must hold only its 25 images; "
                 "put it elsewhere (OUT itself will do)."
             )
-    jobs = grading_plan(out, read_input_json(input_json, need_eval=True), refs)  # every folder checked first
+    entries = read_input_json(input_json, need_eval=True)
+    jobs = grading_plan(out, entries, refs)  # every folder checked first
+    for note in ambiguous_references(refs, entries):
+        ui.warn(note)
     for folder, ignored in {j.references[0].parent: j.ignored for j in jobs if j.ignored}.items():
         ui.warn(f"{folder}: skipped {len(ignored)} non-image file(s) ({', '.join(p.name for p in ignored[:3])}).")
     device, _ = runtime.setup()

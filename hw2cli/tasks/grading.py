@@ -276,6 +276,23 @@ def reference_folder(refs: Path, key: str, entry: dict[str, Any]) -> Path:
     )
 
 
+def ambiguous_references(refs: Path, entries: dict[str, dict[str, Any]]) -> list[str]:
+    """A sentence per concept whose ``refs/<key>`` and ``refs/<src_image>`` are two different
+    folders: the homework does not say which one its grader reads; hw2 reads the key's."""
+    notes = []
+    for key, entry in entries.items():
+        src = str(entry.get("src_image") or "")
+        if not src or src == key or Path(src).is_absolute() or ".." in Path(src).parts:
+            continue
+        mine, other = refs / key, refs / src
+        if mine.is_dir() and other.is_dir() and mine.resolve() != other.resolve():
+            notes.append(
+                f"concept {key!r}: {mine} and {other} (its src_image) are both folders; its reference "
+                f"images are read from {mine}, the key's (rename one if the src_image's are meant)."
+            )
+    return notes
+
+
 def list_images(folder: Path) -> list[Path]:
     """The image files of ``folder`` (a folder or a broken link named ``x.png`` is not one)."""
     return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
