@@ -165,7 +165,9 @@ def test_personalize_runs_on_the_original_checkpoint_through_the_cli(
                 "-n", "2")  # fmt: skip
     assert r.code == 0, r.err
     assert "converting" not in r.err  # converted once, by the training run
-    assert sorted(p.name for p in (tmp_path / "gen").iterdir()) == ["A_new1_on_a_hill_0.png", "A_new1_on_a_hill_1.png"]
+    assert sorted(p.name for p in (tmp_path / "gen").iterdir()) == [
+        "A_new1_on_a_hill_0.png", "A_new1_on_a_hill_1.png", "A_new1_on_a_hill_sheet.png"
+    ]  # fmt: skip
     assert no_network == []
 
 
