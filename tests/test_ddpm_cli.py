@@ -500,3 +500,14 @@ def test_an_interrupted_generate_resumes_to_identical_bytes(run_cli, checkpoint,
     r = run_cli("ddpm", "generate", out, *common, "--guidance", "3")
     assert r.code == 0 and "kept" not in r.out
     assert (out / "mnistm" / "0_001.png").read_bytes() != (tmp_path / "straight" / "mnistm" / "0_001.png").read_bytes()
+
+
+def test_ddim_figures_of_the_digit_model_render_it_as_the_digit_commands_do(run_cli, checkpoint, tmp_path):
+    """Unset --normalize: clip to the model's data range for the digit model (as ddpm grid draws
+    it), not the face UNet's per-image min–max."""
+    common = ["ddim", "eta-grid", "--etas", "0", "--count", "2", "--steps", "2", "--checkpoint", checkpoint]
+    for name, extra in (("default", []), ("clip", ["--normalize", "clip"]), ("minmax", ["--normalize", "minmax"])):
+        r = run_cli(*common, *extra, "--out", tmp_path / f"{name}.png")
+        assert r.code == 0, r.err
+    png = {name: (tmp_path / f"{name}.png").read_bytes() for name in ("default", "clip", "minmax")}
+    assert png["default"] == png["clip"] != png["minmax"]

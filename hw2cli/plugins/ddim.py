@@ -72,7 +72,11 @@ CLIP_X0 = typer.Option(
     help="Clamp the predicted x0 to \\[−1, 1] \\[default: off for the face UNet (the homework's), on for the "
     "digit model].",
 )
-NORMALIZE = typer.Option("minmax", help="Saving: minmax (per image, as passing solutions) or clip (\\[−1, 1]).")
+NORMALIZE = typer.Option(
+    None,
+    help="Saving: minmax (per image, as passing solutions) or clip (the data range) \\[default: minmax for the "
+    "face UNet, clip for the digit model].",
+)
 DIGIT = typer.Option(0, min=0, max=9, help="Without --unet: which digit the digit model draws.")
 DATASET = typer.Option("mnistm", help="Without --unet: mnistm or svhn.")
 CHECKPOINT = typer.Option(None, help="Without --unet: a digit model other than the embedded one.")

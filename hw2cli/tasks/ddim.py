@@ -45,6 +45,7 @@ class EpsSource:
     side: int | None  # None: any multiple of 32 (the face UNet)
     description: str
     device: torch.device
+    data_range: tuple[float, float] = (-1.0, 1.0)  # the pixel values the network was trained on
 
 
 @dataclass
@@ -102,6 +103,12 @@ def _with_clip_default(opts: DDIMOptions, source: EpsSource) -> DDIMOptions:
     return DDIMOptions(**{**opts.__dict__, "clip_x0": source.side is not None})
 
 
+def normalize_default(normalize: str | None, source: EpsSource) -> str:
+    """Unset ``normalize``: minmax for the face UNet (what passing P2 solutions saved), clip to the
+    model's data range for the digit model (as every digit command renders it)."""
+    return normalize or ("minmax" if source.side is None else "clip")
+
+
 def face_source(
     unet: str | Path, device: torch.device, dtype: torch.dtype = torch.float32, *, cuda_graph: bool = False
 ) -> EpsSource:
@@ -139,6 +146,7 @@ def digit_source(
         28,
         f"digit model, digit {digit} ({DISPLAY_NAMES.get(dataset, dataset)}, {model.source})",
         device,
+        data_range=tuple(model.config.data_range),
     )
 
 
@@ -243,11 +251,13 @@ def run_ddim(
 NORMALIZE = ("minmax", "clip")
 
 
-def to_images(x: torch.Tensor, normalize: str = "minmax") -> torch.Tensor:
-    """Per-image min–max to [0, 1] (what passing solutions saved) or clipping [−1, 1] → uint8."""
+def to_images(
+    x: torch.Tensor, normalize: str = "minmax", data_range: tuple[float, float] = (-1.0, 1.0)
+) -> torch.Tensor:
+    """Per-image min–max to [0, 1] (what passing solutions saved) or clipping ``data_range`` → uint8."""
     if normalize not in NORMALIZE:
         raise UsageError(f"the normalization {normalize!r} is not known; expected minmax or clip.")
-    return to_uint8(x, (-1.0, 1.0), mode=normalize)
+    return to_uint8(x, data_range, mode=normalize)
 
 
 def save_named(images: torch.Tensor, names: Sequence[str], out: Path) -> list[Path]:
@@ -336,7 +346,7 @@ def eta_grid(
         if images is None:
             row_opts = DDIMOptions(**{**opts.__dict__, "eta": eta})
             x = run_ddim(source, noise, row_opts, seed=seed, batch=len(names))
-            images = kept.save(f"row-{k}", to_images(x, normalize))
+            images = kept.save(f"row-{k}", to_images(x, normalize, source.data_range))
             if on_batch is not None:
                 on_batch(len(names))
         rows.append(images)
@@ -395,7 +405,7 @@ def interpolate(
         for start, x in iter_ddim(
             source, noise, opts, batch=batch, on_batch=on_batch, skip=lambda a, _, done=done: done[a] is not None
         ):
-            done[start] = kept.save(f"{mode}-{start // batch}", to_images(x, normalize))
+            done[start] = kept.save(f"{mode}-{start // batch}", to_images(x, normalize, source.data_range))
         rows.append(torch.cat([done[start] for start in starts]))
     return labelled_grid(
         torch.cat(rows),
@@ -420,7 +430,7 @@ def graded_sample(
     dtype: torch.dtype = torch.float32,
     seed: int = 0,
     batch: int | None = None,
-    normalize: str = "minmax",
+    normalize: str | None = None,
     resume: bool = True,
     state_dir: Path | None = None,
     on_start: Callable[[int, str], None] | None = None,
@@ -449,6 +459,7 @@ def graded_sample(
             )
     source = open_source(spec, device, dtype)
     opts = _with_clip_default(opts, source)
+    normalize = normalize_default(normalize, source)
     check_noise(noise, source, names)
     batch = batch or (10 if device.type == "cuda" else 1)
     settings = {"command": "ddim sample", **_ddim_settings(spec, noise, opts, device, dtype), "seed": seed,
@@ -461,7 +472,7 @@ def graded_sample(
             source, noise, opts, seed=seed, batch=batch, on_batch=on_batch,
             skip=lambda a, b: all(f in done for f in files[a:b]),
         ):  # fmt: skip
-            save_named(to_images(x, normalize), names[start : start + x.shape[0]], out)
+            save_named(to_images(x, normalize, source.data_range), names[start : start + x.shape[0]], out)
     return GradedImages(files, reused=len(done))
 
 
@@ -520,7 +531,7 @@ def eta_grid_figure(
     default_noise_dir: Path | None = None,
     count: int | None = None,
     seed: int = 0,
-    normalize: str = "minmax",
+    normalize: str | None = None,
     resume: bool = True,
     state_dir: Path | None = None,
     on_start: Callable[[int], None] | None = None,
@@ -533,6 +544,7 @@ def eta_grid_figure(
         DDIMOptions(**{**opts.__dict__, "eta": eta}).validate()
     source = open_source(spec, device, dtype)
     opts = _with_clip_default(opts, source)
+    normalize = normalize_default(normalize, source)
     names, x = _grid_noise(source, noise_files, noise_dir, default_noise_dir, count, seed)
     check_noise(x, source, names)
     if on_start is not None:
@@ -571,7 +583,7 @@ def interpolation_figure(
     b: Path | None = None,
     default_noise_dir: Path | None = None,
     seed: int = 0,
-    normalize: str = "minmax",
+    normalize: str | None = None,
     resume: bool = True,
     state_dir: Path | None = None,
     on_start: Callable[[int], None] | None = None,
@@ -584,6 +596,7 @@ def interpolation_figure(
         raise UsageError("give both noise files A and B, or neither.")
     source = open_source(spec, device, dtype)
     opts = _with_clip_default(opts, source)
+    normalize = normalize_default(normalize, source)
     if a is None and source.side is None and default_noise_dir is not None:
         a, b = default_noise_dir / "00.pt", default_noise_dir / "01.pt"
     if a is not None and b is not None:
