@@ -324,6 +324,7 @@ def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args or os.environ.get("HW2_DEBUG", "").lower() in ("1", "true", "yes")
     ui.configure(debug=debug, quiet=False)
+    ui.set_command(args)
     ui.on_interrupt(None)
     interrupts.install()
     command = typer.main.get_command(app)

@@ -32,7 +32,7 @@ from rich.text import Text
 
 from hw2cli import interrupts
 
-_state: dict = {"quiet": False, "debug": False, "interrupt_hint": None}
+_state: dict = {"quiet": False, "debug": False, "interrupt_hint": None, "command": None}
 
 
 def configure(*, quiet: bool | None = None, debug: bool | None = None) -> None:
@@ -40,6 +40,18 @@ def configure(*, quiet: bool | None = None, debug: bool | None = None) -> None:
         _state["quiet"] = quiet
     if debug is not None:
         _state["debug"] = debug
+
+
+def set_command(args: list[str]) -> None:
+    """The command line being run (figures record it)."""
+    _state["command"] = list(args)
+
+
+def command_line() -> str | None:
+    """``hw2 ARGS`` as typed (shell-quoted), or ``None`` outside the CLI."""
+    import shlex
+
+    return None if _state["command"] is None else shlex.join(["hw2", *_state["command"]])
 
 
 KEPT = "what was finished is kept: run the same command again to continue"

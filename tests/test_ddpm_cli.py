@@ -511,3 +511,14 @@ def test_ddim_figures_of_the_digit_model_render_it_as_the_digit_commands_do(run_
         assert r.code == 0, r.err
     png = {name: (tmp_path / f"{name}.png").read_bytes() for name in ("default", "clip", "minmax")}
     assert png["default"] == png["clip"] != png["minmax"]
+
+
+def test_a_figure_records_the_command_that_drew_it(run_cli, checkpoint, tmp_path):
+    from hw2cli import __version__
+
+    args = ["ddpm", "grid", "--dataset", "svhn", "--steps", "1", "--checkpoint", str(checkpoint),
+            "--out", str(tmp_path)]  # fmt: skip
+    assert run_cli(*args).code == 0
+    text = Image.open(tmp_path / "grid_svhn.png").text
+    assert text["Software"] == f"hw2 {__version__}"
+    assert text["Description"] == "hw2 " + " ".join(args)  # no character here needs shell quoting

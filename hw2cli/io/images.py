@@ -54,6 +54,14 @@ class GridLayout:
     title_lines: list[str]
 
 
+def png_metadata() -> dict[str, str]:
+    """What a figure records of its making: hw2's version and, under the CLI, the command line."""
+    from hw2cli import __version__, ui
+
+    command = ui.command_line()
+    return {"Software": f"hw2 {__version__}", **({"Description": command} if command else {})}
+
+
 def _text_size(text: str, points: float, dpi: int) -> tuple[float, float]:
     """Width and height in pixels of one line of ``text`` as matplotlib draws it."""
     from matplotlib.backends.backend_agg import RendererAgg
@@ -192,7 +200,7 @@ def labelled_grid(
         text(layout.width / 2, PAD, "\n".join(layout.title_lines), ha="center", va="top", fontsize=TITLE_PT,
              linespacing=1.3)  # fmt: skip
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=dpi)
+        fig.savefig(tmp, format="png", dpi=dpi, metadata=png_metadata())
     plt.close(fig)
     return Path(path)
 
@@ -244,7 +252,7 @@ def captioned_rows(
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
+        fig.savefig(tmp, format="png", dpi=120, metadata=png_metadata())
     plt.close(fig)
     return Path(path)
 
