@@ -158,3 +158,14 @@ def test_safetensors_with_metadata_are_byte_identical_on_every_save(tmp_path):
         assert fh.metadata() == metadata
     loaded = load_file(files[0])
     assert all(torch.equal(loaded[k], v) for k, v in tensors.items())
+
+
+def test_files_together_reports_an_error_of_the_block_as_itself(tmp_path):
+    """Only the final moves are 'cannot write to the folder'; a file the block could not read is
+    that error, and nothing is moved or left behind."""
+    from hw2cli.io.atomic import files_together
+
+    with pytest.raises(FileNotFoundError), files_together(tmp_path, ["a.txt", "b.txt"]) as staging:
+        (staging / "a.txt").write_text("new")
+        (tmp_path / "missing.png").read_bytes()
+    assert list(tmp_path.iterdir()) == []

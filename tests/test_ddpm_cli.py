@@ -522,3 +522,10 @@ def test_a_figure_records_the_command_that_drew_it(run_cli, checkpoint, tmp_path
     text = Image.open(tmp_path / "grid_svhn.png").text
     assert text["Software"] == f"hw2 {__version__}"
     assert text["Description"] == "hw2 " + " ".join(args)  # no character here needs shell quoting
+
+
+def test_a_sample_of_over_a_hundred_per_data_set_keeps_a_row_per_data_set(run_cli, checkpoint, tmp_path):
+    r = run_cli("ddpm", "sample", "--digit", "1", "-n", "101", "--steps", "1", "--checkpoint", checkpoint,
+                "--out", tmp_path)  # fmt: skip
+    assert r.code == 0, r.err
+    assert Image.open(tmp_path / "grid_digit1.png").size == (2 + 101 * 30, 2 + 2 * 30)  # make_grid, padding 2

@@ -58,3 +58,12 @@ def test_captioned_rows_of_many_examples_wrap_at_five(tmp_path):
                                        tmp_path / "twelve.png")).size  # fmt: skip
     assert twelve[0] == five[0]  # as wide as five
     assert twelve[1] == pytest.approx(five[1] * 4 / 2, abs=2)  # 3 lines + the empty row, against 1 + 1
+
+
+def test_a_figure_named_jpg_is_a_jpeg(tmp_path):
+    """The format follows the name, as for every image hw2 writes (it was PNG bytes under any name)."""
+    images = torch.randint(0, 256, (2, 3, 28, 28), generator=torch.Generator().manual_seed(1), dtype=torch.uint8)
+    path = labelled_grid(images, tmp_path / "g.jpg", rows=["a"], title="t")
+    with Image.open(path) as im:
+        assert im.format == "JPEG" and im.mode == "RGB"
+    assert not [p for p in tmp_path.iterdir() if p.name != "g.jpg"]

@@ -486,8 +486,12 @@ def test_eval_equals_a_hand_computation(run_cli, generated, sd, tmp_path, isolat
             assert [k["file"] for k in row["kept"]] == [files[i].name for i in order]  # best first
             assert [k["image_score"] for k in row["kept"]] == pytest.approx([image_scores[i] for i in order], rel=1e-4)
     drawn = run_cli("personalize", "eval", out, input_json, "--refs", refs, "--clip-model", clip_dir, "--preprocess",
-                "model", "--sheet", tmp_path / "report" / "best5.png")  # fmt: skip
+                "model", "--sheet", tmp_path / "report" / "best5.png", "--json")  # fmt: skip
     assert drawn.code == 0, drawn.err
+    assert json.loads(drawn.out) == json.loads(r.out)  # stdout holds only the JSON
+    in_refs = refs / next(iter(data)) / "sheet.png"
+    refused = run_cli("personalize", "eval", out, input_json, "--refs", refs, "--sheet", in_refs)
+    assert refused.code == 2 and "inside the reference folder" in refused.err and not in_refs.exists()
     with Image.open(tmp_path / "report" / "best5.png") as sheet:
         assert sheet.format == "PNG" and sheet.size[1] > sheet.size[0] / 3  # a row per prompt
     inside = out / next(iter(data)) / "0" / "best5.png"

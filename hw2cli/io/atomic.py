@@ -226,10 +226,11 @@ def files_together(folder: str | os.PathLike[str], names: list[str]) -> Iterator
     staging = make_staging_folder(folder / names[0])
     try:
         yield staging
-        for name in names:
-            os.replace(staging / name, folder / name)
-    except OSError as exc:
-        raise RunError(f"cannot write to the folder {folder}: {exc.strerror or exc}.") from exc
+        try:
+            for name in names:
+                os.replace(staging / name, folder / name)
+        except OSError as exc:  # only the moves: an error while the files are made is that error
+            raise RunError(f"cannot write to the folder {folder}: {exc.strerror or exc}.") from exc
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 

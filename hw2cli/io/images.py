@@ -199,10 +199,7 @@ def labelled_grid(
     if layout.title_lines:
         text(layout.width / 2, PAD, "\n".join(layout.title_lines), ha="center", va="top", fontsize=TITLE_PT,
              linespacing=1.3)  # fmt: skip
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=dpi, metadata=png_metadata())
-    plt.close(fig)
-    return Path(path)
+    return save_figure(fig, path, dpi)
 
 
 def captioned_rows(
@@ -248,13 +245,35 @@ def captioned_rows(
                 spine.set_linewidth(2)
             if c == 0:
                 ax.set_ylabel(label, fontsize=9)
+    top = 1.0
     if title:
-        fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120, metadata=png_metadata())
+        import textwrap
+
+        lines = textwrap.wrap(title, max(20, int(fig.get_figwidth() * 14)))  # ~14 characters per inch at 9 pt
+        fig.suptitle("\n".join(lines), fontsize=9)
+        top = 1 - (len(lines) * 9 * 1.4 / 72 + 0.15) / fig.get_figheight()  # the axes start below the title
+    fig.tight_layout(rect=(0, 0, 1, top))
+    return save_figure(fig, path, 120)
+
+
+def save_figure(fig: Any, path: str | Path, dpi: int) -> Path:
+    """Write a matplotlib figure atomically in the format its name asks for (.png keeps the
+    metadata of :func:`png_metadata`; another image suffix is converted by Pillow), then close it."""
+    import io
+
+    import matplotlib.pyplot as plt
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi, metadata=png_metadata())
     plt.close(fig)
-    return Path(path)
+    if Path(path).suffix.lower() == ".png":
+        with atomic_path(path) as tmp:
+            tmp.write_bytes(buffer.getvalue())
+        return Path(path)
+    buffer.seek(0)
+    with Image.open(buffer) as image:
+        return save_image(image.convert("RGB"), path)
 
 
 def load_rgb(path: str | Path) -> np.ndarray:

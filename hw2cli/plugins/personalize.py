@@ -327,6 +327,13 @@ def eval_command(
             )
     entries = read_input_json(input_json, need_eval=True)
     jobs = grading_plan(out, entries, refs)  # every folder checked first
+    if sheet is not None:
+        for folder in {job.references[0].parent for job in jobs}:
+            if folder.resolve() in sheet.resolve().parents:
+                raise UsageError(
+                    f"--sheet {sheet} is inside the reference folder {folder}: the next grading would read it "
+                    "as a reference image; put it elsewhere."
+                )
     for note in ambiguous_references(refs, entries):
         ui.warn(note)
     for folder, ignored in {j.references[0].parent: j.ignored for j in jobs if j.ignored}.items():
@@ -342,7 +349,11 @@ def eval_command(
     if sheet is not None:
         from hw2cli.tasks.grading import best_sheet
 
-        ui.result(f"wrote {best_sheet(scores, sheet, clip_name=clip_model)}")
+        wrote = f"wrote {best_sheet(scores, sheet, clip_name=clip_model)}"
+        if as_json:  # stdout holds only the JSON
+            ui.info(wrote)
+        else:
+            ui.result(wrote)
     if as_json:
         ui.print_json(
             [

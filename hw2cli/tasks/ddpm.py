@@ -98,7 +98,7 @@ def iter_samples(
         raise UsageError(f"the batch size must be at least 1, got {batch}.")
     most = model.schedule.max_sampler_steps
     if steps is not None and not 1 <= steps <= most:
-        raise UsageError(f"this model's schedule allows 1 to {most} sampler steps, not {steps}.")
+        raise UsageError(f"{{opt:steps}} {steps}: this model's schedule allows 1 to {most} sampler steps.")
     if sampler == "ddim" and steps is not None and (gap := leading_gap(model.schedule, steps)) is not None:
         raise UsageError(f"{{opt:steps}} {steps}: {gap}.")
     cond_all = torch.tensor([model.condition(d, n) for d, n in zip(digits, datasets, strict=True)])
@@ -173,18 +173,19 @@ def sample_grid(
     images: torch.Tensor, datasets: Sequence[str], n: int, path: Path, title: str, per_row: int = 10
 ) -> Path:
     """The samples ``[len(datasets)·n, 3, H, W]`` in rows of ``per_row``, each row labelled with its
-    data set (and which samples, past ten); more than 200 images go in a plain grid, unlabelled."""
+    data set (and which samples, past ten); more than 100 per data set go in a plain grid, a row
+    per data set, unlabelled."""
     from hw2cli.io.images import save_grid
 
-    if images.shape[0] > 200:
-        return save_grid(images, path, nrow=per_row)
+    if n > 100:
+        return save_grid(images, path, nrow=n)
     cols = min(n, per_row)
     tiles, labels = [], []
     for k, name in enumerate(datasets):
         for start in range(0, n, cols):
             chunk = images[k * n + start : k * n + min(start + cols, n)]
             tiles += [*chunk, *[torch.full_like(images[0], 255)] * (cols - len(chunk))]  # white after the last
-            span = f" {start + 1}–{start + len(chunk)}" if n > cols else ""
+            span = "" if n <= cols else f" {start + 1}" if len(chunk) == 1 else f" {start + 1}–{start + len(chunk)}"
             labels.append(DISPLAY_NAMES.get(name, name) + span)
     return labelled_grid(torch.stack(tiles), path, rows=labels, title=title)
 

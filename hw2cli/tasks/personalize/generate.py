@@ -122,7 +122,8 @@ def generate_prompt(
 
 def prompt_sheet(paths: Sequence[Path], path: Path, title: str, *, side: int = 256, per_row: int = 5) -> Path:
     """The images of a free prompt side by side (a report's figure, e.g. the multi-concept
-    results): each shrunk to ``side`` pixels with Lanczos if larger, ``per_row`` a row."""
+    results): each whose longer side exceeds ``side`` pixels shrunk to it with Lanczos (keeping
+    its shape), ``per_row`` a row."""
     from PIL import Image
 
     from hw2cli.io.images import labelled_grid
@@ -131,13 +132,19 @@ def prompt_sheet(paths: Sequence[Path], path: Path, title: str, *, side: int = 2
     for file in paths:
         with Image.open(file) as im:
             im = im.convert("RGB")
-            if max(im.size) > side:
-                im = im.resize((side, side), Image.Resampling.LANCZOS)
+            w, h = im.size
+            if max(w, h) > side:
+                im = im.resize((round(w * side / max(w, h)), round(h * side / max(w, h))), Image.Resampling.LANCZOS)
             tiles.append(torch.from_numpy(np.asarray(im).copy()).permute(2, 0, 1))
     cols = min(per_row, len(tiles))
     rows = -(-len(tiles) // cols)
     tiles += [torch.full_like(tiles[0], 255)] * (rows * cols - len(tiles))  # white after the last image
-    labels = [f"{r * cols}–{min(r * cols + cols, len(paths)) - 1}" if cols > 1 else str(r) for r in range(rows)]
+
+    def label(r: int) -> str:
+        first, last = r * cols, min(r * cols + cols, len(paths)) - 1
+        return str(first) if first == last else f"{first}–{last}"
+
+    labels = [label(r) for r in range(rows)]
     return labelled_grid(torch.stack(tiles), path, rows=labels if rows > 1 else [""], title=title, scale=1)
 
 
@@ -339,7 +346,7 @@ def generate(
     if prompt is not None:
         paths, reused = generate_prompt(pipe, prompt, n, out, identity=identity, state_dir=weights_dir, resume=resume,
                                         note=warn, on_batch=on_batch, **common)  # fmt: skip
-        title = f"{prompt} ({n} images; {steps} steps, guidance {guidance:g}, seed {seed})"
+        title = f"{prompt} ({n} image{'s' if n != 1 else ''}; {steps} steps, guidance {guidance:g}, seed {seed})"
         with confine(out):
             sheet = prompt_sheet(paths, out / f"{prompt_file_stem(prompt)}_sheet.png", title)
         return {"written": len(paths) - reused, "reused": reused, "paths": paths, "sheet": sheet}
