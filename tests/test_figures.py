@@ -24,6 +24,7 @@ def _upscaled(image: torch.Tensor, k: int) -> np.ndarray:
         ((1, 28, 28), ["seed 0, #0", "seed 0, #1", "seed 0, #2"], 4),  # labels wider than 84 px: scale 4
         ((3, 64, 64), ["α = 0", "α = 0.5", "α = 1"], 2),
         ((3, 256, 256), ["00.pt", "01.pt", "02.pt"], 1),  # faces at their own resolution
+        ((3, 28, 28), ["a column label far wider than the widest image may grow " * 2] * 3, 12),
     ],
 )
 def test_every_image_is_drawn_pixel_for_pixel(tmp_path, shape, cols, want_scale):
@@ -39,7 +40,10 @@ def test_every_image_is_drawn_pixel_for_pixel(tmp_path, shape, cols, want_scale)
         assert np.array_equal(figure[y0:y1, x0:x1], _upscaled(image, layout.scale))
     if cols is not None:  # neighbouring column labels never touch
         pitch = layout.boxes[1][0] - layout.boxes[0][0]
-        assert max(_text_size(c, LABEL_PT, 150)[0] for c in cols) < pitch
+        widest = max(_text_size(c, LABEL_PT, 150)[0] for c in cols)
+        assert widest < pitch
+        w = layout.boxes[0][2] - layout.boxes[0][0]  # the first and last labels stay inside the figure
+        assert layout.boxes[0][0] - (widest - w) / 2 >= 0 and layout.boxes[-1][2] + (widest - w) / 2 <= layout.width
     assert layout.boxes[0][0] > 0 and layout.boxes[-1][2] < layout.width and layout.boxes[-1][3] < layout.height
 
 

@@ -119,6 +119,7 @@ def grid_layout(
     left = PAD + max((_text_size(r, LABEL_PT, dpi)[0] for r in rows), default=0) + 8
     if row_title:
         left += _text_size(row_title, LABEL_PT + 1, dpi)[1] + PAD
+    left = max(left, PAD + (widest - w) / 2)  # the first column label's overhang stays inside
     grid_w = n_cols * w + (n_cols - 1) * gap
     natural = int(round(left)) + grid_w + PAD + max(0, (int(widest) - w + 1) // 2)  # the last label's overhang
     # a title wider than the grid widens the figure (up to 4 inches) and the grid sits in the middle
