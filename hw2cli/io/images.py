@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,14 +63,20 @@ def png_metadata() -> dict[str, str]:
     return {"Software": f"hw2 {__version__}", **({"Description": command} if command else {})}
 
 
+@functools.lru_cache(maxsize=4)
+def _renderer(dpi: int) -> Any:
+    from matplotlib.backends.backend_agg import RendererAgg
+
+    return RendererAgg(1, 1, dpi)
+
+
 def _text_size(text: str, points: float, dpi: int) -> tuple[float, float]:
     """Width and height in pixels of one line of ``text`` as matplotlib draws it."""
-    from matplotlib.backends.backend_agg import RendererAgg
     from matplotlib.font_manager import FontProperties
 
     if not text:
         return 0.0, 0.0
-    w, h, _ = RendererAgg(1, 1, dpi).get_text_width_height_descent(text, FontProperties(size=points), ismath=False)
+    w, h, _ = _renderer(dpi).get_text_width_height_descent(text, FontProperties(size=points), ismath=False)
     return w, h
 
 
@@ -91,6 +98,18 @@ def _wrap(text: str, points: float, dpi: int, width: float) -> list[str]:
 
 
 LABEL_PT, TITLE_PT, PAD = 8, 10, 10
+
+
+def in_rows(images: Sequence[torch.Tensor], per_row: int, first: int = 0) -> tuple[list[torch.Tensor], list[str]]:
+    """``images`` in rows of ``per_row`` for :func:`labelled_grid`: the last row filled with white,
+    and each row's label naming the numbers of the images it holds ("0–4", "10"), the first
+    image numbered ``first``."""
+    tiles, labels = list(images), []
+    for start in range(0, len(tiles), per_row):
+        a, b = first + start, first + min(start + per_row, len(images)) - 1
+        labels.append(str(a) if a == b else f"{a}–{b}")
+    tiles += [torch.full_like(tiles[0], 255)] * (-len(tiles) % per_row)
+    return tiles, labels
 
 
 def grid_layout(
@@ -248,9 +267,7 @@ def captioned_rows(
                 ax.set_ylabel(label, fontsize=9)
     top = 1.0
     if title:
-        import textwrap
-
-        lines = textwrap.wrap(title, max(20, int(fig.get_figwidth() * 14)))  # ~14 characters per inch at 9 pt
+        lines = _wrap(title, 9, 120, fig.get_figwidth() * 120 - 2 * PAD)
         fig.suptitle("\n".join(lines), fontsize=9)
         top = 1 - (len(lines) * 9 * 1.4 / 72 + 0.15) / fig.get_figheight()  # the axes start below the title
     fig.tight_layout(rect=(0, 0, 1, top))

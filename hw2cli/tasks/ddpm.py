@@ -175,18 +175,15 @@ def sample_grid(
     """The samples ``[len(datasets)·n, 3, H, W]`` in rows of ``per_row``, each row labelled with its
     data set (and which samples, past ten); more than 100 per data set go in a plain grid, a row
     per data set, unlabelled."""
-    from hw2cli.io.images import save_grid
+    from hw2cli.io.images import in_rows, save_grid
 
     if n > 100:
         return save_grid(images, path, nrow=n)
-    cols = min(n, per_row)
     tiles, labels = [], []
     for k, name in enumerate(datasets):
-        for start in range(0, n, cols):
-            chunk = images[k * n + start : k * n + min(start + cols, n)]
-            tiles += [*chunk, *[torch.full_like(images[0], 255)] * (cols - len(chunk))]  # white after the last
-            span = "" if n <= cols else f" {start + 1}" if len(chunk) == 1 else f" {start + 1}–{start + len(chunk)}"
-            labels.append(DISPLAY_NAMES.get(name, name) + span)
+        chunk, spans = in_rows(list(images[k * n : (k + 1) * n]), min(n, per_row), first=1)  # as mnistm_3_001.png
+        tiles += chunk
+        labels += [DISPLAY_NAMES.get(name, name) + (f" {span}" if n > per_row else "") for span in spans]
     return labelled_grid(torch.stack(tiles), path, rows=labels, title=title)
 
 

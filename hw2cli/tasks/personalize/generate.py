@@ -126,7 +126,7 @@ def prompt_sheet(paths: Sequence[Path], path: Path, title: str, *, side: int = 2
     its shape), ``per_row`` a row."""
     from PIL import Image
 
-    from hw2cli.io.images import labelled_grid
+    from hw2cli.io.images import in_rows, labelled_grid
 
     tiles = []
     for file in paths:
@@ -136,16 +136,8 @@ def prompt_sheet(paths: Sequence[Path], path: Path, title: str, *, side: int = 2
             if max(w, h) > side:
                 im = im.resize((round(w * side / max(w, h)), round(h * side / max(w, h))), Image.Resampling.LANCZOS)
             tiles.append(torch.from_numpy(np.asarray(im).copy()).permute(2, 0, 1))
-    cols = min(per_row, len(tiles))
-    rows = -(-len(tiles) // cols)
-    tiles += [torch.full_like(tiles[0], 255)] * (rows * cols - len(tiles))  # white after the last image
-
-    def label(r: int) -> str:
-        first, last = r * cols, min(r * cols + cols, len(paths)) - 1
-        return str(first) if first == last else f"{first}–{last}"
-
-    labels = [label(r) for r in range(rows)]
-    return labelled_grid(torch.stack(tiles), path, rows=labels if rows > 1 else [""], title=title, scale=1)
+    tiles, labels = in_rows(tiles, min(per_row, len(tiles)))
+    return labelled_grid(torch.stack(tiles), path, rows=labels if len(labels) > 1 else [""], title=title, scale=1)
 
 
 def graded_paths(
