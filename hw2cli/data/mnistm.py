@@ -20,12 +20,12 @@ byte-identical files.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
-from hw2cli.data.layout import write_digit_folder
+from hw2cli.data.layout import content_digest, write_digit_folder
 from hw2cli.data.sources import Digits, Photos
 from hw2cli.errors import UsageError
 
@@ -81,10 +81,15 @@ def make_mnistm(
     val_fraction: float = 0.1,
     digit_split: str = "all",
     crop_region: str = "whole",
-    on_start: Callable[[int], None] | None = None,
+    state_dir: Path | None = None,
+    replace: bool = True,
+    on_start: Callable[[int, int], None] | None = None,
     on_progress: Callable[[int], None] | None = None,
+    note: Callable[[str], None] | None = None,
 ) -> dict[str, int]:
-    """Write MNIST-M made from ``digits`` and ``photos`` under ``out/digits/mnistm``; return split counts."""
+    """Write MNIST-M made from ``digits`` and ``photos`` under ``out/digits/mnistm``; return split
+    counts. An interrupted run continues where it stopped; ``state_dir``/``replace``/``note`` are
+    :func:`~hw2cli.data.layout.write_digit_folder`'s."""
     if crop_region not in CROP_REGIONS:
         raise UsageError(f"the crop region {crop_region!r} is not one of {', '.join(CROP_REGIONS)}.")
     if per_digit < 1:
@@ -112,23 +117,38 @@ def make_mnistm(
     source = chosen[order]
     labels = digits.labels[source]
     is_val = val_digit[order]
-    if on_start is not None:
-        on_start(len(labels))
 
-    def batches() -> Iterator[np.ndarray]:
-        for b, start in enumerate(range(0, len(labels), _BATCH)):
-            idx = source[start : start + _BATCH]
-            g = np.random.default_rng(np.random.SeedSequence([seed, _CODE, b]))
-            which = g.integers(len(photos.images), size=len(idx))  # a photo at random, as the original script
-            u = g.random((len(idx), 2))
-            patches = np.empty((len(idx), SIZE, SIZE, 3), dtype=np.uint8)
-            for i, k in enumerate(which):
-                y0, y1, x0, x1 = windows[k]
-                y = y0 + int(u[i, 0] * (y1 - y0 - SIZE + 1))
-                x = x0 + int(u[i, 1] * (x1 - x0 - SIZE + 1))
-                patches[i] = photos.images[k][y : y + SIZE, x : x + SIZE]
-            yield blend(digits.images[idx], patches)
+    def batch(b: int) -> np.ndarray:
+        idx = source[b * _BATCH : (b + 1) * _BATCH]
+        g = np.random.default_rng(np.random.SeedSequence([seed, _CODE, b]))
+        which = g.integers(len(photos.images), size=len(idx))  # a photo at random, as the original script
+        u = g.random((len(idx), 2))
+        patches = np.empty((len(idx), SIZE, SIZE, 3), dtype=np.uint8)
+        for i, k in enumerate(which):
+            y0, y1, x0, x1 = windows[k]
+            y = y0 + int(u[i, 0] * (y1 - y0 - SIZE + 1))
+            x = x0 + int(u[i, 1] * (x1 - x0 - SIZE + 1))
+            patches[i] = photos.images[k][y : y + SIZE, x : x + SIZE]
+        return blend(digits.images[idx], patches)
 
+    recipe = {
+        "maker": "mnistm",
+        "seed": seed,
+        "crop_region": crop_region,
+        "digits": content_digest([digits.images[source]]),
+        "photos": content_digest(photos.images),
+    }
     return write_digit_folder(
-        Path(out) / "digits" / "mnistm", labels, is_val, batches(), what="MNIST-M", on_progress=on_progress
+        Path(out) / "digits" / "mnistm",
+        labels,
+        is_val,
+        batch,
+        batch_size=_BATCH,
+        what="MNIST-M",
+        recipe=recipe,
+        state_dir=state_dir,
+        replace=replace,
+        on_start=on_start,
+        on_progress=on_progress,
+        note=note,
     )

@@ -13,7 +13,7 @@ the background, which the procedural noise alone does not have. Both write
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from hw2cli.data import synth
-from hw2cli.data.layout import val_mask, write_digit_folder
+from hw2cli.data.layout import content_digest, val_mask, write_digit_folder
 from hw2cli.data.sources import Digits, Photos
 from hw2cli.errors import UsageError
 
@@ -51,10 +51,14 @@ def make_svhn_real(
     per_class: int | None = None,
     seed: int = 0,
     val_fraction: float = 0.1,
-    on_start: Callable[[int], None] | None = None,
+    state_dir: Path | None = None,
+    replace: bool = True,
+    on_start: Callable[[int, int], None] | None = None,
     on_progress: Callable[[int], None] | None = None,
+    note: Callable[[str], None] | None = None,
 ) -> dict[str, int]:
-    """Write the real SVHN crops ``svhn`` (``[N, 32, 32, 3]``) at 28×28 under ``out/digits/svhn``."""
+    """Write the real SVHN crops ``svhn`` (``[N, 32, 32, 3]``) at 28×28 under ``out/digits/svhn``
+    (an interrupted run continues where it stopped: see :func:`~hw2cli.data.layout.write_digit_folder`)."""
     from PIL import Image
 
     _check(per_class, val_fraction)
@@ -71,16 +75,24 @@ def make_svhn_real(
     for digit in range(10):
         members = np.flatnonzero(labels == digit)
         is_val[rng.permutation(members)[: _val_count(len(members), val_fraction)]] = True
-    if on_start is not None:
-        on_start(len(order))
 
-    def batches() -> Iterator[np.ndarray]:
-        for start in range(0, len(order), _BATCH):
-            crops = svhn.images[order[start : start + _BATCH]]
-            yield np.stack([np.asarray(Image.fromarray(c, "RGB").resize((SIZE, SIZE), Image.BICUBIC)) for c in crops])
+    def batch(b: int) -> np.ndarray:
+        crops = svhn.images[order[b * _BATCH : (b + 1) * _BATCH]]
+        return np.stack([np.asarray(Image.fromarray(c, "RGB").resize((SIZE, SIZE), Image.BICUBIC)) for c in crops])
 
     return write_digit_folder(
-        Path(out) / "digits" / "svhn", labels, is_val, batches(), what="SVHN", on_progress=on_progress
+        Path(out) / "digits" / "svhn",
+        labels,
+        is_val,
+        batch,
+        batch_size=_BATCH,
+        what="SVHN",
+        recipe={"maker": "svhn", "crops": content_digest([svhn.images[order]])},
+        state_dir=state_dir,
+        replace=replace,
+        on_start=on_start,
+        on_progress=on_progress,
+        note=note,
     )
 
 
@@ -112,28 +124,44 @@ def make_svhn_lookalike(
     per_class: int = 1000,
     seed: int = 0,
     val_fraction: float = 0.1,
-    on_start: Callable[[int], None] | None = None,
+    state_dir: Path | None = None,
+    replace: bool = True,
+    on_start: Callable[[int, int], None] | None = None,
     on_progress: Callable[[int], None] | None = None,
+    note: Callable[[str], None] | None = None,
 ) -> dict[str, int]:
     """Write the SVHN look-alike (with photo textures when ``photos`` are given) under ``out/digits/svhn``."""
     _check(per_class, val_fraction)
     rng = np.random.default_rng(np.random.SeedSequence([seed, _CODE, 1]))
     labels = rng.permutation(np.repeat(np.arange(10), per_class))
     is_val = val_mask(labels, _val_count(per_class, val_fraction), rng)
-    if on_start is not None:
-        on_start(len(labels))
 
-    def batches() -> Iterator[np.ndarray]:
-        with synth.single_threaded_torch(), torch.no_grad():
-            for b, start in enumerate(range(0, len(labels), _BATCH)):
-                batch = torch.from_numpy(labels[start : start + _BATCH].astype(np.int64))
-                g = torch.Generator().manual_seed(synth.seed_for(seed, "svhn", b) ^ _CODE)
-                texture = None
-                if photos is not None:
-                    texture = photo_textures(photos, len(batch), torch.Generator().manual_seed(seed * 7919 + b))
-                images = synth.svhn_style(g, batch, texture)
-                yield (images * 255 + 0.5).clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()
+    def batch(b: int) -> np.ndarray:
+        digits = torch.from_numpy(labels[b * _BATCH : (b + 1) * _BATCH].astype(np.int64))
+        g = torch.Generator().manual_seed(synth.seed_for(seed, "svhn", b) ^ _CODE)
+        texture = None
+        if photos is not None:
+            texture = photo_textures(photos, len(digits), torch.Generator().manual_seed(seed * 7919 + b))
+        images = synth.svhn_style(g, digits, texture)
+        return (images * 255 + 0.5).clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()
 
-    return write_digit_folder(
-        Path(out) / "digits" / "svhn", labels, is_val, batches(), what="SVHN look-alike", on_progress=on_progress
-    )
+    recipe = {
+        "maker": "svhn look-alike",
+        "seed": seed,
+        "photos": None if photos is None else content_digest(photos.images),
+    }
+    with synth.single_threaded_torch(), torch.no_grad():
+        return write_digit_folder(
+            Path(out) / "digits" / "svhn",
+            labels,
+            is_val,
+            batch,
+            batch_size=_BATCH,
+            what="SVHN look-alike",
+            recipe=recipe,
+            state_dir=state_dir,
+            replace=replace,
+            on_start=on_start,
+            on_progress=on_progress,
+            note=note,
+        )

