@@ -83,16 +83,28 @@ def _bucket(n: int) -> int:
 
 
 def group_norm_class(x: torch.Tensor, num_groups: int) -> str:
+    """The shape class a GroupNorm's speed is measured for: channels per group and spatial size
+    (rounded up to powers of two) and the layout (``nchw``, ``cl`` for channels_last, ``strided``)."""
     import math
 
     c = x.shape[1]
     spatial = math.prod(x.shape[2:])
-    layout = "cl" if x.ndim == 4 and x.is_contiguous(memory_format=torch.channels_last) and c > 1 else "nchw"
+    if x.ndim == 4 and x.is_contiguous(memory_format=torch.channels_last) and c > 1 and not x.is_contiguous():
+        layout = "cl"
+    else:
+        layout = "nchw" if x.is_contiguous() else "strided"
     return f"c/g{_bucket(c // max(1, num_groups))}:hw{_bucket(spatial)}:{layout}"
 
 
 def attention_class(q: torch.Tensor, k: torch.Tensor) -> str:
+    """The shape class an attention's speed is measured for: head dim, queries and keys (rounded up)."""
     return f"d{q.shape[-1]}:q{_bucket(q.shape[-2])}:k{_bucket(k.shape[-2])}"
+
+
+def _variant(**parts: Any) -> str:
+    """What a first-call check is also specific to besides the shape class: the fused extras and
+    the strides, each of which the GPU compiles as its own specialisation (``+add+silu``, ...)."""
+    return "".join(f"+{name}" for name, present in parts.items() if present)
 
 
 @functools.cache
@@ -125,13 +137,21 @@ def _checked(
     reference_fn: Callable[[], torch.Tensor],
 ) -> torch.Tensor:
     """Run ``triton_fn`` if this (op, dtype, class) passed its first-call check; make that check now
-    if it was never made; otherwise (failed before) run ``reference_fn``."""
+    if it was never made; otherwise (failed before) run ``reference_fn``.
+
+    The check compares the finite values. Where the reference holds NaN or inf (an overflow in
+    the model's input), agreeing finite values prove little, so no verdict is kept and the next
+    call checks again; a kernel that is non-finite where the reference is finite fails."""
     dtype_name = str(dtype).removeprefix("torch.")
     key = (op, dtype_name, shape_class)
     verdict = _verdicts.get(key)
     if verdict is not None:
-        return triton_fn() if verdict[0] else reference_fn()
+        if verdict[0]:
+            return triton_fn()
+        _last_fallback[op] = f"auto: the first call's check failed: {verdict[1]}"
+        return reference_fn()
     if torch.cuda.is_available() and torch.cuda.is_current_stream_capturing():
+        _last_fallback[op] = "auto: not checked inside a CUDA-graph capture"
         return reference_fn()  # no host sync inside a CUDA-graph capture: check on an eager call
     want = reference_fn()
     try:
@@ -143,12 +163,16 @@ def _checked(
     got32, want32 = got.float(), want.float()
     if got.shape != want.shape:
         return _record(key, False, f"the kernel returned shape {tuple(got.shape)}, not {tuple(want.shape)}", want)
-    if not bool(torch.isfinite(got32).all()) and bool(torch.isfinite(want32).all()):
+    finite = torch.isfinite(want32)
+    if bool((finite & ~torch.isfinite(got32)).any()):
         return _record(key, False, "the kernel returned NaN or inf where the reference is finite", want)
-    excess = ((got32 - want32).abs() - (atol + rtol * want32.abs())).max().item()
-    if excess > 0:
-        err = (got32 - want32).abs().max().item()
+    excess = ((got32 - want32).abs() - (atol + rtol * want32.abs()))[finite]
+    if excess.numel() and excess.max().item() > 0:
+        err = (got32 - want32).abs()[finite].max().item()
         return _record(key, False, f"the kernel disagreed with the reference (max error {err:.3g}, {dtype_name})", want)
+    if not bool(finite.all()):
+        _last_fallback[op] = "auto: the reference held NaN or inf, so the check is left to a later call"
+        return want
     return _record(key, True, "", got)
 
 
@@ -156,6 +180,7 @@ def _record(key: tuple[str, str, str], ok: bool, reason: str, result: torch.Tens
     _verdicts[key] = (ok, reason)
     if not ok:
         op, dtype_name, shape_class = key
+        _last_fallback[op] = f"auto: the first call's check failed: {reason}"
         _warning_handler(f"hw2kernels: {op} ({dtype_name}, {shape_class}) fell back to PyTorch: {reason}.")
     return result
 
@@ -219,8 +244,10 @@ def triton_status() -> tuple[bool, str]:
 
 def last_fallback_reason(op: str = "attention") -> str | None:
     """Why the last ``op`` call (``"attention"`` or ``"group_norm"``) that resolved to the Triton
-    backend ran the PyTorch reference instead; ``None`` if the kernel served it (or no call
-    resolved to Triton yet). Benchmarks print it next to their Triton timings."""
+    backend ran the PyTorch reference instead (inputs the kernel does not serve; under ``auto``,
+    also a failed or postponed first-call check, or a measured choice of PyTorch); ``None`` if the
+    kernel served it (or no call resolved to Triton yet). Benchmarks print it next to their
+    Triton timings."""
     if op not in _last_fallback:
         raise ValueError(f"op must be one of {', '.join(_last_fallback)}, got {op!r}")
     return _last_fallback[op]
@@ -269,6 +296,8 @@ def group_norm(
     """
     if act not in ("none", "silu"):
         raise ValueError(f"act must be 'none' or 'silu', got {act!r}")
+    if x.ndim >= 2:
+        reference.check_groups(x.shape[1], num_groups)
 
     def ref() -> torch.Tensor:
         return reference.group_norm(x, num_groups, weight, bias, eps, add=add, scale=scale, shift=shift, act=act)
@@ -292,8 +321,13 @@ def group_norm(
             return fused()
         cls = group_norm_class(x, num_groups)
         if preferred("group_norm", str(x.dtype).removeprefix("torch."), cls) == "torch":
+            _last_fallback["group_norm"] = "auto: the GPU benchmark measured PyTorch faster for this class"
             return ref()
-        return _checked("group_norm", x.dtype, cls, fused, ref)
+        extras = _variant(
+            affine=weight is not None or bias is not None, add=add is not None, scale=scale is not None,
+            shift=shift is not None, silu=act == "silu",
+        )  # fmt: skip
+        return _checked("group_norm", x.dtype, cls + extras, fused, ref)
     return ref()
 
 
@@ -340,8 +374,10 @@ def attention(
             return fused()
         cls = attention_class(q, k)
         if preferred("attention", str(q.dtype).removeprefix("torch."), cls) == "torch":
+            _last_fallback["attention"] = "auto: the GPU benchmark measured PyTorch faster for this class"
             return ref()
-        return _checked("attention", q.dtype, cls, fused, ref)
+        extras = _variant(strided=not (q.is_contiguous() and k.is_contiguous() and v.is_contiguous()))
+        return _checked("attention", q.dtype, cls + extras, fused, ref)
     return ref()
 
 

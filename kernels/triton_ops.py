@@ -21,6 +21,7 @@ import math
 
 import torch
 import triton
+from hw2kernels import reference
 from hw2kernels._attention import attention_fwd_kernel
 from hw2kernels._groupnorm import INTERPRETED, group_norm_fwd_kernel
 
@@ -48,6 +49,7 @@ GN_CHUNK = 4096
 # Attention: the largest head dim the kernel serves (the face UNet's one 512-channel head);
 # larger ones fall back to PyTorch's SDPA.
 ATTENTION_MAX_HEAD_DIM = 512
+MAX_GRID_Y = 65_535  # CUDA limits gridDim.y (and z) to 2**16 - 1
 
 
 def _device_reason(tensors: tuple[torch.Tensor | None, ...]) -> str:
@@ -150,8 +152,7 @@ def group_norm(
     if act not in ("none", "silu"):
         raise ValueError(f"act must be 'none' or 'silu', got {act!r}")
     n, c = x.shape[:2]
-    if c % num_groups:
-        raise ValueError(f"{c} channels cannot be split into {num_groups} groups")
+    reference.check_groups(c, num_groups)
     strides_x = _flat_strides(x)
     if strides_x is None:
         x = x.contiguous()
@@ -239,6 +240,8 @@ def attention_supported(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tu
         return False, f"head dim {head_dim} is outside what the kernel serves (1..{ATTENTION_MAX_HEAD_DIM})"
     if k.shape[2] == 0:
         return False, "no keys (Nk = 0)"
+    if q.shape[0] * q.shape[1] > MAX_GRID_Y:  # one program row per (batch, head) in the grid's y
+        return False, f"B×H = {q.shape[0] * q.shape[1]:,} exceeds the {MAX_GRID_Y:,} a CUDA grid's y dimension holds"
     reason = _device_reason((q, k, v))
     return (not reason), reason
 

@@ -128,3 +128,100 @@ def test_the_shipped_choices_table_is_valid_and_the_rule_is_stated():
     choices = hw2kernels.measured_choices()
     assert all(v in ("triton", "torch") for v in choices.values())
     assert "5 %" in hw2kernels.RULE and hw2kernels.TRITON_MARGIN == 1.05
+
+
+def _gn64(x, num_groups, add=None):
+    """GroupNorm of ``x + add`` in float64, written out: the judge of both paths below."""
+    n, c = x.shape[:2]
+    h = x.double() + (0 if add is None else add.double().reshape(n, c, *(1,) * (x.ndim - 2)))
+    g = h.reshape(n, num_groups, -1)
+    y = (g - g.mean(-1, keepdim=True)) / torch.sqrt(g.var(-1, unbiased=False, keepdim=True) + 1e-5)
+    return y.reshape(h.shape)
+
+
+@pytest.mark.parametrize(("dtype", "mean"), [(torch.float16, 30.0), (torch.float16, 100.0), (torch.bfloat16, 16.0)])
+def test_a_16_bit_add_is_summed_in_fp32_so_the_check_passes_the_accurate_kernel(auto_on_gpu, dtype, mean):
+    """The reference added the time embedding in 16 bits before normalising: 16 times the fused
+    kernel's error at a group mean of 30 in fp16, and auto then threw the accurate kernel away."""
+    g = torch.Generator().manual_seed(4)
+    x = (mean + torch.randn(2, 32, 8, 8, generator=g)).to(dtype)
+    add = torch.randn(2, 32, generator=g).to(dtype)
+    exact = _gn64(x, 4, add)
+    rounding = (exact - exact.to(dtype).double()).abs().max().item()  # the output's own rounding
+    ref = reference.group_norm(x, 4, add=add)
+    assert (ref.double() - exact).abs().max().item() <= 2 * rounding + 1e-3
+    got = hw2kernels.group_norm(x, 4, add=add, backend="auto")
+    assert auto_on_gpu == [] and [v["path"] for v in hw2kernels.verdicts()] == ["triton"]
+    assert (got.double() - exact).abs().max().item() <= 4 * rounding + 1e-3
+
+
+@pytest.mark.parametrize(
+    "behaviour",
+    [lambda real, *a, **k: torch.full_like(real(*a, **k), 12345.0), lambda real, *a, **k: real(*a, **k) * float("nan")],
+    ids=["constant", "all nan"],
+)
+def test_a_non_finite_reference_does_not_let_a_wrong_kernel_through(auto_on_gpu, monkeypatch, behaviour):
+    """One inf in the first call's input made the comparison NaN, and NaN > 0 is False: a kernel
+    returning 12345 everywhere was accepted for the rest of the process."""
+    counting(monkeypatch, "group_norm", behaviour)
+    x, w = gn_inputs()
+    x[0, 0, 0, 0] = float("inf")  # sample 0, group 0 turns NaN in the reference; the rest stays finite
+    hw2kernels.group_norm(x, 4, w, None, backend="auto")
+    assert [v["path"] for v in hw2kernels.verdicts()] == ["torch"] and len(auto_on_gpu) == 1
+    assert hw2kernels.last_fallback_reason("group_norm").startswith("auto: the first call's check failed")
+
+
+def test_a_non_finite_reference_leaves_the_verdict_to_a_later_call(auto_on_gpu, monkeypatch):
+    calls = counting(monkeypatch, "group_norm", lambda real, *a, **k: real(*a, **k))
+    x, w = gn_inputs()
+    bad = x.clone()
+    bad[0, 0, 0, 0] = float("inf")
+    out = hw2kernels.group_norm(bad, 4, w, None, backend="auto")
+    torch.testing.assert_close(out, reference.group_norm(bad, 4, w, None), equal_nan=True)
+    assert hw2kernels.verdicts() == [] and "NaN or inf" in hw2kernels.last_fallback_reason("group_norm")
+    hw2kernels.group_norm(x, 4, w, None, backend="auto")
+    assert len(calls) == 2 and [v["path"] for v in hw2kernels.verdicts()] == ["triton"] and auto_on_gpu == []
+
+
+def test_each_fused_variant_gets_its_own_check(auto_on_gpu, monkeypatch):
+    """A plain call's verdict vouched for later calls with add/scale/shift/SiLU, which the GPU
+    compiles as other kernels and which were never compared with the reference."""
+    wrong_with_add = counting(
+        monkeypatch, "group_norm", lambda real, *a, **k: real(*a, **k) + (0.5 if k.get("add") is not None else 0)
+    )
+    x, w = gn_inputs()
+    add = torch.randn(2, 16)
+    hw2kernels.group_norm(x, 4, w, None, act="silu", backend="auto")
+    out = hw2kernels.group_norm(x, 4, w, None, add=add, act="silu", backend="auto")
+    torch.testing.assert_close(out, reference.group_norm(x, 4, w, None, add=add, act="silu"))
+    assert len(wrong_with_add) == 2
+    paths = {v["shape_class"]: v["path"] for v in hw2kernels.verdicts()}
+    cls = hw2kernels.group_norm_class(x, 4)
+    assert paths == {f"{cls}+affine+silu": "triton", f"{cls}+affine+add+silu": "torch"}
+    assert hw2kernels.group_norm_class(x[:, :, :, 1:], 4).endswith(":strided")
+
+
+def test_after_a_failed_check_the_fallback_reason_says_so(auto_on_gpu, monkeypatch):
+    counting(monkeypatch, "attention", lambda real, q, k, v, **kw: real(q, k, v, **kw) + 1)
+    q = torch.randn(1, 2, 9, 16)
+    hw2kernels.attention(q, q, q, backend="auto")
+    hw2kernels.attention(q * 2, q, q, backend="auto")  # served by the reference after the failed check
+    assert hw2kernels.last_fallback_reason("attention").startswith("auto: the first call's check failed: the kernel")
+    cls = hw2kernels.attention_class(q, q)
+    monkeypatch.setattr(hw2kernels, "measured_choices", lambda: {f"attention|bfloat16|{cls}": "torch"})
+    half = q.to(torch.bfloat16)
+    hw2kernels.attention(half, half, half, backend="auto")
+    assert (
+        hw2kernels.last_fallback_reason("attention") == "auto: the GPU benchmark measured PyTorch faster for this class"
+    )
+
+
+def test_more_batch_heads_than_a_cuda_grid_holds_fall_back_and_no_groups_is_an_error():
+    q = torch.randn(65_536, 1, 2, 16)
+    ok, reason = triton_ops.attention_supported(q, q, q)
+    assert not ok and "B×H = 65,536 exceeds the 65,535" in reason
+    assert triton_ops.attention_supported(q[:65_535], q[:65_535], q[:65_535])[0]
+    x = torch.randn(1, 4, 3)
+    for backend in ("torch", "auto", "triton"):
+        with pytest.raises(ValueError, match="4 channels cannot be split into 0 groups"):
+            hw2kernels.group_norm(x, 0, backend=backend)
