@@ -7,6 +7,7 @@ runs (``LazyPluginCommand``).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import sys
@@ -374,5 +375,37 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run() -> None:
-    """Console-script entry point."""
-    raise SystemExit(main())
+    """Console-script entry point.
+
+    Once the command has answered, Ctrl-C has nothing left to stop: a second press while the first
+    one's message is printed, or during shutdown, is ignored instead of ending in a traceback. An
+    interrupted command (130) leaves with ``os._exit``: a Ctrl-C that lands in Python code a C
+    extension runs while it imports (torch does) sets CPython's "unhandled KeyboardInterrupt" flag
+    although hw2 handled it, and CPython would then end by killing itself with SIGINT instead of
+    exiting with 130, about half the time. Everything was written and closed by then; only the
+    buffered streams need a flush.
+    """
+    import signal
+
+    code = 130
+    try:
+        code = main()
+    except KeyboardInterrupt:  # a further Ctrl-C while the previous one's message was printed
+        pass
+    finally:
+        with contextlib.suppress(KeyboardInterrupt):  # one landing right here is the same further Ctrl-C
+            if _on_main_thread():
+                signal.signal(signal.SIGINT, signal.SIG_IGN)
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    if code == 130:
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        os._exit(130)
+    raise SystemExit(code)
+
+
+def _on_main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()

@@ -389,6 +389,58 @@ def test_an_interrupted_classifier_run_resumes_bit_exactly(run_cli, digits, tmp_
     assert not classify.run_folder(out).exists()  # finished: nothing left to resume
 
 
+def test_a_damaged_or_half_deleted_classifier_state_is_said_or_cleaned_up(run_cli, digits, tmp_path, monkeypatch):
+    import os
+    import shutil
+    import signal
+
+    from safetensors.torch import load_file, save_file
+
+    from hw2cli.tasks import classify
+
+    args = ["classifier", "train", "--data", digits, "--dataset", "mnistm", "--epochs", "2", "--batch", "16"]
+    out = tmp_path / "c.safetensors"
+    real, calls = classify._augment, []
+
+    def signalled(*a, **kw):
+        calls.append(1)
+        if len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(*a, **kw)
+
+    monkeypatch.setattr(classify, "_augment", signalled)
+    assert run_cli(*args, "--out", out).code == 130
+    monkeypatch.setattr(classify, "_augment", real)
+    run = classify.run_folder(out)
+    (state,) = classify.state_folders(run)
+    epoch = state / "epoch.safetensors"
+    shutil.copy(epoch, tmp_path / "epoch.copy")
+    perm = load_file(epoch)["perm"]
+    for damage, said in [
+        (lambda: epoch.write_bytes(epoch.read_bytes()[:-9]), "epoch.safetensors cannot be read"),
+        (lambda: save_file({"perm": perm[:-1]}, epoch), "does not hold an order of the"),
+        (lambda: epoch.unlink(), "epoch.safetensors is missing"),
+    ]:
+        damage()
+        r = run_cli(*args, "--out", out, "--resume")
+        assert r.code == 2 and said in r.err and "unexpected" not in r.err, r.err
+        shutil.copy(tmp_path / "epoch.copy", epoch)
+    # what a kill while an older state was being deleted left: no mark, an optimizer file
+    debris = run / "state-0000000"
+    debris.mkdir()
+    (debris / "optimizer.bin").write_bytes(b"x" * 64)
+    r = run_cli(*args, "--out", out, "--resume")
+    assert r.code == 0, r.err
+    assert out.is_file() and not run.exists()  # finished: the debris went with the run folder
+    r = run_cli(*args, "--out", out, "--resume")
+    assert r.code == 2 and "is a finished classifier" in r.err and "--overwrite without --resume" in r.err
+    r = run_cli(*args[:-2], "--batch", "5000", "--out", out, "--overwrite")
+    assert r.code == 2 and "--batch 5000 is larger than the" in r.err
+    run.mkdir()  # a run folder holding only such debris is no one's: a new run may use it
+    (run / "state-0000007").mkdir()
+    assert run_cli(*args, "--out", out, "--overwrite").code == 0 and not run.exists()
+
+
 def test_teapearce_checkpoint_samples_through_the_cli(run_cli, tmp_path):
     from hw2cli.models import ContextUnet
 

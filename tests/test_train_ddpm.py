@@ -125,6 +125,11 @@ def test_a_crafted_state_file_is_refused_without_running(digits, tmp_path, run_c
     (folder / "optimizer.bin").unlink()
     (folder / "ema.safetensors").write_bytes(b"not safetensors")
     r = run_cli("ddpm", "train", "--data", digits, "--out", tmp_path / "run", "--resume")
+    assert r.code == 2 and "ema.safetensors cannot be read" in r.err and "Traceback" not in r.err
+    from safetensors.torch import save_file
+
+    save_file({"other": torch.zeros(2)}, folder / "ema.safetensors")  # readable, but another network's
+    r = run_cli("ddpm", "train", "--data", digits, "--out", tmp_path / "run", "--resume")
     assert r.code == 2 and "does not fit" in r.err and "Traceback" not in r.err
 
 
@@ -277,7 +282,18 @@ def test_a_resume_says_what_it_does_not_apply_and_when_nothing_is_left(digits, t
     assert run_cli(*common, "--steps", "2", "--batch", "4", "--width", "8", "--sample-every", "0").code == 0
     r = run_cli(*common, "--resume", "--width", "16", "--lr", "5e-4")
     assert r.code == 0, r.err
-    assert "so --lr, --width given here are not applied" in r.err
+    assert "so --lr (the run's: 0.001), --width (the run's: 8) given here are not applied" in r.err
     assert "had already finished at step 2; nothing to train" in r.out and "nan" not in r.out
-    r = run_cli(*common, "--resume", "--steps", "3")
-    assert r.code == 0 and "not applied" not in r.err and "done: step 3" in r.out
+    r = run_cli(*common, "--resume", "--steps", "3", "--batch", "4", "--width", "8", "--sample-every", "0")
+    assert r.code == 0 and "not applied" not in r.err and "done: step 3" in r.out  # the same command warns of nothing
+
+
+def test_a_sample_grid_a_kill_prevented_is_drawn_on_resume(digits, tmp_path):
+    # a kill after step 2's state was saved and before its grid: the resume draws the same grid
+    train_ddpm(opts(digits, tmp_path / "r", steps=2, checkpoint_every=2, sample_every=2), device=CPU)
+    grid = tmp_path / "r" / "samples" / "step_0000002.png"
+    drawn = grid.read_bytes()
+    grid.unlink()
+    train_ddpm(opts(digits, tmp_path / "r"), device=CPU, resume=True, steps=4)
+    assert grid.read_bytes() == drawn
+    assert (tmp_path / "r" / "samples" / "step_0000004.png").is_file()

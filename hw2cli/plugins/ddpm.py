@@ -81,25 +81,69 @@ def _model(
 
 # what --resume may change besides --steps: where the data and the run folder are now
 RESUME_FREE = {"data", "out", "steps", "resume"}
+# where a run's saved options (TrainOptions) keep an option given on the command line, when not under its own name
+SAVED_AS: dict[str, Any] = {
+    "datasets": lambda o: ",".join(o["datasets"]),
+    "ema": lambda o: o["ema_decay"],
+    "width": lambda o: o["model"]["base_channels"],
+    "guidance_min": lambda o: o["guidance_range"][0],
+    "guidance_max": lambda o: o["guidance_range"][1],
+}
 
 
-def _warn_ignored_on_resume(ctx: typer.Context, resume: bool) -> None:
-    """On --resume the run continues with its saved options: say which ones given here are not applied."""
+def _saved_options(out: Path) -> dict[str, Any] | None:
+    """The options the newest state in ``out`` was saved with (``None`` if there is none to read)."""
+    import json
+
+    from hw2cli.tasks.training import STATE_MARK, state_folders
+
+    try:
+        options = json.loads((state_folders(out)[0] / STATE_MARK).read_text())["options"]
+    except (IndexError, OSError, ValueError, KeyError, TypeError):
+        return None
+    return options if isinstance(options, dict) else None
+
+
+def _kept_value(name: str, saved: dict[str, Any] | None) -> tuple[bool, Any]:
+    if saved is None:
+        return False, None
+    try:
+        return True, SAVED_AS.get(name, lambda o: o[name])(saved)
+    except (KeyError, TypeError, IndexError):
+        return False, None
+
+
+def _same(name: str, given: Any, kept: Any) -> bool:
+    if name == "datasets":
+        return ",".join(d.strip() for d in str(given).split(",") if d.strip()) == kept
+    if name == "teacher":
+        return Path(given).resolve() == Path(kept).resolve()
+    return given == kept
+
+
+def _warn_ignored_on_resume(ctx: typer.Context, resume: bool, out: Path) -> None:
+    """On --resume the run continues with its saved options: say which ones given here differ from
+    them and are therefore not applied (the very command that started the run warns of nothing)."""
     from typer._click.core import ParameterSource
 
     if not resume:
         return
-    given = [
-        p.opts[0]
-        for p in ctx.command.params
-        if p.name not in RESUME_FREE
-        and p.opts
-        and ctx.get_parameter_source(p.name) in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
-    ]
-    if given:
+    saved = _saved_options(out)
+    ignored = []
+    for p in ctx.command.params:
+        if p.name in RESUME_FREE or not p.opts or p.name is None:
+            continue
+        if ctx.get_parameter_source(p.name) not in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT):
+            continue
+        known, kept = _kept_value(p.name, saved)
+        if not known:
+            ignored.append(p.opts[0])
+        elif not _same(p.name, ctx.params[p.name], kept):
+            ignored.append(f"{p.opts[0]} (the run's: {kept})")
+    if ignored:
         ui.warn(
-            f"--resume continues the run with its own saved options, so {', '.join(given)} given here "
-            f"{'is' if len(given) == 1 else 'are'} not applied (only --steps changes on a resume)."
+            f"--resume continues the run with its own saved options, so {', '.join(ignored)} given here "
+            f"{'is' if len(ignored) == 1 else 'are'} not applied (only --steps changes on a resume)."
         )
 
 
@@ -183,7 +227,7 @@ def train(
         model={"base_channels": width},
     )
     ui.info(f"training on {device}; run folder {out}")
-    _warn_ignored_on_resume(ctx, resume)
+    _warn_ignored_on_resume(ctx, resume, out)
     _run_training(opts, "train", device, resume, steps, loss_digits=4)
 
 
@@ -253,7 +297,7 @@ def distill(
         sampler_steps=sampler_steps,
     )
     ui.info(f"distilling {teacher} on {device}; run folder {out}")
-    _warn_ignored_on_resume(ctx, resume)
+    _warn_ignored_on_resume(ctx, resume, out)
     _run_training(opts, "distill", device, resume, steps, loss_digits=6)
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,17 +21,21 @@ import torch.nn.functional as F
 from hw2cli.data.tensors import load_digit_tensors
 from hw2cli.errors import UsageError
 from hw2cli.io.atomic import remove_stale_temporaries, save_safetensors, write_json
+from hw2cli.io.checkpoints import load_error
 from hw2cli.models.classifiers import ARCHITECTURES, build_classifier
 from hw2cli.tasks.grading import grader_tensor, predict
 from hw2cli.tasks.training import (
+    STATE_MARK,
     StopRequest,
     capture_rng,
     check_run_folder,
     check_state_files,
     deferred_interrupts,
+    discard_states,
     interrupted_twice,
     load_state_folder,
     release,
+    remove_state_debris,
     restore_rng,
     save_state,
     state_folders,
@@ -87,7 +90,13 @@ def train_classifier(
     options = {"arch": arch, "dataset": dataset, "epochs": epochs, "batch": batch, "lr": lr, "seed": seed}
     run = run_folder(out)
     remove_stale_temporaries(run)
+    remove_state_debris(run)
     saved = state_folders(run)
+    if resume and not saved and Path(out).is_file():
+        raise UsageError(
+            f"{out} is a finished classifier and {run} holds nothing to resume; pass {{opt:overwrite}} without "
+            "{opt:resume} to train it again."
+        )
     if run.exists() and not saved and (not run.is_dir() or any(run.iterdir())):
         raise UsageError(
             f"{run} already exists and is not an unfinished classifier run (it is where this run would keep its "
@@ -102,6 +111,8 @@ def train_classifier(
                 f"{run} was started with {mark.get('options')}; resume it with the same options, or delete it."
             )
     train = load_digit_tensors(data, (dataset,), "train")
+    if batch > len(train):
+        raise UsageError(f"{{opt:batch}} {batch} is larger than the {len(train)} {dataset} training images.")
     try:
         val = load_digit_tensors(data, (dataset,), "val")
     except UsageError:
@@ -131,8 +142,7 @@ def train_classifier(
 def _remove_run(run: Path) -> None:
     """Remove the resume state a finished run no longer needs: its state folders and temporaries,
     then the folder if nothing else is in it (nothing this run did not write is deleted)."""
-    for state in state_folders(run):
-        shutil.rmtree(state, ignore_errors=True)
+    discard_states(run)
     remove_stale_temporaries(run)
     with contextlib.suppress(OSError):
         run.rmdir()
@@ -150,7 +160,6 @@ def _train(
     on_step: Callable[[int, dict[str, float]], None] | None,
 ) -> torch.nn.Module:
     from accelerate import Accelerator
-    from safetensors.torch import load_file
 
     batch, seed = options["batch"], options["seed"]
     accelerator = Accelerator(cpu=device.type != "cuda")
@@ -165,9 +174,9 @@ def _train(
     step, perm = 0, None
     if folder is not None and mark is not None:
         process = load_state_folder(accelerator, folder, mark)
-        restore_rng(process["rng"], gen)
+        restore_rng(process["rng"], gen, source=folder / STATE_MARK)
         step = int(mark["step"])
-        perm = load_file(str(folder / "epoch.safetensors"))["perm"]
+        perm = _saved_order(folder / "epoch.safetensors", len(train))
 
     def save(step_done: int) -> None:
         save_state(accelerator, run, step_done, {"rng": capture_rng(gen)}, {"options": options},
@@ -203,6 +212,24 @@ def _train(
     finally:
         release(accelerator)
     return accelerator.unwrap_model(model).to(device)
+
+
+def _saved_order(path: Path, n: int) -> torch.Tensor:
+    """The epoch's order a state saved: a permutation of the ``n`` training images, or a sentence."""
+    from safetensors.torch import load_file
+
+    try:
+        perm = load_file(str(path))["perm"]
+    except FileNotFoundError:
+        raise UsageError(f"{path} is missing; it is not a state hw2 wrote. Delete {path.parent}, or start a "
+                         "new run without {opt:resume}.") from None  # fmt: skip
+    except Exception as exc:
+        raise load_error(path, "a resume state written by hw2", exc) from None
+    if perm.dtype != torch.int64 or perm.ndim != 1 or not torch.equal(perm.sort().values, torch.arange(n)):
+        raise UsageError(f"{path} does not hold an order of the {n} training images (it has {perm.numel()} "
+                         "entries); it is not a state of this run. Delete it, or start a new run without "
+                         "{opt:resume}.")  # fmt: skip
+    return perm
 
 
 def _augment(images: torch.Tensor, gen: torch.Generator) -> torch.Tensor:

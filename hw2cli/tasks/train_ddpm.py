@@ -31,6 +31,7 @@ from hw2cli.io.atomic import remove_stale_temporaries
 from hw2cli.io.checkpoints import DiffusionConfig, save_checkpoint
 from hw2cli.io.images import save_grid, to_uint8
 from hw2cli.tasks.training import (
+    STATE_MARK,
     StopRequest,
     TrainingInterrupted,
     append_log,
@@ -229,7 +230,7 @@ def _train(
             reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise UsageError(f"{folder / 'ema.safetensors'} does not fit this network ({reason}).") from None
         step = int(mark["step"])
-        restore_rng(process["rng"], gen)
+        restore_rng(process["rng"], gen, source=folder / STATE_MARK)
         loss_sum += float(mark["loss_window"][0])  # the logged mean spans a resume unchanged
         loss_count = int(mark["loss_window"][1])
 
@@ -267,6 +268,9 @@ def _train(
         if _saved_step(checkpoint) != step:
             config.extra["step"] = step
             save_checkpoint(ema, config, out)
+        grid = out / "samples" / f"step_{step:07d}.png"
+        if opts.sample_every and step % opts.sample_every == 0 and not grid.is_file():
+            _sample_grid(ema, schedule, null, device, grid)  # a kill came between the state and its grid
     if on_start is not None and accelerator.is_main_process:
         on_start(step, opts.steps)
     try:

@@ -130,8 +130,24 @@ def capture_rng(generator: torch.Generator | None = None, rng: random.Random | N
 
 
 def restore_rng(
-    state: dict[str, Any], generator: torch.Generator | None = None, rng: random.Random | None = None
+    state: dict[str, Any],
+    generator: torch.Generator | None = None,
+    rng: random.Random | None = None,
+    source: Path | None = None,
 ) -> None:
+    """Put back what :func:`capture_rng` saved; a damaged record (``source`` names its file) is a
+    :class:`UsageError`, not a traceback from deep inside torch or numpy."""
+    try:
+        _restore_rng(state, generator, rng)
+    except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as exc:
+        where = f"{source} holds" if source is not None else "the resume state holds"
+        raise UsageError(
+            f"{where} a random-number state that does not fit ({type(exc).__name__}: {str(exc).splitlines()[0]}); "
+            "it is not a state hw2 wrote. Delete it, or start a new run without {opt:resume}."
+        ) from None
+
+
+def _restore_rng(state: dict[str, Any], generator: torch.Generator | None, rng: random.Random | None) -> None:
     torch.set_rng_state(torch.tensor(state["torch"], dtype=torch.uint8))
     n = state["numpy"]
     np.random.set_state(("MT19937", np.asarray(n["keys"], dtype=np.uint32), n["pos"], n["has_gauss"],
@@ -153,13 +169,52 @@ STATE_PREFIX = "state-"
 STATE_MARK = "hw2_state.json"
 
 
+def _state_step(path: Path) -> int | None:
+    digits = path.name[len(STATE_PREFIX) :]
+    return int(digits) if path.name.startswith(STATE_PREFIX) and digits.isdigit() and path.is_dir() else None
+
+
 def state_folders(out: Path) -> list[Path]:
-    """The complete saved states of a run folder, newest first. A state is written to a staging
-    folder and renamed into place once complete, so a kill never leaves a half one under this name."""
+    """The complete saved states of a run folder, newest (highest step) first. A state is written
+    to a staging folder and renamed into place once complete, so a kill never leaves a half one
+    under this name. Steps are compared as numbers: ``state-10000000`` is newer than
+    ``state-9999999`` although it sorts before it as a name."""
     if not out.is_dir():
         return []
-    found = [p for p in out.glob(f"{STATE_PREFIX}*") if p.is_dir() and (p / STATE_MARK).is_file()]
-    return sorted(found, key=lambda p: p.name, reverse=True)
+    found = [p for p in out.glob(f"{STATE_PREFIX}*") if _state_step(p) is not None and (p / STATE_MARK).is_file()]
+    return sorted(found, key=lambda p: _state_step(p) or 0, reverse=True)
+
+
+def discard_state(folder: Path) -> None:
+    """Delete a state folder so that a kill part-way never leaves a piece of it under its own
+    name: it is first renamed to a temporary name (which the next run's sweep removes if this
+    process dies), then deleted."""
+    from hw2cli.io.atomic import temporary_name
+
+    doomed = folder.with_name(f"{temporary_name(folder)}discard.partial")
+    try:
+        os.replace(folder, doomed)
+    except OSError:
+        doomed = folder
+    shutil.rmtree(doomed, ignore_errors=True)
+
+
+def remove_state_debris(out: Path) -> None:
+    """Delete what a kill left of a state an older hw2 was deleting (a ``state-N`` without its mark)."""
+    if out.is_dir():
+        for folder in out.glob(f"{STATE_PREFIX}*"):
+            if _state_step(folder) is not None and not (folder / STATE_MARK).is_file():
+                discard_state(folder)
+
+
+def discard_states(out: Path, keep: Path | None = None) -> None:
+    """Delete every state folder of ``out`` but ``keep``: older complete states, and the remains of
+    one an older hw2 began to delete when it was killed (a ``state-N`` without its mark)."""
+    if not out.is_dir():
+        return
+    for folder in out.glob(f"{STATE_PREFIX}*"):
+        if _state_step(folder) is not None and folder != keep:
+            discard_state(folder)
 
 
 def check_state_files(folder: Path) -> dict[str, Any]:
@@ -167,14 +222,19 @@ def check_state_files(folder: Path) -> dict[str, Any]:
     allow-list: numpy arrays for its RNG states), so a crafted one is refused with our sentence
     (accelerate would print PyTorch's advice, or silently skip it); return ``hw2_state.json``."""
     from accelerate.utils.other import TORCH_SAFE_GLOBALS
+    from safetensors import safe_open
 
     from hw2cli.io.checkpoints import load_error, quiet_pickle_protocol
 
     for file in sorted(folder.iterdir()):
-        if file.suffix in (".bin", ".pkl", ".pt"):
+        if file.suffix in (".bin", ".pkl", ".pt", ".safetensors"):
             try:
-                with torch.serialization.safe_globals(TORCH_SAFE_GLOBALS), quiet_pickle_protocol():
-                    torch.load(file, map_location="cpu", weights_only=True)
+                if file.suffix == ".safetensors":  # the header must cover the file exactly: truncation shows
+                    with safe_open(str(file), "pt") as fh:
+                        list(fh.keys())
+                else:
+                    with torch.serialization.safe_globals(TORCH_SAFE_GLOBALS), quiet_pickle_protocol():
+                        torch.load(file, map_location="cpu", weights_only=True)
             except Exception as exc:
                 raise UsageError(
                     f"{load_error(file, 'a resume state written by hw2', exc).args[0]} Delete {folder}, or start a "
@@ -218,8 +278,7 @@ def save_state(
         if final.exists():
             shutil.rmtree(final)
         os.replace(staging, final)
-        for old in state_folders(out)[1:]:  # keep only the newest complete state
-            shutil.rmtree(old, ignore_errors=True)
+        discard_states(out, keep=final)  # keep only the newest complete state
     accelerator.wait_for_everyone()
     return final
 
@@ -259,9 +318,10 @@ def load_state_folder(accelerator: Any, folder: Path, mark: dict[str, Any]) -> d
     try:
         accelerator.load_state(str(folder))
     except Exception as exc:
-        raise UsageError(
-            f"{folder} does not fit this run ({type(exc).__name__}: {str(exc).splitlines()[0]})."
-        ) from None
+        # torch's load_state_dict says "Error(s) in loading state_dict for X:" and the reason below it
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()] or [type(exc).__name__]
+        detail = " ".join(lines[:2]) if lines[0].endswith(":") else lines[0]
+        raise UsageError(f"{folder} does not fit this run ({type(exc).__name__}: {detail[:300]}).") from None
     return mark["processes"][accelerator.process_index]
 
 
