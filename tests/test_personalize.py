@@ -292,6 +292,57 @@ def test_resume_and_run_folder_errors(run_cli, sd, tmp_path, isolated_cache):
     assert saved_step(out) == 4
 
 
+def test_a_resume_refuses_other_settings_and_names_them(run_cli, sd, tmp_path, isolated_cache):
+    import shutil
+
+    model, refs = sd
+    out = tmp_path / "run"
+    base = ["personalize", "train", "--model", model, "--resolution", str(RES), "--out", out, "--checkpoint-every", "2"]
+    first = ["--concept", f"<new1>={refs / '0'}:dog"]
+    assert run_cli(*base, *first, "--steps", "2", "--seed", "4").code == 0
+    before = saved_state(out)
+    changes = {
+        "--seed 9": (["--seed", "9"], "--seed 4 (this command: 9)"),
+        "--resolution": (["--seed", "4", "--resolution", "16"], f"--resolution {RES} (this command: 16)"),
+        "--lr": (["--seed", "4", "--lr", "0.05"], "--lr 0.005 (this command: 0.05)"),
+        "--batch": (["--seed", "4", "--batch", "2"], "--batch 1 (this command: 2)"),
+        "--method": (["--seed", "4", "--method", "custom-diffusion"], "--method textual-inversion"),
+    }
+    for name, (extra, said) in changes.items():
+        r = run_cli(*base, *first, "--steps", "4", "--resume", *extra)
+        assert r.code == 2 and said in r.err and "was started with other settings" in r.err, (name, r.err)
+    r = run_cli(*base, "--concept", f"<new1>={refs / '1'}:dog", "--steps", "4", "--resume", "--seed", "4")
+    assert r.code == 2 and "other images for <new1>" in r.err
+    r = run_cli(*base, "--concept", f"<new1>={refs / '0'}:cat", "--steps", "4", "--resume", "--seed", "4")
+    assert r.code == 2 and "<new1> starting as 'dog', an object (this command: 'cat'" in r.err
+    second = ["--concept", f"<new2>={refs / '1'}:painting"]
+    r = run_cli(*base, *first, *second, "--steps", "4", "--resume", "--seed", "4")
+    assert r.code == 2 and "tokens <new1> in this order (this command: <new1>, <new2>)" in r.err
+    assert saved_state(out)[0] == before[0]  # nothing was trained by a refused resume
+    # the same images elsewhere are the same concept: a moved folder continues
+    moved = tmp_path / "moved"
+    shutil.copytree(refs / "0", moved)
+    r = run_cli(*base, "--concept", f"<new1>={moved}:dog", "--steps", "4", "--resume", "--seed", "4")
+    assert r.code == 0, r.err
+    assert saved_step(out) == 4 and "done: step 4" in r.out
+    r = run_cli(*base, "--concept", f"<new1>={moved}:dog", "--steps", "4", "--resume", "--seed", "4")
+    assert r.code == 0 and "had already finished at step 4; nothing to train" in r.out
+
+
+def test_a_state_from_before_settings_were_recorded_still_resumes(run_cli, sd, tmp_path, isolated_cache):
+    model, refs = sd
+    out = tmp_path / "run"
+    assert run_cli(*train_args(model, refs, out, "--steps", "2")).code == 0
+    (folder,) = out.glob("state-*")
+    mark = json.loads((folder / "hw2_state.json").read_text())
+    assert mark["recipe"]["concepts"][0]["token"] == "<new1>" and mark["options"]["seed"] == 0
+    del mark["recipe"], mark["options"]
+    (folder / "hw2_state.json").write_text(json.dumps(mark))
+    r = run_cli(*train_args(model, refs, out, "--steps", "3"), "--resume")
+    assert r.code == 0 and "did not record its settings; they are not checked" in r.err
+    assert saved_step(out) == 3
+
+
 @pytest.mark.parametrize(
     ("concept", "message"),
     [

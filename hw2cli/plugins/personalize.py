@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Literal
 
@@ -100,6 +101,12 @@ def train(
             on_start=lambda first, total: bar.reset(total, first),
             on_step=lambda step, metrics: bar.update(1, **metrics),
         )
+    if resume and math.isnan(result.loss):  # nothing left to train
+        ui.result(
+            f"{out} had already finished at step {result.step}; nothing to train (pass a larger --steps with "
+            f"--resume to continue it); tokens {', '.join(result.tokens)} in {result.out}"
+        )
+        return
     ui.result(f"done: step {result.step}, tokens {', '.join(result.tokens)}; saved in {result.out}")
 
 

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from hw2cli.errors import UsageError
-from hw2cli.tasks.personalize.concepts import TOKEN_RE
+from hw2cli.tasks.personalize.concepts import TOKEN_RE, file_digests, model_identity
 
 STEPS_PER_CONCEPT = 2000
 STYLE_RE = r"\bstyle\s+of\s+(?:the\s+)?{}"
@@ -126,33 +126,10 @@ def plan_concepts(entries: dict[str, dict[str, Any]], missing: Sequence[str], re
     return planned
 
 
-def _model_identity(model: str | Path) -> str:
-    """The model as its size and the hash of its first and last MiB (no mtime: an unzipped copy of
-    the same checkpoint is the same model), a folder file by file, a Hub id as itself."""
-    from hw2cli.io.manifest import hash_edges
-
-    path = Path(model)
-    if not path.exists():
-        return str(model)
-    digest = hashlib.sha256()
-    files = sorted(f for f in path.rglob("*") if f.is_file()) if path.is_dir() else [path]
-    for f in files:
-        size = f.stat().st_size
-        digest.update(f"{f.relative_to(path) if path.is_dir() else ''}:{size}".encode())
-        hash_edges(digest, f, size)
-    return digest.hexdigest()
-
-
 def _images_identity(folder: Path) -> list[str]:
     from hw2cli.tasks.grading import list_images
 
-    digests = []
-    for path in list_images(folder):
-        try:
-            digests.append(hashlib.sha256(path.read_bytes()).hexdigest())
-        except OSError as exc:
-            raise UsageError(f"cannot read the reference image {path}: {exc.strerror or exc}.") from None
-    return digests
+    return file_digests(list_images(folder), "reference image")
 
 
 def plan_training(
@@ -181,7 +158,7 @@ def plan_training(
     )
     recipe = {k: v for k, v in asdict(opts).items() if k not in ("model", "concepts", "out")}
     identity = {
-        "model": _model_identity(model),
+        "model": model_identity(model),
         "concepts": [[c.token, c.init, c.kind, _images_identity(c.folder)] for c in concepts],
         "recipe": recipe,
     }

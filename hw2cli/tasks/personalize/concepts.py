@@ -4,6 +4,7 @@ and text encoder (initialised from the word's embedding), and learned embeddings
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from collections.abc import Sequence
@@ -89,6 +90,34 @@ def parse_concept(spec: str) -> Concept:
         raise UsageError(f"{{opt:concept}} {token}: the initialiser word is empty.")
     kind = kind or ("style" if init.lower() in STYLE_WORDS else "object")
     return Concept(token, folder_path, init, kind, images)
+
+
+def model_identity(model: str | Path) -> str:
+    """The model as its size and the hash of its first and last MiB (no mtime: an unzipped copy of
+    the same checkpoint is the same model), a folder file by file, a Hub id as itself."""
+    from hw2cli.io.manifest import hash_edges
+
+    path = Path(model)
+    if not path.exists():
+        return str(model)
+    digest = hashlib.sha256()
+    files = sorted(f for f in path.rglob("*") if f.is_file()) if path.is_dir() else [path]
+    for f in files:
+        size = f.stat().st_size
+        digest.update(f"{f.relative_to(path) if path.is_dir() else ''}:{size}".encode())
+        hash_edges(digest, f, size)
+    return digest.hexdigest()
+
+
+def file_digests(paths: Sequence[Path], what: str = "image") -> list[str]:
+    """The SHA-256 of each file's bytes, in order: a set of images by content, wherever it lies."""
+    digests = []
+    for path in paths:
+        try:
+            digests.append(hashlib.sha256(path.read_bytes()).hexdigest())
+        except OSError as exc:
+            raise UsageError(f"cannot read the {what} {path}: {exc.strerror or exc}.") from None
+    return digests
 
 
 def add_tokens(pipe: Any, concepts: Sequence[Concept]) -> list[int]:

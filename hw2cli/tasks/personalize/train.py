@@ -34,6 +34,7 @@ from hw2cli.tasks.personalize.concepts import (
     save_embeddings,
 )
 from hw2cli.tasks.training import (
+    STATE_MARK,
     capture_rng,
     check_run_folder,
     check_state_files,
@@ -163,6 +164,65 @@ def _published_step(out: Path) -> int | None:
         return None
 
 
+def run_recipe(
+    opts: PersonalizeOptions, concepts: list[Any], precision: str, reg_images: list[Path], reg_prompt: str
+) -> dict[str, Any]:
+    """Everything that decides what a run learns, by content where it is files (the model, every
+    concept's images): saved with each state, so a resume can refuse to mix two recipes. Not in it:
+    ``steps`` (a resume may extend a run), ``checkpoint_every`` and where the files lie."""
+    from hw2cli.tasks.personalize.concepts import file_digests, model_identity
+
+    recipe: dict[str, Any] = {
+        "model": model_identity(opts.model),
+        "method": opts.method,
+        "lr": opts.lr,
+        "batch": opts.batch,
+        "resolution": opts.resolution,
+        "seed": opts.seed,
+        "precision": precision,
+        "concepts": [
+            {"token": c.token, "init": c.init, "kind": c.kind, "images": file_digests(c.images)} for c in concepts
+        ],
+    }
+    if opts.method == "custom-diffusion":
+        recipe.update(kv_lr=opts.kv_lr, prior_weight=opts.prior_weight,
+                      reg={"prompt": reg_prompt, "images": file_digests(reg_images, "regularisation image")}
+                      if opts.reg else None)  # fmt: skip
+    return recipe
+
+
+def recipe_differences(saved: dict[str, Any], now: dict[str, Any], began: dict[str, Any]) -> list[str]:
+    """What differs between the recipe a run ``began`` with (``saved``) and this command's (``now``),
+    one phrase each, naming the options."""
+    found = []
+    if saved.get("model") != now.get("model"):
+        found.append(f"{{opt:model}} is not the model it began with ({began.get('model')})")
+    for key in ("method", "lr", "kv_lr", "prior_weight", "batch", "resolution", "seed"):
+        if key in saved and saved.get(key) != now.get(key):
+            found.append(f"{{opt:{key}}} {saved[key]} (this command: {now.get(key)})")
+    was, is_ = saved.get("concepts", []), now.get("concepts", [])
+    if [c["token"] for c in was] != [c["token"] for c in is_]:
+        found.append(
+            f"the {{opt:concept}} tokens {', '.join(c['token'] for c in was)} in this order (this command: "
+            f"{', '.join(c['token'] for c in is_)})"
+        )
+    else:
+        for a, b in zip(was, is_, strict=True):
+            if (a["init"], a["kind"]) != (b["init"], b["kind"]):
+                found.append(f"{a['token']} starting as {a['init']!r}, {_a(a['kind'])} (this command: "
+                             f"{b['init']!r}, {_a(b['kind'])})")  # fmt: skip
+            if a["images"] != b["images"]:
+                found.append(f"other images for {a['token']} (this command's {len(b['images'])} are not the "
+                             f"{len(a['images'])} it began with)")  # fmt: skip
+    if "reg" in saved and saved.get("reg") != now.get("reg"):
+        found.append(f"{{opt:reg}} {began.get('reg')!r} with other images or prompt")
+    return found
+
+
+def _a(kind: str) -> str:
+    return f"{'an' if kind[:1] in 'aeiou' else 'a'} {kind}"
+
+
 def train_personalization(
     opts: PersonalizeOptions,
     *,
@@ -206,11 +266,26 @@ def train_personalization(
     check_run_folder(out, bool(saved_states), resume)
     state_dir = saved_states[0] if resume else None
     mark: dict[str, Any] = {}
-    if state_dir is not None:  # read and check the state before the model loads: a bad file fails in a second
-        mark = check_state_files(state_dir)
-
     cuda = device.type == "cuda"
     mixed = opts.mixed_precision or ("bf16" if cuda and torch.cuda.is_bf16_supported() else "no")
+    recipe = run_recipe(opts, concepts, mixed, reg_images, reg_prompt)
+    if state_dir is not None:  # read and check the state before the model loads: a bad file fails in a second
+        mark = check_state_files(state_dir)
+        saved = mark.get("recipe")
+        if not isinstance(saved, dict):
+            if note is not None:
+                note(f"{state_dir} was saved by an hw2 that did not record its settings; they are not checked.")
+        else:
+            differences = recipe_differences(saved, recipe, mark.get("options") or {})
+            if differences:
+                raise UsageError(
+                    f"{out} was started with other settings: {'; '.join(differences)}. Resume it with the "
+                    "settings it began with, or start a new run in another {opt:out}."
+                )
+            if saved.get("precision") != mixed:  # the precision follows the device: keep the run's own
+                mixed = recipe["precision"] = str(saved.get("precision"))
+                if note is not None:
+                    note(f"continuing in the precision the run began with ({mixed}).")
     accelerator = Accelerator(
         mixed_precision=mixed,
         cpu=not cuda,
@@ -276,7 +351,7 @@ def train_personalization(
     if state_dir is not None:
         process = load_state_folder(accelerator, state_dir, mark)
         step = int(mark["step"])
-        restore_rng(process["rng"], gen, rng)
+        restore_rng(process["rng"], gen, rng, source=state_dir / STATE_MARK)
 
     # a tokenizer built without a config reports an "infinite" model_max_length
     max_length = min(tokenizer.model_max_length, text_encoder.config.max_position_embeddings)
@@ -312,7 +387,8 @@ def train_personalization(
     def save(step_done: int) -> None:
         # the resume state first, then the outputs: a kill between the two leaves a state one save
         # ahead of the outputs, which the resume rewrites (never the reverse)
-        save_state(accelerator, out, step_done, {"rng": capture_rng(gen, rng)})
+        began = {k: v for k, v in asdict(opts).items() if k not in ("steps", "out", "checkpoint_every")}
+        save_state(accelerator, out, step_done, {"rng": capture_rng(gen, rng)}, {"recipe": recipe, "options": began})
         if accelerator.is_main_process:
             publish(step_done)
         accelerator.wait_for_everyone()
