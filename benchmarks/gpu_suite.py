@@ -252,13 +252,24 @@ def markdown(results: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def choices(results: list[dict[str, Any]], meta: dict[str, Any]) -> dict[str, Any]:
+    """``kernels/choices.json`` as this run measured it: every kernel step's choices (hw2kernels.RULE
+    applied by :func:`hw2cli.tasks.bench.kernel_choices`); commit it there to make auto follow them."""
+    picked: dict[str, str] = {}
+    for result in results:
+        if result.get("step", "").startswith("kernels_") and result.get("status") == "ok":
+            picked.update(result.get("meta", {}).get("choices", {}))
+    measured = f"{meta['device']}, {meta['date']}, torch {meta['torch']}, triton {meta['triton']}: {meta['command']}"
+    return {"rule": "see hw2kernels.RULE", "measured": measured, "choices": dict(sorted(picked.items()))}
+
+
 def bundle(out: Path, dest: Path) -> None:
-    """Three files in ``dest``: the table, the JSON and one archive of everything under ``out``."""
+    """Four files in ``dest``: the table, the JSON, auto's choices and one archive of everything under ``out``."""
     import shutil
     import tarfile
 
     dest.mkdir(parents=True, exist_ok=True)
-    for name in ("suite.md", "suite.json"):
+    for name in ("suite.md", "suite.json", "choices.json"):
         shutil.copyfile(out / name, dest / name)
     with tarfile.open(dest / "suite-files.tar.gz", "w:gz") as tar:
         tar.add(out, arcname=out.name)
@@ -325,6 +336,7 @@ def main() -> int:
         print(f"gpu_suite: {name}: {result['status']} ({result.get('seconds', '—')} s)", file=sys.stderr, flush=True)
     (out / "suite.json").write_text(json.dumps({"meta": meta, "steps": results}, indent=2, default=str) + "\n")
     (out / "suite.md").write_text(markdown(results, meta))
+    (out / "choices.json").write_text(json.dumps(choices(results, meta), indent=2) + "\n")
     print(f"gpu_suite: wrote {out / 'suite.md'} and {out / 'suite.json'}", file=sys.stderr)
     if args.bundle is not None:
         bundle(out, args.bundle.resolve())

@@ -12,8 +12,8 @@
 #
 #     bash benchmarks/gpu_suite.sh /tmp/suite --bundle "$OUT"
 #
-# --bundle copies suite.md, suite.json and one archive of every step's files into DIR (three
-# files: the device tool brings back at most eight).
+# --bundle copies suite.md, suite.json, choices.json (auto's table, for kernels/choices.json) and
+# one archive of every step's files into DIR (four files: the device tool brings back at most eight).
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$(cd "$here/.." && pwd)"

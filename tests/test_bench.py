@@ -33,6 +33,42 @@ def test_bench_kernels_quick(run_cli, tmp_path):
         assert triton["ms"] is None and triton["note"].startswith("not measured")
     attention = [row for row in report["rows"] if row["case"].startswith("attention")]
     assert any(row["path"] == "sdpa" and row["tflops"] > 0 for row in attention)
+    import hw2kernels  # every row names the class auto looks up, computed from the case's own shape
+
+    for row in gn:
+        x = torch.empty(*(int(n) for n in row["case"].split()[-1].split("×")))
+        assert row["shape_class"] == hw2kernels.group_norm_class(x, 32)
+    assert {row["op"] for row in gn} == {"group_norm"} and {row["op"] for row in attention} == {"attention"}
+    if triton["ms"] is None:
+        assert report["meta"]["choices"] == {}  # nothing measured, nothing chosen: auto keeps its check
+
+
+def test_kernel_choices_apply_the_rule_per_class():
+    import hw2kernels
+
+    from hw2cli.tasks.bench import Row, kernel_choices
+
+    margin = hw2kernels.TRITON_MARGIN
+
+    def case(name, op, cls, vs_best, note=""):
+        return [Row(name, "eager", ms=1.0, vs_best=1.0, op=op, shape_class=cls),
+                Row(name, "triton", ms=1 / vs_best if vs_best else None, vs_best=vs_best, op=op, shape_class=cls,
+                    note=note)]  # fmt: skip
+
+    rows = (
+        case("a", "group_norm", "c/g8:hw4096:nchw", margin + 0.01)
+        + case("b", "group_norm", "c/g4:hw65536:nchw", margin - 0.01)  # faster, but not by the margin
+        + case("c", "attention", "d40:q4096:k4096", 2.0, note="fell back to SDPA: auto: the first call's check")
+        + case("d", "attention", "d80:q1024:k1024", None)  # not measured: no entry
+        + case("e", "attention", "d160:q256:k256", 1.5)
+        + case("f", "attention", "d160:q256:k256", 0.9)  # one case of a class slower: the class runs PyTorch
+    )
+    assert kernel_choices(rows, "bfloat16") == {
+        "group_norm|bfloat16|c/g8:hw4096:nchw": "triton",
+        "group_norm|bfloat16|c/g4:hw65536:nchw": "torch",
+        "attention|bfloat16|d40:q4096:k4096": "torch",
+        "attention|bfloat16|d160:q256:k256": "torch",
+    }
 
 
 def test_bench_sample_digit(run_cli, digit_ckpt, tmp_path):

@@ -46,7 +46,16 @@ def test_the_gpu_suite_dry_run_goes_end_to_end(tmp_path):
     table = (tmp_path / "out" / "suite.md").read_text()
     assert table.count("\n| ") >= 10 and "| step | status |" in table
     # what comes back from the device machine (at most eight files): the table, the JSON, one archive
-    assert sorted(p.name for p in (tmp_path / "bundle").iterdir()) == ["suite-files.tar.gz", "suite.json", "suite.md"]
+    assert sorted(p.name for p in (tmp_path / "bundle").iterdir()) == [
+        "choices.json",
+        "suite-files.tar.gz",
+        "suite.json",
+        "suite.md",
+    ]
+    # auto's table in kernels/choices.json's format; on a CPU nothing is measured, so nothing is chosen
+    chosen = json.loads((tmp_path / "bundle" / "choices.json").read_text())
+    shipped = json.loads((ROOT / "kernels" / "choices.json").read_text())
+    assert chosen.keys() == shipped.keys() and chosen["choices"] == {} and "cpu (dry run)" in chosen["measured"]
     assert (tmp_path / "bundle" / "suite.md").read_text() == table
     with tarfile.open(tmp_path / "bundle" / "suite-files.tar.gz") as tar:
         names = set(tar.getnames())

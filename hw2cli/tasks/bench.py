@@ -32,6 +32,8 @@ class Row:
     tflops: float | None = None
     note: str = ""
     vs_best: float | None = None  # speed-up over the fastest PyTorch path of the same case
+    op: str = ""  # kernels: the hw2kernels op and shape class the case is measured for (what auto looks up)
+    shape_class: str = ""
 
 
 @dataclass
@@ -242,7 +244,10 @@ def bench_kernels(
             return {"gbps": rate, "pct_copy_bw": 100 * rate / bw}
 
         case = "groupnorm+silu " + "×".join(map(str, shape))
-        report.rows += _time_rows(case, paths, device, repeats, pytorch={"eager", "torch.compile"}, work=gbps)
+        rows = _time_rows(case, paths, device, repeats, pytorch={"eager", "torch.compile"}, work=gbps)
+        for row in rows:
+            row.op, row.shape_class = "group_norm", hw2kernels.group_norm_class(x, 32)
+        report.rows += rows
     cases = (shapes or {}).get("attention") or (ATTN_SHAPES if device.type == "cuda" else ATTN_SHAPES[-3:-2])
     if quick:
         cases = cases[-1:]
@@ -271,10 +276,28 @@ def bench_kernels(
         rows = _time_rows(f"attention {name} ({b_}×{h}×{nq}×{nk}×{d})", paths, device, repeats, pytorch=pytorch,
                           work=tflops)  # fmt: skip
         for row in rows:
+            row.op, row.shape_class = "attention", hw2kernels.attention_class(q, k)
             if row.path == "triton" and row.ms is not None and hw2kernels.last_fallback_reason():
                 row.note = f"fell back to SDPA: {hw2kernels.last_fallback_reason()}"
         report.rows += rows
+    report.meta["choices"] = kernel_choices(report.rows, report.meta["dtype"])
     return report
+
+
+def kernel_choices(rows: list[Row], dtype: str) -> dict[str, str]:
+    """``hw2kernels.RULE`` applied to measured rows: ``{"op|dtype|class": "triton" | "torch"}``, the
+    table ``auto`` reads (``kernels/choices.json``). ``triton`` where the Triton row ran itself (no
+    fallback) at least ``TRITON_MARGIN`` times as fast as the fastest PyTorch path of its case;
+    ``torch`` where it was measured slower; no entry where Triton was not measured (auto keeps
+    its first-call check). Several cases in one class: every one must pick Triton."""
+    picked: dict[str, str] = {}
+    for row in rows:
+        if row.path != "triton" or not row.op or row.ms is None or row.vs_best is None:
+            continue
+        key = f"{row.op}|{dtype}|{row.shape_class}"
+        fast = row.vs_best >= hw2kernels.TRITON_MARGIN and not row.note.startswith("fell back")
+        picked[key] = "triton" if fast and picked.get(key, "triton") == "triton" else "torch"
+    return picked
 
 
 def bench_sample(
