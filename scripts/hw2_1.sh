@@ -6,4 +6,6 @@ if [ "$#" -ne 1 ]; then
   echo "usage: $0 OUT_DIR" >&2
   exit 2
 fi
-exec hw2 ddpm generate "$1"
+finder="$(dirname "${BASH_SOURCE[0]}")/_hw2.sh"  # finds hw2 without an activated venv
+if [ -f "$finder" ]; then source "$finder"; else HW2=(hw2); fi
+exec "${HW2[@]}" ddpm generate "$1"

@@ -6,4 +6,6 @@ if [ "$#" -ne 3 ]; then
   echo "usage: $0 NOISE_DIR OUT_DIR UNET_PT" >&2
   exit 2
 fi
-exec hw2 ddim sample "$1" "$2" --unet "$3"
+finder="$(dirname "${BASH_SOURCE[0]}")/_hw2.sh"  # finds hw2 without an activated venv
+if [ -f "$finder" ]; then source "$finder"; else HW2=(hw2); fi
+exec "${HW2[@]}" ddim sample "$1" "$2" --unet "$3"

@@ -8,4 +8,6 @@ if [ "$#" -ne 3 ]; then
   echo "usage: $0 INPUT_JSON OUT_DIR SD_CKPT" >&2
   exit 2
 fi
-exec hw2 personalize generate "$1" "$2" --model "$3" --train-missing
+finder="$(dirname "${BASH_SOURCE[0]}")/_hw2.sh"  # finds hw2 without an activated venv
+if [ -f "$finder" ]; then source "$finder"; else HW2=(hw2); fi
+exec "${HW2[@]}" personalize generate "$1" "$2" --model "$3" --train-missing

@@ -475,6 +475,26 @@ def test_script_wrapper_usage(tmp_path):
     script = Path(__file__).resolve().parents[1] / "scripts" / "hw2_1.sh"
     proc = subprocess.run(["bash", str(script)], capture_output=True, text=True)
     assert proc.returncode == 2 and "usage:" in proc.stderr
+    # run from anywhere without an activated venv: no hw2 on PATH, no Python that has it
+    import shutil
+
+    copy = tmp_path / "checkout" / "scripts"
+    shutil.copytree(script.parent, copy)
+    bare = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}  # the system's tools, not the venv's
+    for name, args in [("hw2_1.sh", ["o"]), ("hw2_2.sh", ["n", "o", "u"]), ("hw2_3.sh", ["i", "o", "c"])]:
+        proc = subprocess.run(
+            ["/bin/bash", str(copy / name), *args], capture_output=True, text=True, env=bare, cwd=tmp_path
+        )
+        assert proc.returncode == 1, proc.stderr
+        assert f"{name}: the hw2 command is not installed; install it first with: pip install -e" in proc.stderr
+    # a checkout with its venv beside scripts/: that venv's hw2 runs, with the graded arguments
+    fake = tmp_path / "checkout" / ".venv" / "bin" / "hw2"
+    fake.parent.mkdir(parents=True)
+    fake.write_text('#!/bin/sh\necho "hw2 $*"\n')
+    fake.chmod(0o755)
+    args = ["/bin/bash", str(copy / "hw2_2.sh"), "n", "o", "u"]
+    proc = subprocess.run(args, capture_output=True, text=True, env=bare)
+    assert proc.returncode == 0 and proc.stdout == "hw2 ddim sample n o --unet u\n", proc.stderr
 
 
 def test_embedded_default_works_out_of_the_box(run_cli, tmp_path):
