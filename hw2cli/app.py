@@ -123,13 +123,18 @@ LIBRARY_CACHES = {
     "MPLCONFIGDIR": "matplotlib",
     "TORCHINDUCTOR_CACHE_DIR": "torchinductor",
     "TRITON_CACHE_DIR": "triton",
+    # Hugging Face's default hub cache: hw2 names its own cache folder for every download, but at
+    # older versions diffusers and transformers write version files into the default one on import
+    # (HF_HOME, with the login token, is left alone)
+    "HF_HUB_CACHE": "hub",
 }
 
 
 def route_library_caches(weights_dir: Path) -> None:
-    """Matplotlib's font cache, torch.compile's and Triton's compiled code go under the weights
-    folder (they went to ~/.cache, ~/.triton and $TMPDIR), unless the user set them, or the
-    folder cannot be written (the libraries then fall back to their own places quietly)."""
+    """Matplotlib's font cache, torch.compile's and Triton's compiled code and Hugging Face's default
+    hub cache go under the weights folder (they went to ~/.cache, ~/.triton and $TMPDIR), unless
+    the user set them, or the folder cannot be written (the libraries then fall back to their own
+    places quietly)."""
     from hw2cli.errors import UsageError
     from hw2cli.io.atomic import check_output_folder
 

@@ -74,15 +74,19 @@ def test_library_caches_go_under_the_weights_folder_not_home_or_tmp(tmp_path):
 
     home, tmp, weights = tmp_path / "home", tmp_path / "tmp", tmp_path / "weights"
     home.mkdir(), tmp.mkdir()
-    env = {
-        k: v for k, v in os.environ.items() if k not in ("MPLCONFIGDIR", "TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR")
-    }
+    env = {k: v for k, v in os.environ.items() if k not in app_caches()}
     env.update(HOME=str(home), TMPDIR=str(tmp), HW2_WEIGHTS_DIR=str(weights), OMP_NUM_THREADS="1")
     args = ["ddpm", "grid", "--dataset", "mnistm", "--steps", "1", "--out", tmp_path / "figs"]
     r = subprocess.run([sys.executable, "-m", "hw2cli", *map(str, args)], env=env, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert [p for p in home.rglob("*")] == [] and [p for p in tmp.rglob("*")] == []
     assert (weights / "matplotlib").is_dir()
+
+
+def app_caches():
+    from hw2cli import app
+
+    return app.LIBRARY_CACHES
 
 
 def test_an_unwritable_weights_folder_leaves_the_library_caches_where_they_were(monkeypatch, tmp_path):
@@ -98,3 +102,21 @@ def test_an_unwritable_weights_folder_leaves_the_library_caches_where_they_were(
     assert not any(name in __import__("os").environ for name in app.LIBRARY_CACHES)
     app.route_library_caches(tmp_path / "ok")
     assert __import__("os").environ["MPLCONFIGDIR"] == str(tmp_path / "ok" / "matplotlib")
+
+
+def test_hugging_face_libraries_see_the_weights_folder_as_their_default_cache(tmp_path):
+    """Older diffusers and transformers write version files into the default hub cache when
+    imported; that cache is the weights folder's, whatever HOME is."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGINGFACE"))}
+    env.update(HOME=str(tmp_path / "home"))
+    code = (
+        "import sys; from pathlib import Path; from hw2cli import app; app.route_library_caches(Path(sys.argv[1])); "
+        "import huggingface_hub.constants as c; print(c.HF_HUB_CACHE)"
+    )
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path / "w")], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == str(tmp_path / "w" / "hub")
