@@ -43,6 +43,15 @@ def test_bench_kernels_quick(run_cli, tmp_path):
         assert report["meta"]["choices"] == {}  # nothing measured, nothing chosen: auto keeps its check
 
 
+def test_bench_writes_under_the_output_root_unless_told(run_cli, tmp_path, monkeypatch):
+    from pathlib import Path
+
+    monkeypatch.setenv("HW2_OUTPUT_ROOT", str(tmp_path / "outputs"))
+    r = run_cli("bench", "kernels", "--quick", "--no-compile", "--repeats", "1")
+    assert r.code == 0, r.err
+    assert (tmp_path / "outputs" / "bench" / "kernels.json").is_file() and not Path("benchmarks").exists()
+
+
 def test_kernel_choices_apply_the_rule_per_class():
     import hw2kernels
 

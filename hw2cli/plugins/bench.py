@@ -8,6 +8,7 @@ from typing import Literal
 import typer
 
 from hw2cli import ui
+from hw2cli.plugins._options import under_output_root
 
 app = typer.Typer(
     help="Benchmarks: fused kernels and sampling loops (eager, Triton, torch.compile).", no_args_is_help=True
@@ -62,7 +63,7 @@ def kernels(
     repeats: int = typer.Option(20, min=1, max=10_000, help="Timed repeats per case (median)."),
     compile: bool = typer.Option(True, "--compile/--no-compile", help="Also time torch.compile of the eager op."),
     quick: bool = typer.Option(False, "--quick", help="One small case each (a smoke run)."),
-    out: Path = typer.Option(Path("benchmarks/results"), help="Folder for the JSON result."),
+    out: Path = typer.Option(None, help="Folder for the JSON result \\[default: the bench folder of OUTPUT_ROOT]."),
     as_json: bool = typer.Option(False, "--json", help="Print the JSON instead of a table."),
 ) -> None:
     """GroupNorm+SiLU (GB/s, % of copy bandwidth) and attention (TFLOP/s) next to PyTorch's best paths.
@@ -78,6 +79,7 @@ def kernels(
     from hw2cli.io.atomic import check_output_folder
     from hw2cli.tasks.bench import bench_kernels
 
+    out = under_output_root(out, "bench")
     check_output_folder(out, "results folder")  # before minutes of timing, not after
     device, _ = runtime.setup()
     report = bench_kernels(device, dtype=_dtype(dtype, device), repeats=repeats, use_compile=compile, quick=quick)
@@ -98,7 +100,7 @@ def sample(
     side: int = typer.Option(256, min=32, max=1024, help="face: the image side (a multiple of 32)."),
     width: int = typer.Option(128, min=32, max=512, help="face: the UNet's base width (official: 128)."),
     checkpoint: str = typer.Option(None, help="Real weights (digit checkpoint or face UNet.pt); random otherwise."),
-    out: Path = typer.Option(Path("benchmarks/results"), help="Folder for the JSON result."),
+    out: Path = typer.Option(None, help="Folder for the JSON result \\[default: the bench folder of OUTPUT_ROOT]."),
     as_json: bool = typer.Option(False, "--json", help="Print the JSON instead of a table."),
 ) -> None:
     """A whole DDIM loop per path: eager, Triton kernels, torch.compile, CUDA graphs.
@@ -111,6 +113,7 @@ def sample(
     from hw2cli.io.atomic import check_output_folder
     from hw2cli.tasks.bench import bench_sample
 
+    out = under_output_root(out, "bench")
     check_output_folder(out, "results folder")  # before minutes of timing, not after
     device, _ = runtime.setup()
     batch = batch or {"digit": 500, "face": 10, "sd": 2}.get(model, 1)
