@@ -364,7 +364,7 @@ def main(argv: list[str] | None = None) -> int:
     except HW2Error as exc:
         if ui.is_debug():
             traceback.print_exc()
-        ui.error(exc.render(as_option))
+        ui.error(exc.render(as_option), exc.label)
         return exc.exit_code
     except KeyboardInterrupt:
         ui.error(ui.interrupted())

@@ -26,6 +26,7 @@ class HW2Error(Exception):
     """A failure with a one-sentence message meant for the user."""
 
     exit_code = 1
+    label = "Error"  # what the message is printed after
 
     def render(self, option: Callable[[str], str] = as_parameter) -> str:
         text = str(self.args[0]) if self.args else ""

@@ -92,8 +92,8 @@ def err() -> Console:
     return _console(sys.stderr)
 
 
-def error(message: str) -> None:
-    err().print(Text.assemble(("Error: ", "bold red"), (message, "red")))
+def error(message: str, label: str = "Error") -> None:
+    err().print(Text.assemble((f"{label}: ", "bold red"), (message, "red")))
 
 
 def plural(n: int, word: str) -> str:

@@ -376,6 +376,8 @@ def test_an_interrupted_classifier_run_resumes_bit_exactly(run_cli, digits, tmp_
     out = tmp_path / "resumed.safetensors"
     r = run_cli(*args, "--out", out)
     assert r.code == 130, r.err
+    assert f"Stopped: stopped by {signum} after step {steps_per_epoch + 2}; saved in" in r.err  # no "Error:"
+    assert "Error" not in r.err
     assert not out.exists() and classify.state_folders(classify.run_folder(out))  # the state, not a classifier
     monkeypatch.setattr(classify, "_augment", real)
     r = run_cli(*args, "--out", out)  # a new run must not overwrite the unfinished one

@@ -35,9 +35,11 @@ from hw2cli.io.atomic import write_text
 
 
 class TrainingInterrupted(HW2Error):
-    """Ctrl-C or SIGTERM during training: the state was saved; exit code 130."""
+    """Ctrl-C or SIGTERM during training: the state was saved; exit code 130 (an intended stop,
+    so it reads "Stopped: ...", not "Error: ...")."""
 
     exit_code = 130
+    label = "Stopped"
 
 
 class StopRequest:
