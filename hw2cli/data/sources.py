@@ -61,7 +61,19 @@ SKIMAGE_PHOTOS = (
     "ihc.png",
     "color.png",
 )
-EXTRA = "pip install 'hw2[data]'"
+
+
+def extra_command() -> str:
+    """How to install the optional 'data' extra here: hw2 is not on PyPI, so ``pip install
+    'hw2[data]'`` only works where pip can see this install; from a checkout (the usual install,
+    ``pip install -e``) name its folder, else name the packages themselves."""
+    root = Path(__file__).resolve().parents[2]
+    if (root / "pyproject.toml").is_file() and (root / "hw2cli").is_dir():
+        return f"pip install -e \"{root}[data]\""
+    return "pip install mlxtend scikit-image scikit-learn scipy gdown"
+
+
+EXTRA = extra_command()
 
 
 @dataclass
