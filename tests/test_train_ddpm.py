@@ -286,6 +286,9 @@ def test_a_resume_says_what_it_does_not_apply_and_when_nothing_is_left(digits, t
     assert "had already finished at step 2; nothing to train" in r.out and "nan" not in r.out
     r = run_cli(*common, "--resume", "--steps", "3", "--batch", "4", "--width", "8", "--sample-every", "0")
     assert r.code == 0 and "not applied" not in r.err and "done: step 3" in r.out  # the same command warns of nothing
+    assert "--steps 3: the run was planned for 2 steps; the learning rate's cosine decay is planned again" in r.err
+    r = run_cli(*common, "--resume", "--steps", "3")
+    assert r.code == 0 and "planned again" not in r.err  # the length it has now
 
 
 def test_a_sample_grid_a_kill_prevented_is_drawn_on_resume(digits, tmp_path):

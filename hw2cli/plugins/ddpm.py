@@ -151,6 +151,14 @@ def _run_training(opts: Any, label: str, device: Any, resume: bool, steps: int |
     """``train_ddpm`` behind a progress bar (a resumed run starts it at its saved step), then one result line."""
     from hw2cli.tasks.train_ddpm import train_ddpm
 
+    saved = _saved_options(Path(opts.out)) if resume and steps is not None else None
+    if saved is not None and saved.get("steps") not in (None, steps):
+        ui.info(
+            f"--steps {steps}: the run was planned for {saved['steps']} steps; the learning rate's cosine decay "
+            f"is planned again for {steps} from its saved step, so the result is not what --steps {steps} "
+            "from the start would have made."
+        )
+
     with ui.progress(label, None) as bar:
         result = train_ddpm(
             opts,
