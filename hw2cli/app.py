@@ -372,6 +372,9 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:
         if ui.is_debug():
             traceback.print_exc()
+        if interrupts.pending():  # a Ctrl-C a library turned into its own error (an import it cut short)
+            ui.error(ui.interrupted())
+            return 130
         ui.error(f"unexpected {type(exc).__name__}: {exc} (run again with --debug for the traceback).")
         return 1
     if code == 130:  # Typer turns Ctrl-C into Exit(130) silently

@@ -179,3 +179,22 @@ def test_sigterm_stops_a_generating_command_as_a_ctrl_c_does(run_cli, tmp_path, 
     r = run_cli("ddpm", "generate", out, "--batch", "100")
     assert r.code == 0 and "kept" in r.out + r.err
     assert len(list(out.rglob("*.png"))) == 1000
+
+
+def test_a_ctrl_c_a_library_turned_into_its_own_error_is_an_interruption(run_cli, monkeypatch):
+    """An import cut short by Ctrl-C can surface as the library's ImportError ("cannot load module
+    more than once per process"); that is the user's Ctrl-C (130), not an unexpected failure (1)."""
+    from hw2cli import interrupts, runtime
+
+    def setup_cut_short(*args, **kwargs):
+        try:
+            interrupts._handler(2, None)  # what SIGINT runs
+        except KeyboardInterrupt:
+            raise ImportError("cannot load module more than once per process") from None
+
+    monkeypatch.setattr(runtime, "setup", setup_cut_short)
+    r = run_cli("bench", "kernels", "--quick", "--no-compile")
+    assert r.code == 130 and "unexpected" not in r.err and "interrupted" in r.err, r.err
+    monkeypatch.setattr(runtime, "setup", lambda *a, **k: (_ for _ in ()).throw(ImportError("a real one")))
+    r = run_cli("bench", "kernels", "--quick", "--no-compile")
+    assert r.code == 1 and "unexpected ImportError: a real one" in r.err  # without a Ctrl-C it stays a failure
