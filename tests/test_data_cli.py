@@ -185,6 +185,9 @@ def test_data_synth_interrupted_in_its_second_data_set_continues(run_cli, tmp_pa
         r.err.split()
     )
     assert _tree(out) == _tree(tmp_path / "straight")
+    assert f"wrote {out / 'digits'}" in r.out  # svhn was written this time
+    r = run_cli(*args[:2], out, *args[2:])
+    assert r.code == 0 and f"kept {out / 'digits'} (made before by the same command)" in r.out and "wrote" not in r.out
     r = run_cli(*args[:2], out, *args[2:], "--seed", "1")
     assert r.code == 2 and "made with other settings or sources; pass --replace" in " ".join(r.err.split())
     assert _tree(out) == _tree(tmp_path / "straight")

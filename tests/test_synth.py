@@ -197,8 +197,10 @@ def test_a_finished_data_set_is_kept_by_the_same_call_and_refused_to_another(tmp
     before = _files(out)
     (out / "digits" / "mnistm" / "val.csv").unlink()  # a kill between data/'s swap and the CSVs
     notes = []
-    synthesize(out, per_class=3, seed=0, datasets=["mnistm"], state_dir=state, replace=False, note=notes.append)
-    assert _files(out) == before
+    counts = synthesize(
+        out, per_class=3, seed=0, datasets=["mnistm"], state_dir=state, replace=False, note=notes.append
+    )
+    assert _files(out) == before and counts["mnistm"].kept and sum(counts["mnistm"].values()) == 3 * 10
     assert notes == [
         f"{out / 'digits' / 'mnistm'} already holds this data set, made by the same command; kept as it is."
     ]

@@ -63,6 +63,12 @@ def val_mask(labels: np.ndarray, n_val: int, rng: np.random.Generator) -> np.nda
     return is_val
 
 
+class Written(dict):
+    """``{"train": n, "val": n}`` of a data set, and whether it was ``kept`` as a finished earlier run left it."""
+
+    kept = False
+
+
 def content_digest(arrays: Sequence[np.ndarray]) -> str:
     """A hash of the arrays' shapes, types and bytes (a maker's sources, for the resume key)."""
     digest = hashlib.blake2b(digest_size=16)
@@ -131,7 +137,7 @@ def write_digit_folder(
     on_start: Callable[[int, int], None] | None = None,
     on_progress: Callable[[int], None] | None = None,
     note: Callable[[str], None] | None = None,
-) -> dict[str, int]:
+) -> Written:
     """Write ``folder/data/NNNNN.png`` from ``make_batch(b)`` (uint8 ``[b, 28, 28, 3]``, images
     ``b * batch_size`` on) and the two split CSVs from ``labels`` / ``is_val``; return
     ``{"train": n, "val": n}``.
@@ -149,7 +155,7 @@ def write_digit_folder(
         f"{split}.csv": "image_name,label\n" + "".join(f"{names[i]},{int(labels[i])}\n" for i in np.flatnonzero(mask))
         for split, mask in (("train", ~is_val), ("val", is_val))
     }
-    counts = {"train": int((~is_val).sum()), "val": int(is_val.sum())}
+    counts = Written(train=int((~is_val).sum()), val=int(is_val.sum()))
     held = held_files(folder)
     staging = folder / f"{RESUME_PREFIX}{key}"
     if held and not replace:
@@ -165,6 +171,7 @@ def write_digit_folder(
                 on_progress(len(labels))
             if note is not None:
                 note(f"{folder} already holds this data set, made by the same command; kept as it is.")
+            counts.kept = True
             return counts
 
     _resume_folder(staging)

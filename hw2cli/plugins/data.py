@@ -80,7 +80,7 @@ def synth(
         )
     rows = [[name, c["train"], c["val"], c["train"] + c["val"]] for name, c in counts.items()]
     ui.print_table(["dataset", "train", "val", "total"], rows, title="synthetic digits", justify="lrrr")
-    ui.result(f"wrote {out / 'digits'}")
+    _said(out / "digits", all(getattr(c, "kept", False) for c in counts.values()))
 
 
 @app.command("check")
@@ -218,7 +218,7 @@ def mnistm(
         title="MNIST-M",
         justify="lrrr",
     )
-    ui.result(f"wrote {out / 'digits' / 'mnistm'}")
+    _said(out / "digits" / "mnistm", getattr(counts, "kept", False))
 
 
 @app.command("svhn")
@@ -291,7 +291,7 @@ def svhn(
         title="SVHN",
         justify="lrrr",
     )
-    ui.result(f"wrote {out / 'digits' / 'svhn'}")
+    _said(out / "digits" / "svhn", getattr(counts, "kept", False))
 
 
 def _choice(option: str, value: str, allowed: tuple[str, ...]) -> None:
@@ -317,6 +317,11 @@ def _output_folder(out: Path, datasets: list[str], replace: bool) -> None:
         held = held_files(folder)
         if held and not replace and recorded(folder, Path(settings.get().weights_dir)) is None:
             raise UsageError(held_message(folder, held))
+
+
+def _said(folder: Path, kept: bool) -> None:
+    """The result line: what was written, or that a finished set with the same settings was kept."""
+    ui.result(f"kept {folder} (made before by the same command)" if kept else f"wrote {folder}")
 
 
 def _writing(bar: ui.ProgressBar, replace: bool, on_start: Callable[[int, int], Any] | None = None) -> dict[str, Any]:
