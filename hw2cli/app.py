@@ -143,6 +143,8 @@ def route_library_caches(weights_dir: Path) -> None:
     except UsageError:
         return
     for name, sub in LIBRARY_CACHES.items():
+        if name == "HF_HUB_CACHE" and any(os.environ.get(k) for k in ("HUGGINGFACE_HUB_CACHE", "HF_HOME")):
+            continue  # the user chose the hub cache under its older name, or through HF_HOME
         if os.environ.get(name) in (None, _routed.get(name)):  # unset, or set by an earlier run in this process
             _routed[name] = os.environ[name] = str(Path(weights_dir).absolute() / sub)
 

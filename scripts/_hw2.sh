@@ -1,12 +1,12 @@
 # Sourced by hw2_1.sh, hw2_2.sh and hw2_3.sh: sets HW2 to the command that runs hw2 here, or says
 # how to install it. The graders run the scripts from anywhere, often without the venv activated:
-# hw2 on PATH first, then the venv of this checkout (.venv beside scripts/), then a Python that
-# has hw2 installed.
+# the venv of this checkout first (.venv beside scripts/: the hw2 these scripts came with), then
+# hw2 on PATH, then a Python that has hw2 installed.
 hw2_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-if command -v hw2 >/dev/null 2>&1; then
-  HW2=(hw2)
-elif [ -x "$hw2_root/.venv/bin/hw2" ]; then
+if [ -x "$hw2_root/.venv/bin/hw2" ]; then
   HW2=("$hw2_root/.venv/bin/hw2")
+elif command -v hw2 >/dev/null 2>&1; then
+  HW2=(hw2)
 elif command -v python3 >/dev/null 2>&1 && (cd / && python3 -c "import hw2cli.app, hw2kernels") >/dev/null 2>&1; then
   HW2=(python3 -m hw2cli)
 else

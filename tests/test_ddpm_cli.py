@@ -376,7 +376,7 @@ def test_an_interrupted_classifier_run_resumes_bit_exactly(run_cli, digits, tmp_
     out = tmp_path / "resumed.safetensors"
     r = run_cli(*args, "--out", out)
     assert r.code == 130, r.err
-    assert f"Stopped: stopped by {signum} after step {steps_per_epoch + 2}; saved in" in r.err  # no "Error:"
+    assert f"Stopped: {signum} after step {steps_per_epoch + 2}; saved in" in r.err  # no "Error:"
     assert "Error" not in r.err
     assert not out.exists() and classify.state_folders(classify.run_folder(out))  # the state, not a classifier
     monkeypatch.setattr(classify, "_augment", real)
@@ -497,6 +497,15 @@ def test_script_wrapper_usage(tmp_path):
     args = ["/bin/bash", str(copy / "hw2_2.sh"), "n", "o", "u"]
     proc = subprocess.run(args, capture_output=True, text=True, env=bare)
     assert proc.returncode == 0 and proc.stdout == "hw2 ddim sample n o --unet u\n", proc.stderr
+    other = tmp_path / "elsewhere" / "hw2"  # another hw2 on PATH: the checkout's own still runs
+    other.parent.mkdir()
+    other.write_text('#!/bin/sh\necho "another hw2"\n')
+    other.chmod(0o755)
+    proc = subprocess.run(args, capture_output=True, text=True, env={**bare, "PATH": f"{other.parent}:/usr/bin:/bin"})
+    assert proc.returncode == 0 and proc.stdout == "hw2 ddim sample n o --unet u\n", proc.stderr
+    fake.unlink()  # no venv beside: the one on PATH
+    proc = subprocess.run(args, capture_output=True, text=True, env={**bare, "PATH": f"{other.parent}:/usr/bin:/bin"})
+    assert proc.returncode == 0 and proc.stdout == "another hw2\n", proc.stderr
 
 
 def test_embedded_default_works_out_of_the_box(run_cli, tmp_path):

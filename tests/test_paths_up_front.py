@@ -120,3 +120,9 @@ def test_hugging_face_libraries_see_the_weights_folder_as_their_default_cache(tm
     done = subprocess.run([sys.executable, "-c", code, str(tmp_path / "w")], env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == str(tmp_path / "w" / "hub")
+    for name, chosen in [("HF_HOME", tmp_path / "hf"), ("HUGGINGFACE_HUB_CACHE", tmp_path / "hf" / "hub")]:
+        mine = {**env, name: str(chosen)}  # the user's own choice of cache stays
+        done = subprocess.run(
+            [sys.executable, "-c", code, str(tmp_path / "w")], env=mine, capture_output=True, text=True
+        )
+        assert done.returncode == 0 and done.stdout.strip() == str(tmp_path / "hf" / "hub"), (name, done.stderr)

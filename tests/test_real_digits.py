@@ -172,8 +172,8 @@ def test_the_data_extra_advice_outside_a_checkout_names_the_packages(monkeypatch
     monkeypatch.setattr(sources, "__file__", str(tmp_path / "site-packages" / "hw2cli" / "data" / "sources.py"))
     said = sources.extra_command()
     extra = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
-    wanted = [d.split(">")[0].split("=")[0] for d in extra["project"]["optional-dependencies"]["data"]]
-    assert said == "pip install " + " ".join(wanted)  # the extra's own list, nothing more or less
+    wanted = extra["project"]["optional-dependencies"]["data"]  # with their minimum versions, quoted for the shell
+    assert said == f'"{sys.executable}" -m pip install ' + " ".join(f"'{w}'" for w in wanted)
 
 
 def _idx(images=None, labels=None):

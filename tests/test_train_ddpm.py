@@ -83,7 +83,7 @@ def test_a_signal_mid_step_finishes_the_step_and_resumes_bit_exactly(digits, tmp
         return forward(self, *args, **kwargs)
 
     monkeypatch.setattr(DigitUNet, "forward", signalled_forward)
-    with pytest.raises(TrainingInterrupted, match=f"stopped by {sig.name} after step 4") as info:
+    with pytest.raises(TrainingInterrupted, match=f"{sig.name} after step 4; saved in") as info:
         train_ddpm(opts(digits, tmp_path / "b", checkpoint_every=100), device=CPU)
     monkeypatch.setattr(DigitUNet, "forward", forward)
     assert info.value.exit_code == 130
@@ -289,6 +289,8 @@ def test_a_resume_says_what_it_does_not_apply_and_when_nothing_is_left(digits, t
     assert "--steps 3: the run was planned for 2 steps; the learning rate's cosine decay is planned again" in r.err
     r = run_cli(*common, "--resume", "--steps", "3")
     assert r.code == 0 and "planned again" not in r.err  # the length it has now
+    r = run_cli(*common, "--resume", "--steps", "2")
+    assert r.code == 0 and "planned again" not in r.err and "nothing to train" in r.out  # shorter: nothing re-planned
 
 
 def test_a_sample_grid_a_kill_prevented_is_drawn_on_resume(digits, tmp_path):

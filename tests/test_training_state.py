@@ -85,7 +85,7 @@ def test_a_damaged_random_state_names_its_file(tmp_path):
     state = training.capture_rng(gen)
     training.restore_rng(state, gen)  # a sound one goes back
     state["generator"] = state["generator"][:100]
-    with pytest.raises(UsageError, match=r"hw2_state\.json holds a random-number state that does not fit"):
+    with pytest.raises(UsageError, match=r"hw2_state\.json holds a random-number state that does not fit this run"):
         training.restore_rng(state, gen, source=tmp_path / "hw2_state.json")
 
 

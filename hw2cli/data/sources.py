@@ -64,13 +64,24 @@ SKIMAGE_PHOTOS = (
 
 
 def extra_command() -> str:
-    """How to install the optional 'data' extra here: hw2 is not on PyPI, so ``pip install
-    'hw2[data]'`` only works where pip can see this install; from a checkout (the usual install,
-    ``pip install -e``) name its folder, else name the packages themselves."""
+    """How to install the optional 'data' extra for the Python running hw2: hw2 is not on PyPI, so
+    ``pip install 'hw2[data]'`` only works where pip can see this install; from a checkout (the
+    usual install, ``pip install -e``) name its folder, else the extra's requirements (from the
+    installed metadata, with their minimum versions)."""
+    import sys
+
+    pip = f'"{sys.executable}" -m pip install'
     root = Path(__file__).resolve().parents[2]
     if (root / "pyproject.toml").is_file() and (root / "hw2cli").is_dir():
-        return f"pip install -e \"{root}[data]\""
-    return "pip install mlxtend scikit-image scikit-learn scipy gdown"
+        return f'{pip} -e "{root}[data]"'
+    try:
+        from importlib.metadata import requires
+
+        wanted = [r.split(";")[0].strip() for r in requires("hw2") or [] if 'extra == "data"' in r]
+    except Exception:  # not installed as a distribution at all
+        wanted = []
+    wanted = wanted or ["mlxtend", "scikit-image", "scikit-learn", "scipy", "gdown"]
+    return f"{pip} " + " ".join(f"'{w}'" for w in wanted)
 
 
 EXTRA = extra_command()

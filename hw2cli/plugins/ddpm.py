@@ -91,16 +91,22 @@ SAVED_AS: dict[str, Any] = {
 }
 
 
-def _saved_options(out: Path) -> dict[str, Any] | None:
-    """The options the newest state in ``out`` was saved with (``None`` if there is none to read)."""
+def _saved_mark(out: Path) -> dict[str, Any]:
+    """``hw2_state.json`` of the newest state in ``out`` (empty if there is none to read)."""
     import json
 
     from hw2cli.tasks.training import STATE_MARK, state_folders
 
     try:
-        options = json.loads((state_folders(out)[0] / STATE_MARK).read_text())["options"]
-    except (IndexError, OSError, ValueError, KeyError, TypeError):
-        return None
+        mark = json.loads((state_folders(out)[0] / STATE_MARK).read_text())
+    except (IndexError, OSError, ValueError):
+        return {}
+    return mark if isinstance(mark, dict) else {}
+
+
+def _saved_options(out: Path) -> dict[str, Any] | None:
+    """The options the newest state in ``out`` was saved with (``None`` if there is none to read)."""
+    options = _saved_mark(out).get("options")
     return options if isinstance(options, dict) else None
 
 
@@ -151,8 +157,10 @@ def _run_training(opts: Any, label: str, device: Any, resume: bool, steps: int |
     """``train_ddpm`` behind a progress bar (a resumed run starts it at its saved step), then one result line."""
     from hw2cli.tasks.train_ddpm import train_ddpm
 
-    saved = _saved_options(Path(opts.out)) if resume and steps is not None else None
-    if saved is not None and saved.get("steps") not in (None, steps):
+    mark = _saved_mark(Path(opts.out)) if resume and steps is not None else {}
+    saved = mark.get("options") if isinstance(mark.get("options"), dict) else None
+    at = mark.get("step")
+    if saved is not None and saved.get("steps") not in (None, steps) and isinstance(at, int) and steps > at:
         ui.info(
             f"--steps {steps}: the run was planned for {saved['steps']} steps; the learning rate's cosine decay "
             f"is planned again for {steps} from its saved step, so the result is not what --steps {steps} "

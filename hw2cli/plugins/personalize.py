@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Literal
 
@@ -101,7 +100,7 @@ def train(
             on_start=lambda first, total: bar.reset(total, first),
             on_step=lambda step, metrics: bar.update(1, **metrics),
         )
-    if resume and math.isnan(result.loss):  # nothing left to train
+    if resume and result.step == result.first:  # nothing left to train
         ui.result(
             f"{out} had already finished at step {result.step}; nothing to train (pass a larger --steps with "
             f"--resume to continue it); tokens {', '.join(result.tokens)} in {result.out}"

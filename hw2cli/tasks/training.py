@@ -83,14 +83,14 @@ def stop_here(
         if not saved_now:
             save(step)
         raise TrainingInterrupted(
-            f"stopped by {stop.signal or 'a signal'} after step {step}; saved in {out}. "
+            f"{stop.signal or 'a signal'} after step {step}; saved in {out}. "
             "Continue with the same command and {opt:resume}."
         )
 
 
 def interrupted_twice(out: Path) -> TrainingInterrupted:
     return TrainingInterrupted(
-        f"interrupted twice: stopped at once without saving; {{opt:resume}} continues from the last "
+        f"interrupted twice, so at once, without saving; {{opt:resume}} continues from the last "
         f"checkpoint in {out}."
     )
 
@@ -144,8 +144,8 @@ def restore_rng(
     except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as exc:
         where = f"{source} holds" if source is not None else "the resume state holds"
         raise UsageError(
-            f"{where} a random-number state that does not fit ({type(exc).__name__}: {str(exc).splitlines()[0]}); "
-            "it is not a state hw2 wrote. Delete it, or start a new run without {opt:resume}."
+            f"{where} a random-number state that does not fit this run ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0]}); resume it where it was saved, or start a new run without {{opt:resume}}."
         ) from None
 
 
@@ -162,7 +162,10 @@ def _restore_rng(state: dict[str, Any], generator: torch.Generator | None, rng: 
         v, st, g = state["random"]
         rng.setstate((v, tuple(st), g))
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([torch.tensor(s, dtype=torch.uint8) for s in state["cuda"]])
+        # one state per GPU that was visible; with fewer visible now, the ones there are (a process
+        # draws on its own device, which is among the first ones), with more, the saved ones
+        for index, saved in enumerate(state["cuda"][: torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(torch.tensor(saved, dtype=torch.uint8), index)
 
 
 # --------------------------------------------------------------------------- resume state on accelerate

@@ -92,9 +92,11 @@ def parse_concept(spec: str) -> Concept:
     return Concept(token, folder_path, init, kind, images)
 
 
-def model_identity(model: str | Path) -> str:
+def model_identity(model: str | Path, skip_hidden: bool = False) -> str:
     """The model as its size and the hash of its first and last MiB (no mtime: an unzipped copy of
-    the same checkpoint is the same model), a folder file by file, a Hub id as itself."""
+    the same checkpoint is the same model), a folder file by file, a Hub id as itself.
+    ``skip_hidden`` leaves out a folder's hidden files (``.cache/`` of ``hf download --local-dir``,
+    ``.DS_Store``), which no loader reads."""
     from hw2cli.io.manifest import hash_edges
 
     path = Path(model)
@@ -102,6 +104,8 @@ def model_identity(model: str | Path) -> str:
         return str(model)
     digest = hashlib.sha256()
     files = sorted(f for f in path.rglob("*") if f.is_file()) if path.is_dir() else [path]
+    if skip_hidden and path.is_dir():
+        files = [f for f in files if not any(part.startswith(".") for part in f.relative_to(path).parts)]
     for f in files:
         size = f.stat().st_size
         digest.update(f"{f.relative_to(path) if path.is_dir() else ''}:{size}".encode())

@@ -90,6 +90,7 @@ class PersonalizeResult:
     tokens: list[str]
     rows: torch.Tensor | None = None  # the learned embedding rows, [len(tokens), dim]
     seen: list[int] = field(default_factory=list)  # dataset indices this process trained on, in order
+    first: int = 0  # the step it started from (a resume's saved step)
 
 
 def _image_tensor(path: Path, resolution: int) -> torch.Tensor:
@@ -173,7 +174,7 @@ def run_recipe(
     from hw2cli.tasks.personalize.concepts import file_digests, model_identity
 
     recipe: dict[str, Any] = {
-        "model": model_identity(opts.model),
+        "model": model_identity(opts.model, skip_hidden=True),
         "method": opts.method,
         "lr": opts.lr,
         "batch": opts.batch,
@@ -398,6 +399,7 @@ def train_personalization(
 
     if on_start is not None:
         on_start(step, opts.steps)
+    first = step
     last = float("nan")
     steps_per_epoch = len(loader)
     seen: list[int] = []
@@ -446,4 +448,4 @@ def train_personalization(
             raise interrupted_twice(out) from None
         finally:
             release(accelerator)
-    return PersonalizeResult(step, last, out, tokens, rows=rows.detach().cpu().clone(), seen=seen)
+    return PersonalizeResult(step, last, out, tokens, rows=rows.detach().cpu().clone(), seen=seen, first=first)
