@@ -231,10 +231,11 @@ WORKER = textwrap.dedent(
     import os, sys, torch
     from hw2cli.tasks.train_ddpm import TrainOptions, train_ddpm
     data, out, dump = sys.argv[1:4]
+    steps, resume = (int(sys.argv[4]), True) if len(sys.argv) > 4 else (4, False)
     model = {"base_channels": 8, "head_dim": 8, "groups": 4, "channel_mult": [1, 2], "attention_levels": [1],
              "dropout": 0.0}
     o = TrainOptions(data=data, out=out, steps=4, batch=8, warmup=2, checkpoint_every=2, sample_every=0, model=model)
-    r = train_ddpm(o, device=torch.device("cpu"))
+    r = train_ddpm(o, device=torch.device("cpu"), resume=resume, steps=steps if resume else None)
     # the group is gone before exit: Gloo threads alive at finalisation can abort the process (SIGABRT)
     assert not torch.distributed.is_initialized()
     torch.save(r.model.state_dict(), f"{dump}/rank{os.environ.get('RANK', 'single')}.pt")
@@ -266,6 +267,17 @@ def test_two_gloo_processes_stay_identical_and_match_one_process(digits, tmp_pat
     for k in single:
         torch.testing.assert_close(rank0[k], single[k], rtol=1e-4, atol=1e-5)
     assert (tmp_path / "ddp" / "model.safetensors").exists()
+    # the two processes resume their run (each reads the EMA state onto its device, accelerate's "cpu:0")
+    proc = subprocess.run(
+        [*cmd, str(script), str(digits), str(tmp_path / "ddp"), str(tmp_path), "6"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert states_equal(torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt"))
+    assert saved_step(tmp_path / "ddp") == 6
 
 
 def test_the_largest_seed_the_cli_accepts_trains(digits, tmp_path, run_cli):

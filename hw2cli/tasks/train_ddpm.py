@@ -225,7 +225,8 @@ def _train(
         try:
             from safetensors.torch import load_file
 
-            ema.load_state_dict(load_file(folder / "ema.safetensors", device=str(device)))
+            # read on the CPU and copied onto the EMA's device: safetensors refuses accelerate's "cpu:0"
+            ema.load_state_dict(load_file(folder / "ema.safetensors", device="cpu"))
         except Exception as exc:
             reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise UsageError(f"{folder / 'ema.safetensors'} does not fit this network ({reason}).") from None
