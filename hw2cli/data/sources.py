@@ -84,9 +84,6 @@ def extra_command() -> str:
     return f"{pip} " + " ".join(f"'{w}'" for w in wanted)
 
 
-EXTRA = extra_command()
-
-
 @dataclass
 class Digits:
     """``images`` uint8 ``[N, 28, 28]`` (ink bright), ``labels`` int64 ``[N]``, ``source`` in words."""
@@ -104,7 +101,7 @@ class Photos:
 
 
 def _need(module: str, what: str) -> None:
-    raise RunError(f"{what} needs the Python package {module!r}, part of the optional 'data' extra: {EXTRA}.")
+    raise RunError(f"{what} needs the Python package {module!r}, part of the optional 'data' extra: {extra_command()}.")
 
 
 def _first_that_works(what: str, download: Callable[[], T], offline_fallback: Callable[[], T]) -> T:
@@ -271,7 +268,9 @@ def _builtin_photos() -> Photos:
     except ImportError:
         pass
     if not images:
-        raise RunError(f"scikit-image's bundled photos were not found under {folder}; reinstall it ({EXTRA}).")
+        raise RunError(
+            f"scikit-image's bundled photos were not found under {folder}; reinstall it ({extra_command()})."
+        )
     return Photos(images, names, f"{len(images)} colour photos bundled with scikit-image / scikit-learn")
 
 

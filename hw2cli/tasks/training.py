@@ -90,8 +90,7 @@ def stop_here(
 
 def interrupted_twice(out: Path) -> TrainingInterrupted:
     return TrainingInterrupted(
-        f"interrupted twice, so at once, without saving; {{opt:resume}} continues from the last "
-        f"checkpoint in {out}."
+        f"interrupted twice, so at once, without saving; {{opt:resume}} continues from the last checkpoint in {out}."
     )
 
 
@@ -204,21 +203,23 @@ def discard_state(folder: Path) -> None:
     shutil.rmtree(doomed, ignore_errors=True)
 
 
+def _state_like(out: Path) -> list[Path]:
+    """Every ``state-N`` folder of ``out``, complete or not."""
+    return [f for f in out.glob(f"{STATE_PREFIX}*") if _state_step(f) is not None] if out.is_dir() else []
+
+
 def remove_state_debris(out: Path) -> None:
     """Delete what a kill left of a state an older hw2 was deleting (a ``state-N`` without its mark)."""
-    if out.is_dir():
-        for folder in out.glob(f"{STATE_PREFIX}*"):
-            if _state_step(folder) is not None and not (folder / STATE_MARK).is_file():
-                discard_state(folder)
+    for folder in _state_like(out):
+        if not (folder / STATE_MARK).is_file():
+            discard_state(folder)
 
 
 def discard_states(out: Path, keep: Path | None = None) -> None:
     """Delete every state folder of ``out`` but ``keep``: older complete states, and the remains of
     one an older hw2 began to delete when it was killed (a ``state-N`` without its mark)."""
-    if not out.is_dir():
-        return
-    for folder in out.glob(f"{STATE_PREFIX}*"):
-        if _state_step(folder) is not None and folder != keep:
+    for folder in _state_like(out):
+        if folder != keep:
             discard_state(folder)
 
 
@@ -280,8 +281,8 @@ def save_state(
         for name, group in (tensors or {}).items():
             save_safetensors(group, Path(staging) / name)
         write_json(Path(staging) / STATE_MARK, {"step": step, "processes": processes, **(shared or {})})
-        if final.exists():
-            shutil.rmtree(final)
+        if final.exists():  # the same step saved again: renamed away first, like every old state
+            discard_state(final)
         os.replace(staging, final)
         discard_states(out, keep=final)  # keep only the newest complete state
     accelerator.wait_for_everyone()
