@@ -418,15 +418,24 @@ def test_a_damaged_or_half_deleted_classifier_state_is_said_or_cleaned_up(run_cl
     epoch = state / "epoch.safetensors"
     shutil.copy(epoch, tmp_path / "epoch.copy")
     perm = load_file(epoch)["perm"]
+    mark_file = state / "hw2_state.json"
+    mark = json.loads(mark_file.read_text())
+
+    def without_digests():  # a state an hw2 that recorded no file digests wrote
+        mark_file.write_text(json.dumps({k: v for k, v in mark.items() if k != "files"}))
+
     for damage, said in [
         (lambda: epoch.write_bytes(epoch.read_bytes()[:-9]), "epoch.safetensors cannot be read"),
-        (lambda: save_file({"perm": perm[:-1]}, epoch), "does not hold an order of the"),
+        (lambda: save_file({"perm": perm[:-1]}, epoch), "epoch.safetensors has"),
+        (lambda: (save_file({"perm": perm[:-1]}, epoch), without_digests()), "does not hold an order of the"),
         (lambda: epoch.unlink(), "epoch.safetensors is missing"),
+        (lambda: (epoch.unlink(), without_digests()), "epoch.safetensors is missing"),
     ]:
         damage()
         r = run_cli(*args, "--out", out, "--resume")
         assert r.code == 2 and said in r.err and "unexpected" not in r.err, r.err
         shutil.copy(tmp_path / "epoch.copy", epoch)
+        mark_file.write_text(json.dumps(mark))
     # what a kill while an older state was being deleted left: no mark, an optimizer file
     debris = run / "state-0000000"
     debris.mkdir()

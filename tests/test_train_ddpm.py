@@ -130,7 +130,36 @@ def test_a_crafted_state_file_is_refused_without_running(digits, tmp_path, run_c
 
     save_file({"other": torch.zeros(2)}, folder / "ema.safetensors")  # readable, but another network's
     r = run_cli("ddpm", "train", "--data", digits, "--out", tmp_path / "run", "--resume")
+    assert r.code == 2 and "ema.safetensors has" in r.err and "this state is damaged" in r.err
+    mark = json.loads((folder / "hw2_state.json").read_text())
+    del mark["files"]  # as an hw2 that recorded no digests wrote it: the network itself says no
+    (folder / "hw2_state.json").write_text(json.dumps(mark))
+    r = run_cli("ddpm", "train", "--data", digits, "--out", tmp_path / "run", "--resume")
     assert r.code == 2 and "does not fit" in r.err and "Traceback" not in r.err
+
+
+def test_a_damaged_newest_state_resumes_bit_exactly_from_the_one_before(digits, tmp_path, bit_equal, run_cli):
+    from test_training_state import flip_a_byte
+
+    train_ddpm(opts(digits, tmp_path / "a", checkpoint_every=2), device=CPU)
+    run = tmp_path / "b"
+
+    def sigterm_at_5(step, metrics):
+        if step == 5:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    with pytest.raises(TrainingInterrupted, match="after step 5"):
+        train_ddpm(opts(digits, run, checkpoint_every=2), device=CPU, on_step=sigterm_at_5)
+    assert sorted(p.name for p in run.glob("state-*")) == ["state-0000004", "state-0000005"]
+    flip_a_byte(run / "state-0000005" / "model.safetensors")  # same size, still readable: only its digest tells
+    r = run_cli("ddpm", "train", "--data", digits, "--out", run, "--resume")
+    assert r.code == 0, r.err
+    assert "model.safetensors differs from what was saved" in r.err and "state-0000004 (step 4)" in r.err
+    assert bit_equal(final_state(tmp_path / "a"), final_state(run))
+    assert (run / "model.safetensors").read_bytes() == (tmp_path / "a" / "model.safetensors").read_bytes()
+    assert sorted(p.name for p in run.glob("state-*")) == ["state-0000004", "state-0000006"]
+    logged = [json.loads(line)["step"] for line in (run / "log.jsonl").read_text().splitlines()]
+    assert logged == [json.loads(line)["step"] for line in (tmp_path / "a" / "log.jsonl").read_text().splitlines()]
 
 
 def dead_pid() -> int:

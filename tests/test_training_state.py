@@ -41,8 +41,54 @@ def test_states_are_ordered_by_step_not_by_name(tmp_path, accelerator):
     run = tmp_path / "run"
     training.save_state(accelerator, run, 9_999_999, {})
     training.save_state(accelerator, run, 10_000_000, {})  # the newest must survive its own save
-    assert [p.name for p in run.iterdir()] == ["state-10000000"]
+    assert sorted(p.name for p in run.iterdir()) == ["state-10000000", "state-9999999"]
     assert training.check_state_files(run / "state-10000000")["step"] == 10_000_000
+
+
+def test_the_two_newest_states_are_kept(tmp_path, accelerator):
+    for step in (1, 2, 3, 4):
+        training.save_state(accelerator, tmp_path, step, {})
+        assert [training._state_step(p) for p in training.state_folders(tmp_path)] == [step, step - 1][: min(step, 2)]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["state-0000003", "state-0000004"]
+
+
+def flip_a_byte(path):
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+def test_a_damaged_file_is_named_by_its_digest(tmp_path, accelerator):
+    folder = training.save_state(accelerator, tmp_path, 5, {}, tensors={"ema.safetensors": {"w": torch.arange(64.0)}})
+    assert training.check_state_files(folder)["step"] == 5
+    flip_a_byte(folder / "ema.safetensors")  # same size, still a readable safetensors file
+    with pytest.raises(UsageError, match=r"ema\.safetensors differs from what was saved \(its SHA-256 changed\)"):
+        training.check_state_files(folder)
+    (folder / "ema.safetensors").unlink()
+    with pytest.raises(UsageError, match=r"ema\.safetensors is missing: this state is damaged"):
+        training.check_state_files(folder)
+
+
+def test_a_resume_falls_back_to_the_state_before_a_damaged_one(tmp_path, accelerator):
+    for step in (3, 6):
+        training.save_state(accelerator, tmp_path, step, {}, tensors={"ema.safetensors": {"w": torch.full((8,), step)}})
+    flip_a_byte(tmp_path / "state-0000006" / "ema.safetensors")
+    notes = []
+    folder, mark = training.resume_state(tmp_path, notes.append)
+    assert folder.name == "state-0000003" and mark["step"] == 3
+    (note,) = notes
+    assert "ema.safetensors differs from what was saved" in note and "state-0000003 (step 3)" in note
+    # the resumed run's next save keeps the sound state before it, never the damaged one
+    training.save_state(accelerator, tmp_path, 4, {})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["state-0000003", "state-0000004"]
+
+
+def test_with_every_state_damaged_the_newest_ones_reason_is_given(tmp_path, accelerator):
+    for step in (3, 6):
+        training.save_state(accelerator, tmp_path, step, {}, tensors={"ema.safetensors": {"w": torch.zeros(256)}})
+        flip_a_byte(tmp_path / f"state-{step:07d}" / "ema.safetensors")
+    with pytest.raises(UsageError, match=r"state-0000006.ema\.safetensors differs from what was saved"):
+        training.resume_state(tmp_path, lambda message: pytest.fail(message))
 
 
 def test_a_half_deleted_state_is_removed_by_the_next_save(tmp_path, accelerator):

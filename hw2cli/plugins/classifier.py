@@ -67,5 +67,6 @@ def train(
             resume=resume,
             on_start=lambda done, total: bar.reset(total, done),
             on_step=lambda step, m: bar.update(1, **m),
+            note=ui.warn,
         )
     ui.result(f"val accuracy {result.val_accuracy:.2%} (train {result.train_accuracy:.2%}); wrote {result.path}")

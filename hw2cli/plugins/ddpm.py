@@ -175,6 +175,7 @@ def _run_training(opts: Any, label: str, device: Any, resume: bool, steps: int |
             steps=steps,
             on_start=lambda first, total: bar.reset(total, first),
             on_step=lambda step, metrics: bar.update(1, **metrics),
+            note=ui.warn,
         )
     if resume and math.isnan(result.loss):  # nothing left to train
         ui.result(

@@ -29,7 +29,6 @@ from hw2cli.tasks.training import (
     StopRequest,
     capture_rng,
     check_run_folder,
-    check_state_files,
     deferred_interrupts,
     discard_states,
     interrupted_twice,
@@ -37,6 +36,7 @@ from hw2cli.tasks.training import (
     release,
     remove_state_debris,
     restore_rng,
+    resume_state,
     save_state,
     state_folders,
     stop_here,
@@ -72,6 +72,7 @@ def train_classifier(
     resume: bool = False,
     on_start: Callable[[int, int], None] | None = None,
     on_step: Callable[[int, dict[str, float]], None] | None = None,
+    note: Callable[[str], None] | None = None,
 ) -> ClassifierTrainResult:
     """Train a digit classifier on one data set's train split (light augmentation); report val accuracy.
 
@@ -103,9 +104,9 @@ def train_classifier(
             "resume state, beside --out); move it away or choose another {opt:out}."
         )
     check_run_folder(run, bool(saved), resume, "unfinished classifier run")
-    mark = None
+    mark, folder = None, None
     if resume:  # checked before anything is built: a bad or foreign state fails at once
-        mark = check_state_files(saved[0])
+        folder, mark = resume_state(run, note)
         if mark.get("options") != options:
             raise UsageError(
                 f"{run} was started with {mark.get('options')}; resume it with the same options, or delete it."
@@ -118,7 +119,7 @@ def train_classifier(
     except UsageError:
         val = None
     with deferred_interrupts() as stop:
-        model = _train(train, options, run, saved[0] if mark else None, mark, device, stop, on_start, on_step)
+        model = _train(train, options, run, folder, mark, device, stop, on_start, on_step)
     model.eval()
     images = train.images
     train_acc = float((predict(model, images[:5000], device) == train.labels[:5000]).float().mean())

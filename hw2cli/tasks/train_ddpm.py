@@ -37,12 +37,12 @@ from hw2cli.tasks.training import (
     append_log,
     capture_rng,
     check_run_folder,
-    check_state_files,
     deferred_interrupts,
     interrupted_twice,
     load_state_folder,
     release,
     restore_rng,
+    resume_state,
     save_state,
     state_folders,
     stop_here,
@@ -146,11 +146,13 @@ def train_ddpm(
     steps: int | None = None,
     on_start: Callable[[int, int], None] | None = None,
     on_step: Callable[[int, dict[str, float]], None] | None = None,
+    note: Callable[[str], None] | None = None,
 ) -> TrainResult:
     """Train (or resume) a DigitUNet; returns where the EMA checkpoint is.
 
     On ``resume`` the saved options are used (the data and run folder may move); ``steps``
     extends or shortens the run. Otherwise ``steps`` overrides ``opts.steps`` if given.
+    ``note`` hears of a resume that falls back to the older state (:func:`resume_state`).
     """
     out = Path(opts.out)
     remove_stale_temporaries(out)
@@ -158,8 +160,7 @@ def train_ddpm(
     check_run_folder(out, bool(saved), resume)
     folder, mark = None, None
     if resume:  # read and check the state before anything is built: a bad file fails in a second
-        folder = saved[0]
-        mark = check_state_files(folder)
+        folder, mark = resume_state(out, note)
         try:
             saved_opts = {**mark["options"], "data": opts.data, "out": opts.out}
             saved_opts["datasets"] = tuple(saved_opts["datasets"])

@@ -10,12 +10,16 @@
   pickled file in it is read with ``torch.load(weights_only=True)`` before accelerate touches it
   (:func:`check_state_files`), so a crafted file cannot run code and is refused with a sentence
   instead of PyTorch's advice to turn the protection off; random-number states are JSON.
+  ``hw2_state.json`` records each file's size and SHA-256, so a damaged state is known before it
+  is loaded, and the two newest states are kept: :func:`resume_state` falls back to the older
+  one when the newest cannot be read (a bad disk sector, a truncated copy of the run folder).
 * :func:`truncate_log` drops log lines of steps a resumed run will redo.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import random
@@ -223,10 +227,66 @@ def discard_states(out: Path, keep: Path | None = None) -> None:
             discard_state(folder)
 
 
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def state_digests(folder: Path) -> dict[str, list[Any]]:
+    """``relative path → [size, sha256]`` of every file of a state folder but its mark."""
+    return {
+        file.relative_to(folder).as_posix(): [file.stat().st_size, _sha256(file)]
+        for file in sorted(folder.rglob("*"))
+        if file.is_file() and file.name != STATE_MARK
+    }
+
+
+def _check_digests(folder: Path, recorded: Any) -> None:
+    """The files of ``folder`` are the ones :func:`save_state` recorded, byte for byte."""
+    if not isinstance(recorded, dict):
+        raise UsageError(f"{folder / STATE_MARK} is not a state hw2 wrote (its file list is damaged).")
+    for name, entry in sorted(recorded.items()):
+        file = folder / name
+        try:
+            size, digest = int(entry[0]), str(entry[1])
+        except (TypeError, ValueError, IndexError, KeyError):
+            raise UsageError(f"{folder / STATE_MARK} is not a state hw2 wrote (its entry for {name} is "
+                             "damaged).") from None  # fmt: skip
+        try:
+            if not file.is_file():
+                problem = "is missing"
+            elif file.stat().st_size != size:
+                problem = f"has {file.stat().st_size:,} bytes, not the {size:,} it was saved with"
+            elif _sha256(file) != digest:
+                problem = "differs from what was saved (its SHA-256 changed)"
+            else:
+                continue
+        except OSError as exc:  # an unreadable sector, a file made unreadable
+            problem = f"cannot be read ({exc.strerror or type(exc).__name__})"
+        raise UsageError(f"{file} {problem}: this state is damaged. Delete {folder}, or start a new run without "
+                         "{opt:resume}.")  # fmt: skip
+
+
+def _intact(folder: Path) -> bool:
+    """Whether a state's files are the ones it was saved with (one from before that record: yes)."""
+    try:
+        mark = json.loads((folder / STATE_MARK).read_text())
+        if isinstance(mark, dict) and "files" in mark:
+            _check_digests(folder, mark["files"])
+    except (OSError, ValueError, UsageError):
+        return False
+    return True
+
+
 def check_state_files(folder: Path) -> dict[str, Any]:
-    """Read every pickled file of a saved state with ``weights_only=True`` first (accelerate's own
-    allow-list: numpy arrays for its RNG states), so a crafted one is refused with our sentence
-    (accelerate would print PyTorch's advice, or silently skip it); return ``hw2_state.json``."""
+    """Check a saved state before anything reads it and return its ``hw2_state.json``: every pickled
+    file read with ``weights_only=True`` first (accelerate's own allow-list: numpy arrays for its
+    RNG states), so a crafted one is refused with our sentence (accelerate would print PyTorch's
+    advice, or silently skip it), then every file against the size and SHA-256 recorded at saving
+    (states from before that record carry none)."""
     from accelerate.utils.other import TORCH_SAFE_GLOBALS
     from safetensors import safe_open
 
@@ -251,7 +311,32 @@ def check_state_files(folder: Path) -> dict[str, Any]:
         int(mark["step"]), list(mark["processes"])  # noqa: B018
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise UsageError(f"{folder / STATE_MARK} is not a state hw2 wrote ({type(exc).__name__}: {exc}).") from None
+    if "files" in mark:
+        _check_digests(folder, mark["files"])
     return mark
+
+
+def resume_state(out: Path, note: Callable[[str], None] | None = None) -> tuple[Path, dict[str, Any]]:
+    """The newest state of ``out`` that passes :func:`check_state_files`, and its mark. Where the
+    newest does not, the one before it is taken and ``note`` says why (the steps since it are
+    trained again, exactly as they were); where none does, the newest one's reason is raised."""
+    states = state_folders(out)
+    if not states:
+        raise UsageError(f"{out} holds no saved training state.")
+    first: UsageError | None = None
+    for folder in states:
+        try:
+            mark = check_state_files(folder)
+        except UsageError as exc:
+            first = first or exc
+            continue
+        if first is not None and note is not None:
+            reason = str(first.args[0]).split(" Delete ")[0].rstrip(".:")
+            note(f"the newest state cannot be resumed ({reason}); continuing from the one before it, "
+                 f"{folder.name} (step {int(mark['step']):,}), so the steps after it are trained again.")  # fmt: skip
+        return folder, mark
+    assert first is not None
+    raise first
 
 
 def save_state(
@@ -265,7 +350,7 @@ def save_state(
     """``accelerator.save_state`` (prepared models, optimizers, loaders, RNG) plus ``hw2_state.json``
     (``step``, each process's ``process`` dict in rank order, ``shared``) and safetensors files
     (``tensors``: file name → tensors), in a staging folder renamed to ``state-NNNNNNN`` when
-    complete; older states are removed. Every process must call it."""
+    complete. It and the newest older state are kept, the rest are removed. Every process must call it."""
     from accelerate.utils import gather_object
 
     from hw2cli.io.atomic import make_staging_folder, save_safetensors, write_json
@@ -280,11 +365,19 @@ def save_state(
     if accelerator.is_main_process:
         for name, group in (tensors or {}).items():
             save_safetensors(group, Path(staging) / name)
-        write_json(Path(staging) / STATE_MARK, {"step": step, "processes": processes, **(shared or {})})
+        files = state_digests(Path(staging))
+        write_json(Path(staging) / STATE_MARK, {"step": step, "processes": processes, **(shared or {}), "files": files})
         if final.exists():  # the same step saved again: renamed away first, like every old state
             discard_state(final)
         os.replace(staging, final)
-        discard_states(out, keep=final)  # keep only the newest complete state
+        # keep this state and the newest sound one before it (the fallback if this one is ever
+        # damaged): a damaged one is what a resume fell back from; states of later steps are from
+        # a line of training this run left that way, and states without a mark an older hw2's remains
+        older = [f for f in state_folders(out) if (_state_step(f) or 0) < step]
+        keep = {final, *[f for f in older if _intact(f)][:1]}
+        for folder in _state_like(out):
+            if folder not in keep:
+                discard_state(folder)
     accelerator.wait_for_everyone()
     return final
 

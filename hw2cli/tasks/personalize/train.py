@@ -37,12 +37,12 @@ from hw2cli.tasks.training import (
     STATE_MARK,
     capture_rng,
     check_run_folder,
-    check_state_files,
     deferred_interrupts,
     interrupted_twice,
     load_state_folder,
     release,
     restore_rng,
+    resume_state,
     save_state,
     state_folders,
     stop_here,
@@ -265,13 +265,13 @@ def train_personalization(
     remove_stale_temporaries(out)
     saved_states = state_folders(out)
     check_run_folder(out, bool(saved_states), resume)
-    state_dir = saved_states[0] if resume else None
+    state_dir: Path | None = None
     mark: dict[str, Any] = {}
     cuda = device.type == "cuda"
     mixed = opts.mixed_precision or ("bf16" if cuda and torch.cuda.is_bf16_supported() else "no")
     recipe = run_recipe(opts, concepts, mixed, reg_images, reg_prompt)
-    if state_dir is not None:  # read and check the state before the model loads: a bad file fails in a second
-        mark = check_state_files(state_dir)
+    if resume:  # read and check the state before the model loads: a bad file fails in a second
+        state_dir, mark = resume_state(out, note)
         saved = mark.get("recipe")
         if not isinstance(saved, dict):
             if note is not None:
