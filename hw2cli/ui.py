@@ -92,8 +92,18 @@ def err() -> Console:
     return _console(sys.stderr)
 
 
+def other_rank() -> int | None:
+    """This process's rank in a multi-process launch (``torchrun`` and ``accelerate launch`` set
+    ``RANK``) when it is not the first, else ``None``. Status, warning and result lines are the
+    first process's to print, once; the others print only their errors, marked with their rank."""
+    rank = os.environ.get("RANK", "")
+    return int(rank) if rank.isdigit() and int(rank) > 0 else None
+
+
 def error(message: str, label: str = "Error") -> None:
-    err().print(Text.assemble((f"{label}: ", "bold red"), (message, "red")))
+    rank = other_rank()
+    where = f"[rank {rank}] " if rank is not None else ""
+    err().print(Text.assemble((f"{where}{label}: ", "bold red"), (message, "red")))
 
 
 def plural(n: int, word: str) -> str:
@@ -102,21 +112,25 @@ def plural(n: int, word: str) -> str:
 
 
 def warn(message: str) -> None:
-    err().print(Text.assemble(("Warning: ", "yellow"), message))
+    if other_rank() is None:
+        err().print(Text.assemble(("Warning: ", "yellow"), message))
 
 
 def info(message: str) -> None:
     """A status line on stderr (suppressed by ``--quiet``)."""
-    if not _state["quiet"]:
+    if not _state["quiet"] and other_rank() is None:
         err().print(message, markup=False)
 
 
 def result(message: str) -> None:
     """A result line on stdout (kept under ``--quiet``: it is what the user asked for)."""
-    out().print(message, markup=False)
+    if other_rank() is None:
+        out().print(message, markup=False)
 
 
 def print_json(obj: Any) -> None:
+    if other_rank() is not None:
+        return
     sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
     sys.stdout.flush()
 
@@ -134,7 +148,8 @@ def print_table(
         table.add_column(name, justify=(justify[i] if justify else "left"), overflow="fold")  # type: ignore[arg-type]
     for row in rows:
         table.add_row(*(escape(_fmt(v)) for v in row))
-    out().print(table)
+    if other_rank() is None:
+        out().print(table)
 
 
 def _fmt(value: Any) -> str:
@@ -167,7 +182,8 @@ class ProgressBar:
         self.done: float = 0
         self._base: float = 0  # steps done before this run started (a resumed run): not part of its rate
         self.metrics: dict[str, Any] = {}
-        self._mode = "off" if _state["quiet"] else ("rich" if err().is_terminal else "plain")
+        quiet = _state["quiet"] or other_rank() is not None
+        self._mode = "off" if quiet else ("rich" if err().is_terminal else "plain")
         self._progress: Progress | None = None
         self._task_id: Any = None
         self._start = time.perf_counter()

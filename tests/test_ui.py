@@ -61,3 +61,28 @@ def test_resumed_progress_rate_counts_only_this_runs_steps(capsys, monkeypatch):
     assert lines[0].startswith("train: 60/100 ")  # the first line is at 60 %, not at once
     rate = float(lines[-1].split()[2])
     assert 0.5 <= rate <= 1.0  # ~1 it/s; counting the resumed 50 steps would say ~6 it/s
+
+
+def test_only_the_first_process_of_a_launch_prints_status_and_results(capsys, monkeypatch):
+    """torchrun and accelerate launch set RANK: the second process says nothing the first says
+    too, and marks its own errors with its rank."""
+
+    def everything():
+        ui.info("training on cpu")
+        ui.warn("a note")
+        ui.result("done: step 4")
+        ui.print_json({"accuracy": 1.0})
+        ui.print_table(["a"], [[1]])
+        with ui.progress("train", total=2) as bar:
+            bar.update(2)
+        ui.error("the state is damaged")
+        return capsys.readouterr()
+
+    monkeypatch.setenv("RANK", "1")
+    second = everything()
+    assert second.out == "" and second.err.strip() == "[rank 1] Error: the state is damaged"
+    monkeypatch.setenv("RANK", "0")
+    first = everything()
+    assert "done: step 4" in first.out and '"accuracy": 1.0' in first.out
+    assert "training on cpu" in first.err and "Warning: a note" in first.err and "train: 2/2" in first.err
+    assert "Error: the state is damaged" in first.err and "rank" not in first.err
