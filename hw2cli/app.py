@@ -12,6 +12,7 @@ import math
 import os
 import sys
 import traceback
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -116,6 +117,27 @@ def quiet_libraries(*, debug: bool) -> None:
                         ("TQDM_DISABLE", "1")):  # fmt: skip
         os.environ.setdefault(name, value)
     logging.getLogger().setLevel(logging.ERROR)
+
+
+_LIBRARY_PLANS = (DeprecationWarning, PendingDeprecationWarning, FutureWarning)
+_shown_warnings: set[str] = set()
+
+
+def _show_warning(message: Any, category: type[Warning], filename: str, lineno: int, file: Any = None,
+                  line: str | None = None) -> None:  # fmt: skip
+    """Python's warnings as hw2's own one-line ``Warning:``, each text once per command. A library's
+    notice of its own future (a FutureWarning or DeprecationWarning from outside hw2, about code
+    the user never wrote) is left out. Under ``--debug`` every warning keeps Python's own form."""
+    if ui.is_debug():
+        (file or sys.stderr).write(warnings.formatwarning(message, category, filename, lineno, line))
+        return
+    package = str(Path(__file__).resolve().parent)
+    if issubclass(category, _LIBRARY_PLANS) and not str(Path(filename).resolve()).startswith(package):
+        return
+    text = " ".join(str(message).split())
+    if text not in _shown_warnings:
+        _shown_warnings.add(text)
+        ui.warn(text)
 
 
 _routed: dict[str, str] = {}
@@ -332,6 +354,8 @@ def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args or os.environ.get("HW2_DEBUG", "").lower() in ("1", "true", "yes")
     ui.configure(debug=debug, quiet=False)
+    warnings.showwarning = _show_warning
+    _shown_warnings.clear()
     ui.set_command(args)
     ui.on_interrupt(None)
     interrupts.install()

@@ -198,3 +198,31 @@ def test_a_ctrl_c_a_library_turned_into_its_own_error_is_an_interruption(run_cli
     monkeypatch.setattr(runtime, "setup", lambda *a, **k: (_ for _ in ()).throw(ImportError("a real one")))
     r = run_cli("bench", "kernels", "--quick", "--no-compile")
     assert r.code == 1 and "unexpected ImportError: a real one" in r.err  # without a Ctrl-C it stays a failure
+
+
+def test_python_warnings_reach_the_user_as_one_line_each_once(capsys, monkeypatch):
+    """A warning is hw2's one ``Warning:`` line, once per command; a library's notice of its own
+    future is left out (the user never wrote that code); --debug keeps Python's own form."""
+    import warnings
+    from pathlib import Path
+
+    from hw2cli import app, ui
+
+    assert app.main(["--help"]) == 0
+    assert warnings.showwarning is app._show_warning
+    capsys.readouterr()
+    library = "/site-packages/open_clip/transformer.py"
+    ours = str(Path(app.__file__).parent / "io" / "images.py")
+    app._show_warning(FutureWarning("torch.jit.interface is deprecated"), FutureWarning, library, 1)
+    app._show_warning(DeprecationWarning("old API"), DeprecationWarning, library, 1)
+    for _ in range(2):
+        app._show_warning(UserWarning("no installed font draws \u0378 (in a\n figure's text)"), UserWarning, ours, 9)
+    app._show_warning(FutureWarning("--as-json is now --json"), FutureWarning, ours, 9)
+    err = capsys.readouterr().err
+    assert err.splitlines() == [
+        "Warning: no installed font draws \u0378 (in a figure's text)",
+        "Warning: --as-json is now --json",
+    ]
+    monkeypatch.setitem(ui._state, "debug", True)
+    app._show_warning(FutureWarning("torch.jit.interface is deprecated"), FutureWarning, library, 1, line="x = 1")
+    assert "transformer.py:1: FutureWarning: torch.jit.interface is deprecated" in capsys.readouterr().err

@@ -71,3 +71,58 @@ def test_a_figure_named_jpg_is_a_jpeg(tmp_path):
     with Image.open(path) as im:
         assert im.format == "JPEG" and im.mode == "RGB"
     assert not [p for p in tmp_path.iterdir() if p.name != "g.jpg"]
+
+
+@pytest.fixture
+def fonts(monkeypatch):
+    """hw2's font set-up made anew for one test, and matplotlib's settings put back after it."""
+    import matplotlib
+
+    from hw2cli.io import images
+
+    monkeypatch.setitem(matplotlib.rcParams, "font.family", matplotlib.rcParams["font.family"])
+    images._fonts.cache_clear()
+    images._renderer.cache_clear()
+    yield images
+    images._fonts.cache_clear()
+    images._renderer.cache_clear()
+
+
+def _title_pixels(tmp_path, title: str, name: str) -> np.ndarray:
+    path = labelled_grid(torch.zeros(1, 3, 28, 28, dtype=torch.uint8), tmp_path / name, rows=["a"], title=title)
+    return np.asarray(Image.open(path).convert("L"))
+
+
+def test_a_character_dejavu_lacks_is_drawn_by_an_installed_fallback_font(tmp_path, fonts, monkeypatch):
+    import warnings
+
+    import matplotlib
+
+    circled_a = "\u24b6"  # Ⓐ: in matplotlib's own STIXGeneral, not in DejaVu Sans
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        without = _title_pixels(tmp_path, f"{circled_a} digits", "without.png")
+    assert [str(w.message) for w in caught if "no installed font draws" in str(w.message)]
+    assert not [w for w in caught if "missing from font" in str(w.message)]  # matplotlib's own, once per call
+
+    monkeypatch.setattr(fonts, "FALLBACK_FONTS", ("A Font Nobody Has", "STIXGeneral"))
+    fonts._fonts.cache_clear()
+    fonts._renderer.cache_clear()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        drawn = _title_pixels(tmp_path, f"{circled_a} digits", "with.png")
+    assert matplotlib.rcParams["font.family"] == ["DejaVu Sans", "STIXGeneral"]  # DejaVu first: Latin unchanged
+    assert not [w for w in caught if "font" in str(w.message)]
+    assert drawn.shape == without.shape and (drawn != without).any()  # the glyph, not the empty box
+    latin = _title_pixels(tmp_path, "digits", "latin.png")
+    fonts._fonts.cache_clear()
+    monkeypatch.setattr(fonts, "FALLBACK_FONTS", ())
+    fonts._fonts.cache_clear()
+    assert np.array_equal(latin, _title_pixels(tmp_path, "digits", "latin2.png"))
+
+
+def test_characters_no_font_draws_are_named_once(tmp_path, fonts):
+    unassigned = "\u0378\u0379"  # no font maps a code point Unicode has not assigned
+    with pytest.warns(UserWarning, match="no installed font draws \u0378\u0379 .*they show as empty boxes") as caught:
+        _title_pixels(tmp_path, f"digits {unassigned}", "g.png")
+    assert len([w for w in caught if "font" in str(w.message)]) == 1

@@ -63,10 +63,69 @@ def png_metadata() -> dict[str, str]:
     return {"Software": f"hw2 {__version__}", **({"Description": command} if command else {})}
 
 
+# fonts that draw what DejaVu Sans (matplotlib's own) does not: CJK and other scripts, on Linux,
+# macOS and Windows; those installed are matplotlib's fallbacks after DejaVu Sans, in this order
+FALLBACK_FONTS = (
+    "Noto Sans CJK TC", "Noto Sans CJK SC", "Noto Sans CJK JP", "Noto Sans CJK KR", "Source Han Sans TW",
+    "Source Han Sans", "WenQuanYi Zen Hei", "WenQuanYi Micro Hei", "Droid Sans Fallback", "PingFang TC",
+    "PingFang SC", "Hiragino Sans", "Heiti TC", "Microsoft JhengHei", "Microsoft YaHei", "Yu Gothic",
+    "Malgun Gothic", "Apple SD Gothic Neo", "Arial Unicode MS", "Noto Sans", "Noto Sans Symbols",
+    "Noto Sans Symbols 2",
+)  # fmt: skip
+
+
+@functools.lru_cache(maxsize=1)
+def _fonts() -> frozenset[int]:
+    """Make every installed font of :data:`FALLBACK_FONTS` a fallback of DejaVu Sans for hw2's
+    figures (matplotlib draws a character the first font lacks with the next that has it), and
+    return the code points they draw together. Matplotlib's own one warning per missing glyph and
+    drawing call is silenced: :func:`check_drawable` says it once, in words."""
+    import warnings
+
+    import matplotlib
+    from matplotlib import font_manager
+    from matplotlib.ft2font import FT2Font
+
+    installed: dict[str, str] = {}
+    for entry in font_manager.fontManager.ttflist:
+        installed.setdefault(entry.name, entry.fname)
+    families = ["DejaVu Sans", *(name for name in FALLBACK_FONTS if name in installed)]
+    matplotlib.rcParams["font.family"] = families  # named one by one: a generic name expands to one font only
+    warnings.filterwarnings("ignore", message=r"Glyph \d+ .* missing from font", category=UserWarning)
+    drawn: set[int] = set()
+    for name in families:
+        path = installed.get(name) or font_manager.findfont(name)
+        try:
+            drawn.update(FT2Font(path).get_charmap())
+        except (OSError, RuntimeError, ValueError):  # a font file matplotlib listed but cannot open
+            continue
+    return frozenset(drawn)
+
+
+def check_drawable(*texts: str | None) -> None:
+    """Warn once, in words, when figure text holds characters no installed font draws (they come
+    out as empty boxes): which ones, and what to install."""
+    import warnings
+
+    drawn = _fonts()
+    missing = sorted({ch for text in texts if text for ch in text if not ch.isspace() and ord(ch) not in drawn})
+    if missing:
+        shown = "".join(missing[:12]) + ("…" if len(missing) > 12 else "")
+        they = "it shows" if len(missing) == 1 else "they show"
+        warnings.warn(
+            f"no installed font draws {shown} (in a figure's text), so {they} as empty boxes; install a font "
+            "that has them (for Chinese, Japanese or Korean: Noto Sans CJK, 'fonts-noto-cjk' on Debian and "
+            "Ubuntu) and draw the figure again.",
+            UserWarning,
+            stacklevel=3,
+        )
+
+
 @functools.lru_cache(maxsize=4)
 def _renderer(dpi: int) -> Any:
     from matplotlib.backends.backend_agg import RendererAgg
 
+    _fonts()
     return RendererAgg(1, 1, dpi)
 
 
@@ -183,6 +242,7 @@ def labelled_grid(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    check_drawable(title, row_title, col_title, *rows, *(cols or ()))
     n_rows = len(rows)
     n_cols = images.shape[0] // n_rows
     layout = grid_layout(
@@ -239,6 +299,7 @@ def captioned_rows(
     import matplotlib.pyplot as plt
     from PIL import Image
 
+    check_drawable(title, *(label for label, _, _ in rows), *(caption for _, _, items in rows for _, caption in items))
     rows = [
         (label if start == 0 else "", colour, items[start : start + per_line])
         for label, colour, items in rows
