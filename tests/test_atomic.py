@@ -169,3 +169,24 @@ def test_files_together_reports_an_error_of_the_block_as_itself(tmp_path):
         (staging / "a.txt").write_text("new")
         (tmp_path / "missing.png").read_bytes()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_dangling_link_and_an_overlong_name_are_refused_up_front(tmp_path):
+    dangling = tmp_path / "out"
+    dangling.symlink_to(tmp_path / "gone")
+    for path in (dangling, dangling / "mnistm"):
+        with pytest.raises(UsageError, match=r"is a link to .*gone, which does not exist"):
+            check_output_folder(path)
+    with pytest.raises(UsageError, match=r"is a link to .*gone, which does not exist"):
+        check_output_file(dangling / "fig.png", image=True)
+    (tmp_path / "gone").mkdir()
+    assert check_output_folder(dangling / "mnistm") == dangling / "mnistm"
+    with pytest.raises(UsageError, match="is 300 bytes long, and file systems allow 255"):
+        check_output_folder(tmp_path / ("a" * 300))
+
+
+def test_the_longest_name_a_file_system_takes_is_written_atomically(tmp_path):
+    for name in ("n" * 251 + ".png", "é" * 125 + ".png"):  # 255 and 254 bytes: the temporary name is cut, not this
+        save_image(torch.zeros(3, 4, 4, dtype=torch.uint8), tmp_path / name)
+        assert (tmp_path / name).is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["n" * 251 + ".png", "é" * 125 + ".png"])

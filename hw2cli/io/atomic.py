@@ -78,11 +78,29 @@ def _check_confined(path: Path) -> None:
 # --------------------------------------------------------------------------- outputs checked up front
 
 
-def _first_existing(path: Path) -> Path:
+def _first_existing(path: Path, what: str | None = None) -> Path:
+    """The nearest of ``path`` and its parents that exists; with ``what``, a link on the way to a
+    target that does not exist is a :class:`UsageError` (the write would fail there, after the work,
+    with "File exists" for a path that does not)."""
     probe = path.absolute()
     while not probe.exists() and probe != probe.parent:
+        if what is not None and probe.is_symlink():
+            raise UsageError(
+                f"the {what} {path} cannot be made: {probe} is a link to {os.readlink(probe)}, which does not exist; "
+                "create that folder or remove the link."
+            )
         probe = probe.parent
     return probe
+
+
+def _check_name_lengths(path: Path, what: str) -> None:
+    """No part of ``path`` is longer than file systems allow (255 bytes)."""
+    for part in path.parts:
+        if len(os.fsencode(part)) > 255:
+            raise UsageError(
+                f"the {what} {path} cannot be made: its part {part[:40]}… is {len(os.fsencode(part))} bytes long, and "
+                "file systems allow 255; choose a shorter name."
+            )
 
 
 def _in_system_tree(path: Path) -> Path | None:
@@ -105,12 +123,13 @@ def check_output_folder(
             f"the {what} {path} leads outside {within} (to {path.resolve()}); remove that link or choose another "
             "folder."
         )
+    _check_name_lengths(path, what)
     tree = _in_system_tree(path)
     if tree is not None:
         raise UsageError(f"the {what} {path} lies under {tree}, which holds no real files; choose another folder.")
     if path.exists() and not path.is_dir():
         raise UsageError(f"the {what} {path} is an existing file; give a folder.")
-    anchor = _first_existing(path)
+    anchor = _first_existing(path, what)
     if not anchor.is_dir():
         raise UsageError(f"the {what} {path} cannot be made: {anchor} is a file, not a folder.")
     if not os.access(anchor, os.W_OK | os.X_OK):
@@ -129,6 +148,7 @@ def image_suffixes() -> dict[str, str]:
 def check_output_file(path: str | os.PathLike[str], what: str = "output file", *, image: bool = False) -> Path:
     """Fail now, before any work, if ``path`` cannot be written as a file (an image, if ``image``)."""
     path = Path(path)
+    _check_name_lengths(path, what)
     if path.is_dir():
         raise UsageError(f"the {what} {path} is an existing folder; give a file name.")
     if path.is_symlink() and not _is_within(path, path.parent.resolve()):
@@ -189,7 +209,15 @@ def remove_stale_temporaries(folder: str | os.PathLike[str]) -> list[str]:
 
 
 def temporary_name(path: Path) -> str:
-    return f".{path.name}.hw2-{os.getpid()}-"
+    """The start of a temporary name for ``path``: ``.NAME.hw2-PID-``, with NAME cut short where the
+    whole name (random part and ``.partial`` included) would pass the usual 255-byte limit, so any
+    name the file system takes can be written."""
+    pid = f".hw2-{os.getpid()}-"
+    room = 255 - len(pid) - 1 - 16 - len(".partial")  # the leading dot, mkstemp's random part, the suffix
+    name = path.name.encode()
+    if len(name) > room:
+        name = name[:room].decode(errors="ignore").encode()  # a whole character last
+    return f".{name.decode()}{pid}"
 
 
 def _sweep_once(folder: Path) -> None:
