@@ -347,6 +347,23 @@ def _describe_bad_parameter(exc: Any) -> str:
     return f"{hint} is {shown}; {expected}."
 
 
+def _empty_argument(args: list[str]) -> str | None:
+    """An empty argument is almost always an unset shell variable (``--out "$OUT"``): as a path it
+    would be the working folder, so it is refused before anything runs, whatever the option."""
+    for i, arg in enumerate(args):
+        if arg == "--":
+            continue
+        name, eq, value = arg.partition("=")
+        if arg.startswith("--") and eq and not value:
+            return f"{name} is ''; expected a value (is a shell variable empty?)."
+        if arg == "":
+            before = args[i - 1] if i else ""
+            if before.startswith("-") and before != "--" and "=" not in before:
+                return f"{before} is ''; expected a value (is a shell variable empty?)."
+            return "an argument is ''; expected a value (is a shell variable empty?)."
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; return the exit code (0 ok, 1 runtime failure, 2 usage error, 130 Ctrl-C)."""
     from typer._click import exceptions as click_exceptions
@@ -359,6 +376,10 @@ def main(argv: list[str] | None = None) -> int:
     ui.set_command(args)
     ui.on_interrupt(None)
     interrupts.install()
+    empty = _empty_argument(args)
+    if empty is not None:
+        ui.error(empty)
+        return 2
     command = typer.main.get_command(app)
     try:
         code = command.main(args=args, prog_name="hw2", standalone_mode=False)

@@ -44,9 +44,9 @@ ALLOWED = {
     "seed": "a whole number from 0 to 4294967295",
     "kernels": "auto, triton or torch",
     "offline": "true or false",
-    "data_root": "a folder path",
-    "output_root": "a folder path",
-    "weights_dir": "a folder path",
+    "data_root": "a folder path (not empty)",
+    "output_root": "a folder path (not empty)",
+    "weights_dir": "a folder path (not empty)",
 }
 
 
@@ -83,6 +83,25 @@ class Settings(BaseModel):
         value = value.strip().lower()
         if not _DEVICE_RE.match(value):
             raise ValueError("not a device")
+        return value
+
+    @field_validator("data_root", "output_root", "weights_dir", mode="before")
+    @classmethod
+    def _check_path(cls, value: Any) -> Any:
+        """No shell reads hw2.toml or .env: ``~`` is expanded here (it made a folder named ``~``),
+        and an empty value (an unset variable in ``HW2_X=$Y``) is refused, not the working folder."""
+        if isinstance(value, (str, os.PathLike)):
+            text = os.fspath(value)
+            if not text.strip():
+                raise ValueError("empty path")
+            return Path(os.path.expanduser(text))
+        return value
+
+    @field_validator("seed", mode="before")
+    @classmethod
+    def _seed_is_a_number(cls, value: Any) -> Any:
+        if isinstance(value, bool):  # TOML's true is not the seed 1
+            raise ValueError("a boolean is not a seed")
         return value
 
     @field_validator("seed")

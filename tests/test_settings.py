@@ -173,3 +173,37 @@ def test_the_seed_setting_reaches_the_figure_commands(run_cli, tmp_path, monkeyp
     assert option == setting and option != default
     monkeypatch.setenv("HW2_SEED", "7")
     assert draw("d") == option
+
+
+def test_a_home_folder_in_a_path_setting_is_expanded_and_an_empty_one_refused(run_cli, monkeypatch, tmp_path):
+    """No shell reads hw2.toml or .env: ``~`` made a folder named ``~`` in the working folder, and
+    an empty value (``HW2_WEIGHTS_DIR=$UNSET``) silently meant the working folder itself."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    (Path.cwd() / "hw2.toml").write_text('output_root = "~/outs"\n')
+    (Path.cwd() / ".env").write_text("HW2_DATA_ROOT=~/data\n")
+    monkeypatch.setenv("HW2_WEIGHTS_DIR", "~/w")
+    values = show(run_cli)
+    assert values["output_root"] == (str(tmp_path / "home" / "outs"), "hw2.toml")
+    assert values["data_root"] == (str(tmp_path / "home" / "data"), ".env")
+    assert values["weights_dir"] == (str(tmp_path / "home" / "w"), "env")
+    monkeypatch.setenv("HW2_WEIGHTS_DIR", "")
+    r = run_cli("config", "show")
+    assert r.code == 2 and "HW2_WEIGHTS_DIR is '', which is not a valid weights_dir" in r.err
+    monkeypatch.delenv("HW2_WEIGHTS_DIR")
+    (Path.cwd() / "hw2.toml").write_text("seed = true\n")
+    r = run_cli("config", "show")
+    assert r.code == 2 and "seed in hw2.toml is True" in r.err
+
+
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (["ddpm", "sample", "--out", ""], "--out is ''"),
+        (["ddpm", "sample", "--out="], "--out is ''"),
+        (["ddim", "eval", "", "gt"], "an argument is ''"),
+    ],
+)
+def test_an_empty_argument_is_refused_before_anything_runs(run_cli, args, said):
+    r = run_cli(*args)
+    assert r.code == 2 and said in r.err and "is a shell variable empty?" in r.err
+    assert list(Path.cwd().iterdir()) == []
