@@ -420,3 +420,29 @@ def test_rows_of_figures_abandoned_for_two_weeks_are_forgotten(tmp_path):
     assert again.folder.exists()
     FinishedBatches(tmp_path, {"figure": "another"})
     assert not old.folder.exists() and recent.folder.exists()
+
+
+def test_nan_weights_huge_noise_and_a_diverging_network_never_make_black_pngs(run_cli, face, tmp_path):
+    """Min–max turns NaN into 0, so these made all-black graded images with exit 0."""
+    root, _ = face
+    state = torch.load(root / "UNet.pt")
+    key = next(k for k, v in state.items() if v.is_floating_point() and v.ndim == 4)
+    nan = {**state, key: torch.full_like(state[key], float("nan"))}
+    torch.save(nan, tmp_path / "nan.pt")
+    r = run_cli("ddim", "sample", root / "noise", tmp_path / "a", "--unet", tmp_path / "nan.pt", "--steps", "1")
+    assert r.code == 2 and f"nan.pt holds NaN or infinite values in {key!r}" in r.err
+    huge = tmp_path / "huge"
+    huge.mkdir()
+    torch.save(torch.randn(1, 3, SIDE, SIDE) * 1e30, huge / "00.pt")
+    r = run_cli("ddim", "sample", huge, tmp_path / "b", "--unet", root / "UNet.pt", "--steps", "1")
+    assert r.code == 2 and "00.pt holds values up to " in r.err and "e+30; DDIM starts from standard normal" in r.err
+    blowup = {k: (v * 1e30 if v.is_floating_point() and v.ndim == 4 else v) for k, v in state.items()}
+    torch.save(blowup, tmp_path / "blowup.pt")  # finite weights whose activations overflow
+    r = run_cli("ddim", "sample", root / "noise", tmp_path / "c", "--unet", tmp_path / "blowup.pt", "--steps", "2")
+    assert r.code == 1 and "produced NaN or infinite values from noise 0–" in r.err
+    assert not list(tmp_path.glob("c/*.png"))
+    zero = tmp_path / "zero.pt"
+    torch.save(torch.zeros(1, 3, SIDE, SIDE), zero)
+    r = run_cli("ddim", "interpolate", root / "noise" / "00.pt", zero, "--unet", root / "UNet.pt", "--steps", "1",
+                "--mode", "slerp", "--out", tmp_path / "i.png")  # fmt: skip
+    assert r.code == 2 and "zero.pt is all zeros: slerp needs a direction from each noise" in r.err

@@ -33,6 +33,11 @@ def load_noise_file(path: str | Path) -> torch.Tensor:
         raise UsageError(f"{path} holds {obj.dtype} values; expected floating-point noise.")
     if not torch.isfinite(obj).all():
         raise UsageError(f"{path} holds NaN or infinite values; noise must be finite.")
+    peak = float(obj.abs().max()) if obj.numel() else 0.0
+    if peak > 1e4:  # standard normal noise stays within about ±6; this would overflow into NaN images
+        raise UsageError(
+            f"{path} holds values up to {peak:.3g}; DDIM starts from standard normal noise (within about ±6)."
+        )
     return obj.float()
 
 

@@ -116,6 +116,12 @@ def load_state_into(module: nn.Module, state: dict[str, torch.Tensor], source: s
     problem = first_mismatch(module, state)
     if problem is not None:
         raise UsageError(f"{source} does not fit a {type(module).__name__}: {problem}.")
+    for key, value in state.items():  # NaN weights make NaN images, which every image writer turns black
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise UsageError(
+                f"{source} holds NaN or infinite values in {key!r}: these weights cannot make images (a training run "
+                "that diverged, or a damaged file)."
+            )
     module.load_state_dict({k: v.to(module.state_dict()[k].dtype) for k, v in state.items()}, strict=True)
     return module
 

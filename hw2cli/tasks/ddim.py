@@ -21,7 +21,7 @@ from hw2cli.data.noise import load_noise_dir, load_noise_file, seeded_noise, sta
 from hw2cli.diffusion import NoiseSchedule, make_timesteps, sample_ddim
 from hw2cli.diffusion.samplers import leading_gap
 from hw2cli.diffusion.wrappers import EpsModel, GraphedEps, autocast_eps, guided_eps
-from hw2cli.errors import UsageError
+from hw2cli.errors import RunError, UsageError
 from hw2cli.io.atomic import (
     check_output_file,
     check_output_folder,
@@ -232,6 +232,11 @@ def iter_ddim(
             callback=progress.step if on_batch is not None else None,
         )
         progress.finish()
+        if not bool(torch.isfinite(x).all()):  # min–max would save NaN as a black image, and exit 0
+            raise RunError(
+                f"the {source.description} produced NaN or infinite values from noise {start}–{stop - 1}; nothing of "
+                "this batch is written. Check that the noise is standard normal and the weights are the trained ones."
+            )
         yield start, x.float().cpu()
 
 
@@ -399,6 +404,9 @@ def interpolate(
         if mode not in ("slerp", "lerp"):
             raise UsageError(f"the interpolation {mode!r} is not known; expected slerp or lerp.")
         mix = slerp if mode == "slerp" else lerp
+        for name, x in zip(ends, (a, b), strict=True):
+            if mode == "slerp" and not bool(x.any()):
+                raise UsageError(f"{name} is all zeros: slerp needs a direction from each noise; use --mode lerp.")
         noise = torch.cat([mix(a, b, alpha) for alpha in alphas])
         starts = range(0, noise.shape[0], batch)
         done = {start: kept.load(f"{mode}-{start // batch}") for start in starts}  # iter_ddim counts them
