@@ -366,6 +366,14 @@ def _empty_argument(args: list[str]) -> str | None:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; return the exit code (0 ok, 1 runtime failure, 2 usage error, 130 Ctrl-C)."""
+    try:
+        return _main(argv)
+    finally:
+        if "hw2cli.io.locks" in sys.modules:  # the command's output folders are free again
+            sys.modules["hw2cli.io.locks"].release_all()
+
+
+def _main(argv: list[str] | None) -> int:
     from typer._click import exceptions as click_exceptions
 
     args = list(sys.argv[1:] if argv is None else argv)

@@ -61,6 +61,9 @@ def isolated(tmp_path_factory, monkeypatch):
     yield
     registry.reset()
     settings._current = None
+    from hw2cli.io import locks
+
+    locks.release_all()  # a task called directly holds its folders until its command would end
 
 
 @dataclass

@@ -115,6 +115,9 @@ def prepare_outputs(
     those of ``files`` that a previous run with the same settings finished (empty without
     ``resume`` or when the settings differ, after deleting them). Where the record cannot be
     written, ``note`` says so and the run goes on without it."""
+    from hw2cli.io.locks import claim
+
+    claim(folder, part=part)  # before the record is read: a second writer is refused, not mixed in
     files = list(files)
     wanted = {"folder": str(Path(folder).resolve()), **_normalise(settings)}
     manifest = manifest_path(folder, state_dir, part)

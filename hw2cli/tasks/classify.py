@@ -22,6 +22,7 @@ from hw2cli.data.tensors import load_digit_tensors
 from hw2cli.errors import UsageError
 from hw2cli.io.atomic import remove_stale_temporaries, save_safetensors, write_json
 from hw2cli.io.checkpoints import load_error
+from hw2cli.io.locks import claim
 from hw2cli.models.classifiers import ARCHITECTURES, build_classifier
 from hw2cli.tasks.grading import grader_tensor, predict
 from hw2cli.tasks.training import (
@@ -90,6 +91,7 @@ def train_classifier(
         )
     options = {"arch": arch, "dataset": dataset, "epochs": epochs, "batch": batch, "lr": lr, "seed": seed}
     run = run_folder(out)
+    claim(run, "run folder")  # a second trainer is refused before it reads or writes the run
     remove_stale_temporaries(run)
     remove_state_debris(run)
     saved = state_folders(run)

@@ -30,6 +30,7 @@ from hw2cli.errors import UsageError
 from hw2cli.io.atomic import remove_stale_temporaries
 from hw2cli.io.checkpoints import DiffusionConfig, save_checkpoint
 from hw2cli.io.images import save_grid, to_uint8
+from hw2cli.io.locks import claim
 from hw2cli.tasks.training import (
     STATE_MARK,
     StopRequest,
@@ -155,6 +156,7 @@ def train_ddpm(
     ``note`` hears of a resume that falls back to the older state (:func:`resume_state`).
     """
     out = Path(opts.out)
+    claim(out, "run folder")  # a second trainer is refused before it reads or writes the run
     remove_stale_temporaries(out)
     saved = state_folders(out)
     check_run_folder(out, bool(saved), resume)

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from hw2cli.data import IMAGE_SUFFIXES
 from hw2cli.errors import RunError, UsageError
 from hw2cli.io.atomic import remove_stale_temporaries, save_safetensors, write_json
+from hw2cli.io.locks import claim
 from hw2cli.runtime import DTYPES, torch_dtype
 from hw2cli.tasks.personalize.concepts import (
     OBJECT_TEMPLATES,
@@ -262,6 +263,7 @@ def train_personalization(
             )
         reg_images = [p for p in sorted(Path(folder).iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()]
     out = Path(opts.out)
+    claim(out, "run folder")  # a second trainer is refused before it reads or writes the run
     remove_stale_temporaries(out)
     saved_states = state_folders(out)
     check_run_folder(out, bool(saved_states), resume)

@@ -1,0 +1,92 @@
+"""One writer per output: a second ``hw2`` that would write the same folder while the first one
+runs is refused in one sentence instead of mixing its files with the first one's.
+
+Without this, two ``hw2 ddpm generate OUT`` with different settings both ended with exit 0 and
+left a folder of both recipes, which the record of the last one then vouched for, and a second
+``hw2 ddpm train --out RUN`` wrote its config and state into a run that had not saved yet.
+
+A claim is an advisory lock (``flock``) on a small file named after the resolved folder, kept in
+``WEIGHTS_DIR/locks/`` (or, where that cannot be written, the temporary folder): nothing is added
+to the user's folder, and the lock goes with the process however it ends (``kill -9`` included),
+so a stale claim never blocks a later run. A process holds its claims until the command ends
+(:func:`release_all`, called by the CLI); claiming a folder it holds already is free. Only the
+first process of a multi-process launch claims: the others write into its run. Where ``flock``
+does not exist (Windows), nothing is claimed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+
+from hw2cli.errors import UsageError
+
+_held: dict[str, int] = {}  # lock file → open descriptor, for this process's claims
+
+
+def _lock_folder() -> Path | None:
+    from hw2cli import settings
+
+    try:
+        weights = settings.get().weights_dir
+    except Exception:  # settings that do not load are reported by the command itself
+        weights = None
+    uid = os.getuid() if hasattr(os, "getuid") else 0
+    candidates = [weights / "locks"] if weights is not None else []
+    for folder in [*candidates, Path(tempfile.gettempdir()) / f"hw2-locks-{uid}"]:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError:
+            continue
+        if os.access(folder, os.W_OK | os.X_OK):
+            return folder
+    return None
+
+
+def claim(folder: str | os.PathLike[str], what: str = "output folder", part: str | None = None) -> None:
+    """Hold ``folder`` (or its ``part``: a free prompt's files) for this process until
+    :func:`release_all`; a :class:`UsageError` naming the other process if one holds it."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: no advisory locks of this kind
+        return
+    rank = os.environ.get("RANK", "")
+    if rank.isdigit() and int(rank) > 0:
+        return
+    key = str(Path(folder).absolute().resolve()) + ("\0" + part if part else "")
+    base = _lock_folder()
+    if base is None:
+        return
+    lock = str(base / f"{hashlib.sha256(key.encode()).hexdigest()[:32]}.lock")
+    if lock in _held:
+        return
+    try:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError:
+        return  # no lock can be kept here: the run goes on as before
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        try:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+        finally:
+            os.close(fd)
+        raise UsageError(
+            f"another hw2 (process {holder}) is writing the {what} {folder} now; wait for it to finish, or choose "
+            "another folder."
+        ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    _held[lock] = fd
+
+
+def release_all() -> None:
+    """Give up every claim of this process (the end of a command)."""
+    for fd in _held.values():
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _held.clear()
