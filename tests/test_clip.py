@@ -506,3 +506,168 @@ def test_an_interrupted_report_leaves_the_earlier_report_whole(run_cli, tiny, ho
     assert run_cli(*_args(tiny, homework, tmp_path, "--templates", "cifar")).code == 0
     assert (tmp_path / "predictions.csv").read_bytes() != before["predictions.csv"]
     assert json.loads((tmp_path / "metrics.json").read_text())["templates"]["name"] == "cifar"
+
+
+# --------------------------------------------------------------------------- refused up front (audit F11, F16-F19)
+
+
+def _hf_args(tiny_hf, data, out, *extra):
+    return ["clip", "eval", "--data", data, "--backend", "transformers", "--model", tiny_hf["full"],
+            "--workers", "0", "--out", out, *extra]  # fmt: skip
+
+
+def _refused(r, message):
+    assert r.code == 2, (r.code, r.err)
+    assert message in " ".join(r.err.split()), r.err
+    assert "Traceback" not in r.err
+
+
+@pytest.mark.parametrize("backend", ["open_clip", "transformers"])
+def test_a_template_that_pushes_the_class_name_past_the_context_is_refused(
+    run_cli, tiny, tiny_hf, homework, tmp_path, backend
+):
+    """Past CLIP's 77 tokens every class's prompt is the same text: top-1 would be chance, said as a result."""
+    args = _args if backend == "open_clip" else (lambda _, *a: _hf_args(tiny_hf, *a))
+    long = _write(tmp_path / "t12.txt", " ".join(["word"] * 100) + " a photo of a {}.\n")
+    r = run_cli(*args(tiny, homework, tmp_path / "o", "--templates", long))
+    _refused(
+        r, f"{long} line 1: with the class name 'apple' the prompt is 108 tokens, more than CLIP's 77; shorten it."
+    )
+    assert not (tmp_path / "o").exists()
+    # text after the class name may be cut off: every class still has its own prompt
+    tail = _write(tmp_path / "tail.txt", "a photo of a {}.\na photo of a {}. " + " ".join(["word"] * 100) + "\n")
+    r = run_cli(*args(tiny, homework, tmp_path / "o2", "--templates", tail, "--json"))
+    assert r.code == 0, r.err
+    assert json.loads(r.out)["templates"]["count"] == 2
+
+
+def test_a_class_name_too_long_for_a_built_in_template_is_refused(run_cli, tiny, tmp_path):
+    val = tmp_path / "cz" / "val"
+    val.mkdir(parents=True)
+    long_name = " ".join(["very"] * 80) + " long name"
+    _write(val.parent / "id2label.json", json.dumps({"0": "apple", "1": long_name}))
+    for k in range(2):
+        _image(COLOURS[k], k).save(val / f"{k}_0.png")
+    r = run_cli(*_args(tiny, val, tmp_path / "o", "--templates", "cifar"))
+    _refused(r, "the cifar template 'a photo of a {}.': with the class name 'very very")
+    assert "the prompt is 89 tokens, more than CLIP's 77; shorten the class name." in " ".join(r.err.split())
+
+
+@pytest.mark.parametrize("backend", ["open_clip", "transformers"])
+def test_classes_the_tokenizer_cannot_tell_apart_are_refused(run_cli, tiny, tiny_hf, tmp_path, backend):
+    val = tmp_path / "cz" / "val"
+    val.mkdir(parents=True)
+    _write(val.parent / "id2label.json", json.dumps({"0": "apple", "1": "bus", "2": "Apple"}))  # CLIP lowercases
+    for k in range(3):
+        _image(COLOURS[k], k).save(val / f"{k}_0.png")
+    args = _args if backend == "open_clip" else (lambda _, *a: _hf_args(tiny_hf, *a))
+    r = run_cli(*args(tiny, val, tmp_path / "o"))
+    _refused(r, "the single template 'a photo of a {}.': the classes 'apple' and 'Apple' give the same tokens")
+
+
+def test_every_template_that_makes_two_classes_tokenize_alike_is_refused(tiny, tmp_path):
+    """Against the model's own tokenizer output, at every length around the context: whenever two
+    classes' prompts tokenize identically the templates are refused, and a refusal names a cut-off class."""
+    import open_clip
+
+    from hw2cli.errors import UsageError
+    from hw2cli.tasks.clip import check_prompts, prompt_tokenizer
+
+    clip = load_clip(tiny["config"], tiny["weights"], "open_clip", "cpu", tmp_path)
+    tokenizer = prompt_tokenizer(clip)
+    assert tokenizer is not None and tokenizer.context_length == 77
+    reference = open_clip.get_tokenizer("hw2-tiny-clip")
+    classes = ["apple", "pine_tree", "pine_cone", "sweet_pepper"]
+    refused_at = []
+    for n in range(60, 80):
+        template = " ".join(["word"] * n) + " a photo of a {}."
+        tokens = reference(make_prompts(classes, [template]))
+        same = any(torch.equal(tokens[i], tokens[j]) for i in range(len(classes)) for j in range(i))
+        try:
+            check_prompts(tokenizer, classes, [template], [f"t.txt line {n}"], from_file=True)
+        except UsageError as exc:
+            refused_at.append(n)
+            assert f"t.txt line {n}: with the class name" in str(exc)
+        else:
+            assert not same, n
+    # 'pine' is cut from 'pine tree' before 'pine' is cut: refused while 'pine tree' and 'pine cone' still differ
+    assert refused_at == list(range(min(refused_at), 80)) and min(refused_at) < 72
+
+
+@pytest.mark.parametrize("where", ["same", "inside", "link"])
+def test_a_report_folder_in_the_data_folder_is_refused(run_cli, tiny, homework, tmp_path, where):
+    val = tmp_path / "cz" / "val"
+    shutil.copytree(homework, val)
+    shutil.copy(homework.parent / "id2label.json", val.parent / "id2label.json")
+    out = {"same": val, "inside": val / "report", "link": tmp_path / "link"}[where]
+    if where == "link":
+        out.symlink_to(val)
+    r = run_cli(*_args(tiny, val, out))
+    _refused(r, f"--out {out} is inside the --data folder {val}; choose another folder.")
+    assert sorted(p.name for p in val.iterdir()) == sorted(p.name for p in homework.iterdir())
+
+
+def test_duplicate_class_ids_images_and_templates_are_refused(run_cli, tiny, homework, tmp_path):
+    val = tmp_path / "cz" / "val"
+    shutil.copytree(homework, val)
+    text = json.dumps(ID2LABEL)[:-1] + ', "0": "pear"}'  # JSON allows it; the last one would win
+    labels = _write(val.parent / "id2label.json", text)
+    _refused(run_cli(*_args(tiny, val, tmp_path / "o")), f"{labels}: class id '0' appears more than once")
+    _write(labels, json.dumps({**ID2LABEL, "00": "pear"}))
+    _refused(
+        run_cli(*_args(tiny, val, tmp_path / "o")),
+        f"{labels}: class id 0 appears more than once ('0' and '00' are one id)",
+    )
+
+    table = _write(
+        tmp_path / "list.csv", "path,label\ncz/val/0_0.png,0\ncz/val/0_1.png,0\n\n./cz/../cz/val/0_0.png,1\n"
+    )
+    r = run_cli(*_args(tiny, table, tmp_path / "o", "--labels", homework.parent / "id2label.json"))
+    _refused(r, f"{table} lines 2 and 5 both list the image ./cz/../cz/val/0_0.png; list each once.")
+
+    templates = _write(tmp_path / "t.txt", "a photo of a {}.\n# a comment\nitap of a {}.\n  a photo of a {}.\n")
+    r = run_cli(*_args(tiny, homework, tmp_path / "o", "--templates", templates))
+    _refused(r, f"{templates} lines 1 and 4 hold the same template 'a photo of a {{}}.'; keep one")
+    assert not (tmp_path / "o").exists()
+
+
+def test_folders_and_foreign_json_are_called_what_they_are(run_cli, tiny, homework, tmp_path):
+    args = _args(tiny, homework, tmp_path / "o")
+    args[args.index("--pretrained") + 1] = tmp_path
+    r = run_cli(*args)
+    _refused(r, f"--pretrained {tmp_path} is a folder; pass a checkpoint file (.pt, .bin or .safetensors)")
+    assert "does not exist" not in r.err
+
+    table = _write(tmp_path / "list.csv", f"path,label\n{homework}/0_0.png,0\n{homework},1\n")
+    r = run_cli(*_args(tiny, table, tmp_path / "o", "--labels", homework.parent / "id2label.json"))
+    _refused(r, f"{table} line 3: {homework} is a folder, not an image")
+    assert "does not exist" not in r.err
+
+    cases = [
+        ("{}", "it lacks embed_dim, vision_cfg and text_cfg"),
+        ('{"embed_dim": 16}', "it lacks vision_cfg and text_cfg"),
+        ("[1]", "it holds a JSON list"),
+    ]
+    for text, says in cases:
+        config = _write(tmp_path / "x.json", text)
+        args = _args(tiny, homework, tmp_path / "o")
+        args[args.index("--model") + 1] = config
+        r = run_cli(*args)
+        _refused(r, f"--model {config} is not an open_clip model config: {says}")
+        assert "is not an open_clip model name" not in r.err
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("kind", ["text", "truncated"])
+def test_a_bad_image_is_named_before_the_model_loads(run_cli, tiny, homework, tmp_path, kind):
+    val = tmp_path / "cz" / "val"
+    shutil.copytree(homework, val)
+    shutil.copy(homework.parent / "id2label.json", val.parent / "id2label.json")
+    whole = (homework / "5_2.png").read_bytes()
+    bad = _write(val / "5_2.png", b"notpng\n" if kind == "text" else whole[: len(whole) // 2])
+    broken = _write(tmp_path / "cut.safetensors", tiny["weights"].read_bytes()[:100])  # would fail to load
+    args = _args(tiny, val, tmp_path / "o")
+    args[args.index("--pretrained") + 1] = broken
+    r = run_cli(*args)
+    _refused(r, f"cannot read image {bad} (")
+    assert "remove or replace the file" in r.err and "truncated or corrupt" not in r.err and "on cpu" not in r.err

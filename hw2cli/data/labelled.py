@@ -60,10 +60,19 @@ def read_id2label(path: Path) -> dict[str, str]:
         raise UsageError(f"{{opt:labels}} {path} is a folder; pass the homework's {LABELS_FILE} file.")
     if not path.is_file():
         raise UsageError(f"{{opt:labels}} {path} does not exist; pass the homework's {LABELS_FILE}.")
+    repeated: list[str] = []
+
+    def no_repeats(pairs: list[tuple[str, Any]]) -> dict[str, Any]:  # JSON allows a key twice; the last wins
+        counts = Counter(k for k, _ in pairs)
+        repeated.extend(k for k, _ in pairs if counts[k] > 1)
+        return dict(pairs)
+
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8"), object_pairs_hook=no_repeats)
     except (OSError, ValueError) as exc:
         raise UsageError(f"{path} is not readable JSON: {exc}.") from exc
+    if isinstance(data, dict) and repeated and repeated[-1] in data:  # the outermost object is built last
+        raise UsageError(f"{path}: class id {repeated[-1]!r} appears more than once; keep one entry per class id.")
     if not isinstance(data, dict) or not data:
         raise UsageError(f'{path} must be a JSON object mapping class ids to names, e.g. {{"0": "apple"}}.')
     for key, value in data.items():
@@ -72,6 +81,10 @@ def read_id2label(path: Path) -> dict[str, str]:
     items = [(str(k).strip(), v.strip()) for k, v in data.items()]
     if all(_is_int(k) for k, _ in items):
         items.sort(key=lambda kv: int(kv[0]))
+        spelled = Counter(int(k) for k, _ in items)
+        same = next((k for k, _ in items if spelled[int(k)] > 1), None)
+        if same is not None:
+            raise UsageError(f"{path}: class id {int(same)} appears more than once ('0' and '00' are one id).")
         items = [(str(int(k)), v) for k, v in items]
     names = [v for _, v in items]
     dupes = [n for n, c in Counter(names).items() if c > 1]
@@ -205,10 +218,12 @@ def _load_imagefolder(
 
 
 def _load_csv(path: Path, id2label: dict[str, str] | None, labels_path: Path | None) -> LabelledImages:
-    try:
-        rows = [r for r in csv.reader(io.StringIO(path.read_text(encoding="utf-8-sig"))) if any(c.strip() for c in r)]
+    try:  # each row with its line in the file (blank lines are skipped, not renumbered)
+        reader = csv.reader(io.StringIO(path.read_text(encoding="utf-8-sig")))
+        numbered = [(reader.line_num, r) for r in reader if any(c.strip() for c in r)]
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise UsageError(f"cannot read {path} as a CSV: {exc}.") from exc
+    rows = [r for _, r in numbered]
     start, path_col, label_col = 0, 0, 1
     if rows:
         header = [c.strip().lower() for c in rows[0]]
@@ -217,7 +232,7 @@ def _load_csv(path: Path, id2label: dict[str, str] | None, labels_path: Path | N
             label_col = next((i for i, h in enumerate(header) if h in _LABEL_COLUMNS and i != path_col), 1)
             start = 1
     entries = []
-    for line, row in enumerate(rows[start:], start=start + 1):
+    for line, row in numbered[start:]:
         if len(row) <= max(path_col, label_col):
             raise UsageError(f"{path} line {line} has {len(row)} column(s); expected path,label.")
         entries.append((line, row[path_col].strip(), row[label_col].strip()))
@@ -227,10 +242,16 @@ def _load_csv(path: Path, id2label: dict[str, str] | None, labels_path: Path | N
         raise UsageError(f"the labels in {path} are class ids; pass {{opt:labels}} with the {LABELS_FILE} naming them.")
     resolve = _Resolver(id2label, labels_path, [label for _, _, label in entries])
     files, labels = [], []
+    first: dict[Path, int] = {}
     for line, rel, label in entries:
         f = Path(rel) if Path(rel).is_absolute() else path.parent / rel
+        if f.is_dir():
+            raise UsageError(f"{path} line {line}: {rel} is a folder, not an image; list image files.")
         if not f.is_file():
             raise UsageError(f"{path} line {line}: image {rel} does not exist (paths are relative to the CSV).")
+        if f.resolve() in first:
+            raise UsageError(f"{path} lines {first[f.resolve()]} and {line} both list the image {rel}; list each once.")
+        first[f.resolve()] = line
         files.append(f)
         labels.append(resolve(label, f"{path} line {line}"))
     return LabelledImages(files, labels, resolve.classnames, path.parent, "csv", labels_path)

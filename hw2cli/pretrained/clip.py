@@ -64,6 +64,9 @@ class ClipModel:
         weights_id: str,
         image_size: int,
         notes: Sequence[str] = (),
+        token_ids: Callable[[list[str]], list[list[int]]] | None = None,
+        context_length: int | None = None,
+        special_tokens: int = 2,
     ) -> None:
         self.name = name
         self.backend = backend
@@ -77,6 +80,11 @@ class ClipModel:
         self.image_size = image_size
         self.notes = list(notes)
         self.autocast_dtype: torch.dtype | None = None
+        # how prompts are tokenised: each text's tokens without the start/end ones and untruncated;
+        # the model reads the first ``context_length - special_tokens`` of them
+        self.token_ids = token_ids
+        self.context_length = context_length
+        self.special_tokens = special_tokens
 
     def __repr__(self) -> str:
         return f"ClipModel({self.name!r}, backend={self.backend!r}, device={str(self.device)!r})"
@@ -406,6 +414,21 @@ def _open_clip_model(
     def text_fn(texts: list[str]) -> torch.Tensor:
         return module.encode_text(tokenizer(texts).to(device))
 
+    hf = getattr(tokenizer, "tokenizer", None)  # open_clip's wrapper of a transformers tokenizer
+    if callable(getattr(tokenizer, "encode", None)) and hasattr(tokenizer, "sot_token_id"):  # its CLIP BPE
+
+        def token_ids(texts: list[str]) -> list[list[int]]:
+            return [tokenizer.encode(t) for t in texts]
+
+        special = 2
+    elif callable(hf):
+
+        def token_ids(texts: list[str]) -> list[list[int]]:
+            return list(hf(list(texts), add_special_tokens=False, verbose=False)["input_ids"])
+
+        special = len(hf("")["input_ids"])
+    else:
+        token_ids, special = None, 2  # type: ignore[assignment]
     size = module.visual.image_size
     return ClipModel(
         name=name,
@@ -419,6 +442,9 @@ def _open_clip_model(
         weights_id=weights_id,
         image_size=int(size[0] if isinstance(size, (tuple, list)) else size),
         notes=notes,
+        token_ids=token_ids,
+        context_length=getattr(tokenizer, "context_length", None),
+        special_tokens=special,
     )
 
 
@@ -507,6 +533,9 @@ def _load_transformers(name: str, device: torch.device, cache_root: Path, offlin
         weights_id=f"transformers:{weights_id}",
         image_size=size,
         notes=notes,
+        token_ids=lambda texts: list(tokenizer(list(texts), add_special_tokens=False, verbose=False)["input_ids"]),
+        context_length=max_len,
+        special_tokens=len(tokenizer("")["input_ids"]),
     )
 
 

@@ -66,15 +66,24 @@ def resolve_templates(spec: str | Path) -> tuple[str, list[str]]:
 
     Returns (a name for reports, the templates). Blank lines and lines starting with ``#`` are skipped.
     """
-    spec = str(spec)
-    if spec == "single":
-        return "single", [SINGLE_TEMPLATE]
-    if spec == "cifar":
-        return "cifar", list(CIFAR_TEMPLATES)
-    if spec == "imagenet":
-        from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
+    name, templates, _ = read_templates(spec)
+    return name, templates
 
-        return "imagenet", [t("{}") for t in OPENAI_IMAGENET_TEMPLATES]
+
+def read_templates(spec: str | Path) -> tuple[str, list[str], list[str]]:
+    """:func:`resolve_templates`, and where each template comes from, for messages
+    (``t.txt line 3``, ``the cifar template 'a photo of a {}.'``). A file's line repeated is refused."""
+    spec = str(spec)
+    if spec in TEMPLATE_SETS:
+        if spec == "single":
+            templates = [SINGLE_TEMPLATE]
+        elif spec == "cifar":
+            templates = list(CIFAR_TEMPLATES)
+        else:
+            from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
+
+            templates = [t("{}") for t in OPENAI_IMAGENET_TEMPLATES]
+        return spec, templates, [f"the {spec} template {t!r}" for t in templates]
     path = Path(spec)
     if not path.is_file():
         raise UsageError(
@@ -84,17 +93,94 @@ def resolve_templates(spec: str | Path) -> tuple[str, list[str]]:
         lines = path.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
         raise UsageError(f"cannot read {{opt:templates}} {path}: {exc}.") from exc
-    templates = []
+    templates: list[str] = []
+    where: list[str] = []
+    first_line: dict[str, int] = {}
     for n, raw in enumerate(lines, start=1):
         line = raw.strip()
         if not line or line.startswith("#"):
             continue
         if "{}" not in line:
             raise UsageError(f"{path} line {n}: template {line!r} has no {{}} where the class name goes.")
+        if line in first_line:
+            raise UsageError(
+                f"{path} lines {first_line[line]} and {n} hold the same template {line!r}; keep one "
+                "(a repeat counts twice in the ensemble)."
+            )
+        first_line[line] = n
         templates.append(line)
+        where.append(f"{path} line {n}")
     if not templates:
         raise UsageError(f"{path} holds no templates; write one per line, e.g. 'a photo of a {{}}.'.")
-    return path.name, templates
+    return path.name, templates, where
+
+
+@dataclass(frozen=True)
+class PromptTokenizer:
+    """How the loaded model tokenises a prompt: ``encode`` gives each text's tokens without the
+    start/end tokens and untruncated; the model keeps the first ``context_length - specials``."""
+
+    encode: Callable[[list[str]], list[list[int]]]
+    context_length: int
+    specials: int = 2
+
+    @property
+    def room(self) -> int:
+        return self.context_length - self.specials
+
+
+def prompt_tokenizer(clip: ClipModel) -> PromptTokenizer | None:
+    """How ``clip`` tokenises its prompts, or ``None`` where its loader does not say."""
+    if clip.token_ids is None or not isinstance(clip.context_length, int) or clip.context_length <= 2:
+        return None
+    return PromptTokenizer(clip.token_ids, clip.context_length, clip.special_tokens)
+
+
+def check_prompts(
+    tokenizer: PromptTokenizer,
+    classnames: Sequence[str],
+    templates: Sequence[str],
+    where: Sequence[str],
+    *,
+    from_file: bool = False,
+) -> None:
+    """Refuse a template whose prompt cuts off a class name at the model's context length, or that
+    gives two classes the same tokens: CLIP could not tell those classes apart, and the accuracy
+    would mean nothing. ``where`` names each template for the message."""
+    names = [prompt_name(c) for c in classnames]
+    room = tokenizer.room
+    for template, source in zip(templates, where, strict=True):
+        prompts = [template.replace("{}", n) for n in names]
+        tokens = tokenizer.encode(prompts)
+        for c, name, toks in zip(classnames, names, tokens, strict=True):
+            if len(toks) <= room:
+                continue
+            (upto,) = tokenizer.encode([_through_name(template, name)])
+            if len(upto) <= room:
+                continue  # only text after the class name is cut off
+            (alone,) = tokenizer.encode([name])
+            cure = "shorten it" if from_file and len(toks) - len(alone) >= len(alone) else "shorten the class name"
+            raise UsageError(
+                f"{source}: with the class name {c!r} the prompt is {len(toks) + tokenizer.specials} tokens, "
+                f"more than CLIP's {tokenizer.context_length}; {cure}."
+            )
+        seen: dict[tuple[int, ...], int] = {}
+        for i, toks in enumerate(tokens):
+            key = tuple(toks[:room])
+            if key in seen:
+                raise UsageError(
+                    f"{source}: the classes {classnames[seen[key]]!r} and {classnames[i]!r} give the same tokens "
+                    f"({prompts[i]!r}), so CLIP cannot tell them apart; give them different names."
+                )
+            seen[key] = i
+
+
+def _through_name(template: str, name: str) -> str:
+    """The prompt up to the end of its last class name and the word it is part of (``{}s``)."""
+    cut = template.rindex("{}") + 2
+    rest = template[cut:]
+    word = 0 if not rest or rest[0].isspace() else len(rest.split(maxsplit=1)[0])
+    return template[: cut + word].replace("{}", name)
 
 
 def prompt_name(classname: str) -> str:
@@ -169,6 +255,20 @@ def class_text_features(
 
 
 # --------------------------------------------------------------------------- images
+
+
+def check_images(files: Sequence[Path]) -> None:
+    """Open every file and check its structure (Pillow's ``verify``: a PNG's chunks and checksums,
+    other formats' headers) without decoding it, so a bad file is named before a model loads."""
+    from PIL import Image
+
+    for f in files:
+        try:
+            with Image.open(f) as im:
+                im.verify()
+        except Exception as exc:
+            reason = f"{type(exc).__name__}: {exc}"
+            raise UsageError(f"cannot read image {f} ({reason}); remove or replace the file.") from exc
 
 
 class ImageFiles(torch.utils.data.Dataset):
@@ -454,6 +554,53 @@ def _metrics(report: ZeroShotReport, files: dict[str, Path], examples: int, seed
 # --------------------------------------------------------------------------- the command
 
 
+OPEN_CLIP_CONFIG_KEYS = ("embed_dim", "vision_cfg", "text_cfg")
+
+
+def check_out_outside_data(out: str | Path, data: str | Path) -> None:
+    """Refuse a report folder that is the data folder or lies inside it: the report's files would
+    be read as data by every later run (links resolved)."""
+    out, data = Path(out), Path(data)
+    if not data.is_dir():
+        return
+    try:
+        where, target = data.resolve(), out.resolve()
+    except (OSError, RuntimeError):  # a loop of links: the output-folder check words it
+        return
+    if target == where or where in target.parents:
+        raise UsageError(f"{{opt:out}} {out} is inside the {{opt:data}} folder {data}; choose another folder.")
+
+
+def check_model_arguments(model: str | None, pretrained: str | None, backend: str) -> None:
+    """What the loader would word wrongly: a folder as open_clip weights, a JSON file that is not an
+    open_clip model config."""
+    if backend != "open_clip":
+        return
+    if pretrained is not None and Path(pretrained).is_dir():
+        import open_clip
+
+        if str(pretrained) not in {tag for _, tag in open_clip.list_pretrained()}:
+            raise UsageError(
+                f"{{opt:pretrained}} {pretrained} is a folder; pass a checkpoint file (.pt, .bin or .safetensors) "
+                "or a pretrained tag."
+            )
+    if model is None or not str(model).endswith(".json") or not Path(model).is_file():
+        return
+    try:
+        config = json.loads(Path(model).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return  # the loader words an unreadable file
+    if not isinstance(config, dict):
+        raise UsageError(
+            f"{{opt:model}} {model} is not an open_clip model config: it holds a JSON {type(config).__name__}, "
+            "not an object with embed_dim, vision_cfg and text_cfg."
+        )
+    missing = [k for k in OPEN_CLIP_CONFIG_KEYS if k not in config]
+    if missing:
+        keys = ", ".join(missing[:-1]) + (" and " if len(missing) > 1 else "") + missing[-1]
+        raise UsageError(f"{{opt:model}} {model} is not an open_clip model config: it lacks {keys}.")
+
+
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 
 
@@ -509,13 +656,24 @@ def evaluate(
 ) -> ZeroShotRun:
     """The whole of ``hw2 clip eval``: read the data set and templates, load CLIP at the asked
     precision, classify every image, write ``predictions.csv``, ``metrics.json`` and
-    ``examples.png`` in ``out``. ``on_loaded`` hears what was loaded before the images are read."""
+    ``examples.png`` in ``out``. ``on_loaded`` hears what was loaded before the images are read.
+
+    Checked before the model loads: the templates, ``out`` outside ``data``, the model arguments,
+    the data set (every image opened); after it, before any image is classified, the prompts
+    against the model's own tokenizer."""
     from hw2cli.data.labelled import load_dataset
     from hw2cli.pretrained.clip import load_clip
 
-    templates_name, template_list = resolve_templates(templates)
+    templates_name, template_list, template_where = read_templates(templates)
+    check_out_outside_data(out, data)
+    check_model_arguments(model, pretrained, backend)
     dataset = load_dataset(data, labels)
+    check_images(dataset.files)
     clip = load_clip(model, pretrained, backend, device, weights_dir, offline=offline, quick_gelu=quick_gelu)
+    tokenizer = prompt_tokenizer(clip)
+    if tokenizer is not None:
+        from_file = str(templates) not in TEMPLATE_SETS
+        check_prompts(tokenizer, dataset.classnames, template_list, template_where, from_file=from_file)
     autocast, note = autocast_dtype(precision, device, dtype)
     clip.set_precision(autocast)
     notes = list(clip.notes) + ([note] if note else [])
