@@ -347,18 +347,41 @@ def _describe_bad_parameter(exc: Any) -> str:
     return f"{hint} is {shown}; {expected}."
 
 
+def _disk_full(exc: BaseException) -> str | None:
+    """The sentence for a write that found its disk (or quota) full, wherever it was raised
+    (an OSError, or a library's error that wraps one, like safetensors'); ``None`` otherwise."""
+    import errno
+
+    seen: BaseException | None = exc
+    while seen is not None:
+        number = getattr(seen, "errno", None)
+        if number in (errno.ENOSPC, errno.EDQUOT) or "No space left on device" in str(seen):
+            name = getattr(seen, "filename", None)
+            where = f" holding {Path(name).parent}" if name else ""
+            what = "quota" if number == errno.EDQUOT else "space"
+            return (
+                f"no {what} left on the device{where}. Nothing half-written is kept: free some space and run the "
+                "same command again (finished files are kept, and a training run continues from its last state "
+                "with --resume)."
+            )
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
 def _empty_argument(args: list[str]) -> str | None:
     """An empty argument is almost always an unset shell variable (``--out "$OUT"``): as a path it
     would be the working folder, so it is refused before anything runs, whatever the option."""
+    options = True
     for i, arg in enumerate(args):
-        if arg == "--":
+        if arg == "--" and options:  # what follows is positional, whatever it looks like
+            options = False
             continue
         name, eq, value = arg.partition("=")
-        if arg.startswith("--") and eq and not value:
+        if options and arg.startswith("--") and eq and not value:
             return f"{name} is ''; expected a value (is a shell variable empty?)."
         if arg == "":
             before = args[i - 1] if i else ""
-            if before.startswith("-") and before != "--" and "=" not in before:
+            if options and before.startswith("-") and before != "--" and "=" not in before:
                 return f"{before} is ''; expected a value (is a shell variable empty?)."
             return "an argument is ''; expected a value (is a shell variable empty?)."
     return None
@@ -367,16 +390,28 @@ def _empty_argument(args: list[str]) -> str | None:
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; return the exit code (0 ok, 1 runtime failure, 2 usage error, 130 Ctrl-C)."""
     try:
-        return _main(argv)
+        code = _main(argv)
     finally:
         if "hw2cli.io.locks" in sys.modules:  # the command's output folders are free again
             sys.modules["hw2cli.io.locks"].release_all()
+    if code == 0 and ui.stdout_lost():  # the work is done, but its result reached no one
+        return STDOUT_LOST
+    return code
+
+
+# what a shell reports for a command whose output pipe closed (128 + SIGPIPE): `hw2 … | head`
+STDOUT_LOST = 141
 
 
 def _main(argv: list[str] | None) -> int:
     from typer._click import exceptions as click_exceptions
 
     args = list(sys.argv[1:] if argv is None else argv)
+    for stream in (sys.stdout, sys.stderr):  # an ASCII or Latin-1 terminal: escapes, not a crash
+        encoding = (getattr(stream, "encoding", None) or "utf-8").lower().replace("-", "")
+        if encoding != "utf8" and hasattr(stream, "reconfigure"):
+            with contextlib.suppress(Exception):
+                stream.reconfigure(errors="backslashreplace")
     debug = "--debug" in args or os.environ.get("HW2_DEBUG", "").lower() in ("1", "true", "yes")
     ui.configure(debug=debug, quiet=False)
     warnings.showwarning = _show_warning
@@ -414,6 +449,8 @@ def _main(argv: list[str] | None) -> int:
         ui.error(ui.interrupted())
         return 130
     except SystemExit as exc:
+        if isinstance(exc.__context__, BrokenPipeError):  # rich's own answer to a closed pipe: exit 1
+            return STDOUT_LOST
         code = exc.code
         return code if isinstance(code, int) else (0 if code is None else 1)
     except HW2Error as exc:
@@ -424,12 +461,18 @@ def _main(argv: list[str] | None) -> int:
     except KeyboardInterrupt:
         ui.error(ui.interrupted())
         return 130
+    except BrokenPipeError:  # help or a table written straight to a pipe its reader closed
+        return STDOUT_LOST
     except Exception as exc:
         if ui.is_debug():
             traceback.print_exc()
         if interrupts.pending():  # a Ctrl-C a library turned into its own error (an import it cut short)
             ui.error(ui.interrupted())
             return 130
+        full = _disk_full(exc)
+        if full is not None:
+            ui.error(full)
+            return 1
         ui.error(f"unexpected {type(exc).__name__}: {exc} (run again with --debug for the traceback).")
         return 1
     if code == 130:  # Typer turns Ctrl-C into Exit(130) silently

@@ -75,7 +75,74 @@ def is_debug() -> bool:
     return _state["debug"]
 
 
+class _Sink:
+    """A standard stream that never fails the command it reports on. A reader that went away
+    (``hw2 … 2>&1 | head``, a closed terminal, ``2>&-``) turns the rest of the output into nothing
+    instead of killing the run part-way with a BrokenPipeError that cannot even be reported; a
+    stream that cannot encode a character (an ASCII or Latin-1 locale) gets an escape for it
+    instead of a UnicodeEncodeError after the work is done."""
+
+    def __init__(self, stream: Any) -> None:
+        self.stream = stream
+        self.lost = stream is None  # Python sets sys.stderr to None when fd 2 was closed at start
+
+    def write(self, text: str) -> int:
+        if not self.lost:
+            try:
+                self.stream.write(text)
+            except UnicodeEncodeError:
+                encoding = getattr(self.stream, "encoding", None) or "ascii"
+                self._write(text.encode(encoding, "backslashreplace").decode(encoding))
+            except OSError:  # EPIPE, EBADF, EIO: nobody reads this any more
+                self.lost = True
+        return len(text)
+
+    def _write(self, text: str) -> None:
+        try:
+            self.stream.write(text)
+        except (OSError, UnicodeError):
+            self.lost = True
+
+    def flush(self) -> None:
+        if not self.lost:
+            try:
+                self.stream.flush()
+            except OSError:
+                self.lost = True
+
+    def isatty(self) -> bool:
+        try:
+            return not self.lost and bool(self.stream.isatty())
+        except (OSError, ValueError, AttributeError):
+            return False
+
+    def fileno(self) -> int:
+        return int(self.stream.fileno())
+
+    @property
+    def encoding(self) -> str:
+        return getattr(self.stream, "encoding", None) or "utf-8"
+
+
+_sinks: dict[int, _Sink] = {}
+
+
+def _sink(stream: Any) -> _Sink:
+    """The one :class:`_Sink` of ``stream`` (looked up by identity: tests swap the streams)."""
+    sink = _sinks.get(id(stream))
+    if sink is None or sink.stream is not stream:
+        sink = _sinks[id(stream)] = _Sink(stream)
+    return sink
+
+
+def stdout_lost() -> bool:
+    """Whether a result could not be written because stdout's reader went away."""
+    sink = _sinks.get(id(sys.stdout))
+    return sink is not None and sink.stream is sys.stdout and sink.lost
+
+
 def _console(file: Any) -> Console:
+    file = _sink(file)
     console = Console(file=file, highlight=False, soft_wrap=True)
     if not console.is_terminal and "COLUMNS" not in os.environ:
         # logs and pipes: rich would assume 80 columns and wrap tables into unreadable cells
@@ -131,8 +198,9 @@ def result(message: str) -> None:
 def print_json(obj: Any) -> None:
     if other_rank() is not None:
         return
-    sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
-    sys.stdout.flush()
+    sink = _sink(sys.stdout)
+    sink.write(json.dumps(obj, indent=2, default=str) + "\n")
+    sink.flush()
 
 
 def print_table(
@@ -260,7 +328,9 @@ class ProgressBar:
         line = f"{self.description}: {done}{total} {rate:.1f} it/s elapsed {elapsed:.0f}s{eta}"
         if self.metrics:
             line += " " + self._metric_text()
-        print(line, file=sys.stderr, flush=True)
+        sink = _sink(sys.stderr)
+        sink.write(line + "\n")
+        sink.flush()
         self._said = self.done
 
     def __exit__(self, *exc: Any) -> None:

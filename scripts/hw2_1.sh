@@ -8,4 +8,4 @@ if [ "$#" -ne 1 ]; then
 fi
 finder="$(dirname "${BASH_SOURCE[0]}")/_hw2.sh"  # finds hw2 without an activated venv
 if [ -f "$finder" ]; then source "$finder"; else HW2=(hw2); fi
-exec "${HW2[@]}" ddpm generate "$1"
+exec "${HW2[@]}" ddpm generate -- "$1"

@@ -8,4 +8,4 @@ if [ "$#" -ne 3 ]; then
 fi
 finder="$(dirname "${BASH_SOURCE[0]}")/_hw2.sh"  # finds hw2 without an activated venv
 if [ -f "$finder" ]; then source "$finder"; else HW2=(hw2); fi
-exec "${HW2[@]}" ddim sample "$1" "$2" --unet "$3"
+exec "${HW2[@]}" ddim sample --unet="$3" -- "$1" "$2"

@@ -10,4 +10,4 @@ if [ "$#" -ne 3 ]; then
 fi
 finder="$(dirname "${BASH_SOURCE[0]}")/_hw2.sh"  # finds hw2 without an activated venv
 if [ -f "$finder" ]; then source "$finder"; else HW2=(hw2); fi
-exec "${HW2[@]}" personalize generate "$1" "$2" --model "$3" --train-missing
+exec "${HW2[@]}" personalize generate --model="$3" --train-missing -- "$1" "$2"

@@ -226,3 +226,74 @@ def test_python_warnings_reach_the_user_as_one_line_each_once(capsys, monkeypatc
     monkeypatch.setitem(ui._state, "debug", True)
     app._show_warning(FutureWarning("torch.jit.interface is deprecated"), FutureWarning, library, 1, line="x = 1")
     assert "transformer.py:1: FutureWarning: torch.jit.interface is deprecated" in capsys.readouterr().err
+
+
+def _closed_pipe() -> int:
+    """The write end of a pipe whose reader is gone: every write to it fails with EPIPE."""
+    import os
+
+    read, write = os.pipe()
+    os.close(read)
+    return write
+
+
+def _hw2(*args, stdout=None, stderr=None, env=None, cwd=None):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
+    return subprocess.run([sys.executable, "-m", "hw2cli", *map(str, args)], stdout=stdout, stderr=stderr, env=env,
+                          cwd=cwd, timeout=300)  # fmt: skip
+
+
+def test_a_reader_that_went_away_never_cuts_the_work_short(tmp_path):
+    """`hw2 … 2>&1 | head -1` used to die at its first progress line, exit 1, without a word."""
+    import os
+    import subprocess
+
+    pipe = _closed_pipe()
+    try:
+        r = _hw2("ddpm", "sample", "--digit", "1", "-n", "2", "--steps", "2", "--out", tmp_path / "a",
+                 stdout=pipe, stderr=pipe)  # fmt: skip
+        assert r.returncode == 141  # the work is done; its result reached no one, as a shell reports it
+        assert len(list((tmp_path / "a").glob("*_1_*.png"))) == 4
+        r = _hw2("ddpm", "sample", "--digit", "1", "-n", "2", "--steps", "2", "--out", tmp_path / "b",
+                 stdout=subprocess.PIPE, stderr=pipe)  # fmt: skip
+        assert r.returncode == 0 and b"wrote 4 images" in r.stdout  # a lost stderr alone loses nothing
+        r = _hw2("--help", stdout=pipe, stderr=subprocess.PIPE)
+        assert r.returncode == 141 and r.stderr == b""
+    finally:
+        os.close(pipe)
+
+
+def test_a_terminal_that_cannot_show_a_character_gets_an_escape_not_a_crash(tmp_path):
+    import subprocess
+
+    r = _hw2("ddim", "sample", "--help", stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+             env={"PYTHONIOENCODING": "ascii"})  # fmt: skip
+    assert r.returncode == 0 and b"\\u03b7" in r.stdout, r.stderr  # the help's eta
+    out = tmp_path / "\U0001f600"
+    r = _hw2("ddpm", "sample", "--digit", "2", "-n", "1", "--steps", "2", "--out", out, stdout=subprocess.PIPE,
+             stderr=subprocess.PIPE, env={"PYTHONIOENCODING": "latin-1"})  # fmt: skip
+    assert r.returncode == 0 and b"\\U0001f600" in r.stdout, r.stderr
+    assert len(list(out.glob("*.png"))) == 3  # two digits and the grid
+
+
+def test_a_full_disk_is_said_as_such_with_what_to_do(tmp_path):
+    import errno
+
+    from hw2cli.app import _disk_full
+
+    said = _disk_full(OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "p1" / "svhn" / "0_013.png")))
+    assert said.startswith(f"no space left on the device holding {tmp_path / 'p1' / 'svhn'}.")
+    assert "free some space and run the same command again" in said
+    try:  # a library's own error around the OSError (safetensors words it so)
+        try:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        except OSError as exc:
+            raise RuntimeError("Error while serializing: I/O error: No space left on device (os error 28)") from exc
+    except RuntimeError as wrapped:
+        assert _disk_full(wrapped).startswith("no space left on the device.")
+    assert _disk_full(OSError(errno.EDQUOT, "Disk quota exceeded")).startswith("no quota left")
+    assert _disk_full(ValueError("bad value")) is None

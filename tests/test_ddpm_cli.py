@@ -505,16 +505,37 @@ def test_script_wrapper_usage(tmp_path):
     fake.chmod(0o755)
     args = ["/bin/bash", str(copy / "hw2_2.sh"), "n", "o", "u"]
     proc = subprocess.run(args, capture_output=True, text=True, env=bare)
-    assert proc.returncode == 0 and proc.stdout == "hw2 ddim sample n o --unet u\n", proc.stderr
+    assert proc.returncode == 0 and proc.stdout == "hw2 ddim sample --unet=u -- n o\n", proc.stderr
     other = tmp_path / "elsewhere" / "hw2"  # another hw2 on PATH: the checkout's own still runs
     other.parent.mkdir()
     other.write_text('#!/bin/sh\necho "another hw2"\n')
     other.chmod(0o755)
     proc = subprocess.run(args, capture_output=True, text=True, env={**bare, "PATH": f"{other.parent}:/usr/bin:/bin"})
-    assert proc.returncode == 0 and proc.stdout == "hw2 ddim sample n o --unet u\n", proc.stderr
+    assert proc.returncode == 0 and proc.stdout == "hw2 ddim sample --unet=u -- n o\n", proc.stderr
     fake.unlink()  # no venv beside: the one on PATH
     proc = subprocess.run(args, capture_output=True, text=True, env={**bare, "PATH": f"{other.parent}:/usr/bin:/bin"})
     assert proc.returncode == 0 and proc.stdout == "another hw2\n", proc.stderr
+
+
+def test_graded_scripts_take_paths_that_look_like_options(tmp_path):
+    """A folder named -o2 is a folder: the scripts end hw2's options with -- before the paths."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from hw2cli.models import FaceUNet
+
+    scripts = Path(__file__).resolve().parents[1] / "scripts"
+    torch.manual_seed(0)
+    torch.save(FaceUNet(width=32).state_dict(), tmp_path / "-u.pt")
+    (tmp_path / "-n").mkdir()
+    torch.save(torch.randn(1, 3, 32, 32), tmp_path / "-n" / "00.pt")
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(["bash", str(scripts / "hw2_2.sh"), "-n", "-o2", "-u.pt"], capture_output=True, text=True,
+                          cwd=tmp_path, env=env, timeout=300)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(p.name for p in (tmp_path / "-o2").iterdir()) == ["00.png"]
 
 
 def test_embedded_default_works_out_of_the_box(run_cli, tmp_path):
