@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -243,3 +244,47 @@ def test_a_torchscript_archive_cannot_ask_for_more_memory_than_it_stores(tmp_pat
         torchscript_state_dict(tmp_path / "deflated.pt")
     state = torchscript_state_dict(tmp_path / "tied.pt")
     assert state["0.weight"].data_ptr() == state["1.weight"].data_ptr()
+
+
+def _with_metadata(tmp_path, change):
+    """The embedded digit model with only its hw2 metadata changed (its tensors intact)."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from hw2cli.io.checkpoints import default_checkpoint
+
+    with safe_open(str(default_checkpoint()), "pt") as fh:
+        meta, state = fh.metadata(), {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118
+    base = json.loads(meta["hw2"])
+    path = tmp_path / "changed.safetensors"
+    save_file(state, path, metadata={**meta, "hw2": change(base, meta["hw2"])})
+    return path
+
+
+@pytest.mark.parametrize(
+    ("change", "said"),
+    [
+        (lambda b, text: text[: len(text) // 2], "hw2 metadata is not valid JSON"),
+        (lambda b, text: "[1, 2]", "hw2 metadata is a JSON list, not an object"),
+        (lambda b, text: json.dumps({**b, "model": {**b["model"], "groups": "8"}}), "does not describe a network"),
+        (lambda b, text: json.dumps({**b, "schedule": {"kind": "weird"}}), "unknown schedule kind 'weird'"),
+        (lambda b, text: json.dumps({**b, "schedule": {"kind": "linear", "num_steps": -5}}), "does not make a noise"),
+        (lambda b, text: json.dumps({**b, "extra": {**b["extra"], "sampler_steps": {"dpm": 0}}}), "1 to 1000 steps"),
+        (
+            lambda b, text: json.dumps({**b, "extra": {**b["extra"], "train": {"guidance_range": [float("nan"), 4]}}}),
+            "guidance_range [nan, 4] is not a finite range",
+        ),
+        (lambda b, text: json.dumps({**b, "data_range": [1, 1]}), "data_range [1.0, 1.0] is empty"),
+        (lambda b, text: json.dumps({**b, "format": "hw2-diffusion/9"}), "did a newer hw2 write it?"),
+        (lambda b, text: json.dumps({**b, "datasets": ["mnistm", "mnistm"]}), "must be distinct names"),
+    ],
+)
+def test_damaged_checkpoint_metadata_is_one_sentence_naming_the_file(tmp_path, change, said):
+    """Each of these was an 'unexpected' exit 1 naming no file, or was taken silently."""
+    from hw2cli.io.checkpoints import load_checkpoint
+
+    path = _with_metadata(tmp_path, change)
+    with pytest.raises(UsageError, match=re.escape(said)) as info:
+        load_checkpoint(path)
+    assert str(path) in str(info.value)
+    load_checkpoint(_with_metadata(tmp_path, lambda b, text: text))  # unchanged, it loads

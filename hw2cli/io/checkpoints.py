@@ -59,6 +59,13 @@ class DiffusionConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "config") -> DiffusionConfig:
+        if not isinstance(data, dict):
+            raise UsageError(f"{source}'s hw2 metadata is a JSON {type(data).__name__}, not an object; it is damaged.")
+        fmt = data.get("format", FORMAT)
+        if fmt != FORMAT:
+            raise UsageError(
+                f"{source} was written in the format {fmt!r}; this hw2 reads {FORMAT!r} (did a newer hw2 write it?)."
+            )
         if data.get("architecture") not in ("DigitUNet", "ContextUnet"):
             raise UsageError(
                 f"{source} names architecture {data.get('architecture')!r}; expected DigitUNet or ContextUnet."
@@ -68,15 +75,57 @@ class DiffusionConfig:
             raise UsageError(
                 f"{source} has condition_layout {layout!r}; expected one of {', '.join(CONDITION_LAYOUTS)}."
             )
-        return cls(
-            architecture=data["architecture"],
-            model=dict(data.get("model", {})),
-            schedule=dict(data.get("schedule", {"kind": "linear", "num_steps": 1000})),
-            datasets=list(data.get("datasets", ["mnistm", "svhn"])),
-            condition_layout=layout,
-            data_range=tuple(data.get("data_range", (-1.0, 1.0))),  # type: ignore[arg-type]
-            extra=dict(data.get("extra", {})),
-        )
+        try:
+            config = cls(
+                architecture=data["architecture"],
+                model=dict(data.get("model", {})),
+                schedule=dict(data.get("schedule", {"kind": "linear", "num_steps": 1000})),
+                datasets=list(data.get("datasets", ["mnistm", "svhn"])),
+                condition_layout=layout,
+                data_range=tuple(float(v) for v in data.get("data_range", (-1.0, 1.0))),  # type: ignore[arg-type]
+                extra=dict(data.get("extra", {})),
+            )
+        except (TypeError, ValueError) as exc:
+            raise UsageError(f"{source}'s hw2 metadata is damaged ({exc}).") from None
+        problem = config._problem()
+        if problem is not None:
+            raise UsageError(f"{source}'s hw2 metadata is not valid: {problem}.")
+        return config
+
+    def _problem(self) -> str | None:
+        """What makes this config unusable, in words (``None``: nothing)."""
+        import math
+
+        if len(self.data_range) != 2 or not all(math.isfinite(v) for v in self.data_range):
+            return f"data_range {list(self.data_range)} is not two finite numbers"
+        if not self.data_range[0] < self.data_range[1]:
+            return f"data_range {list(self.data_range)} is empty (its low end must be below its high end)"
+        if (
+            not self.datasets
+            or len(set(self.datasets)) != len(self.datasets)
+            or not all(isinstance(d, str) and d for d in self.datasets)
+        ):
+            return f"datasets {self.datasets} must be distinct names"
+        try:
+            schedule = NoiseSchedule.from_config(self.schedule)
+        except Exception as exc:  # an unknown kind, a negative or non-numeric step count
+            return f"its schedule {self.schedule} does not make a noise schedule ({exc})"
+        if not bool(torch.isfinite(schedule.betas).all()) or schedule.num_steps < 2:
+            return f"its schedule {self.schedule} does not make a noise schedule of finite betas"
+        steps = self.extra.get("sampler_steps", {})
+        if not isinstance(steps, dict) or not all(
+            isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= schedule.max_sampler_steps
+            for v in steps.values()
+        ):
+            return f"extra.sampler_steps {steps} must give each sampler 1 to {schedule.max_sampler_steps} steps"
+        guidance = (self.extra.get("train") or {}).get("guidance_range", (0.0, 4.0))
+        try:
+            lo, hi = (float(v) for v in guidance)
+        except (TypeError, ValueError):
+            return f"extra.train.guidance_range {guidance} is not two numbers"
+        if not (math.isfinite(lo) and math.isfinite(hi) and lo <= hi):
+            return f"extra.train.guidance_range {guidance} is not a finite range"
+        return None
 
     def condition_index(self, digit: int, dataset: int) -> int:
         """The network's condition for (digit, data set index)."""
@@ -343,7 +392,10 @@ def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, An
             state = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118 (safe_open has no __iter__)
     except Exception as exc:
         raise load_error(path, "a safetensors checkpoint", exc) from None
-    config = json.loads(meta["hw2"]) if "hw2" in meta else None
+    try:
+        config = json.loads(meta["hw2"]) if "hw2" in meta else None
+    except ValueError as exc:
+        raise UsageError(f"{path}'s hw2 metadata is not valid JSON ({exc}); the file is damaged.") from None
     return state, config
 
 
@@ -406,7 +458,10 @@ def load_checkpoint(path: str | Path, **legacy: Any) -> tuple[nn.Module, Diffusi
             raise UsageError(
                 f"{path} has {n_classes} classes, too few for 10 digits × 2 data sets; use condition layout digit-only."
             )
-    model = build_network(config)
+    try:
+        model = build_network(config)
+    except (TypeError, ValueError, KeyError, AttributeError, RuntimeError) as exc:
+        raise UsageError(f"{path}'s hw2 metadata does not describe a network ({type(exc).__name__}: {exc}).") from None
     target = model.net if config.architecture == "ContextUnet" else model  # type: ignore[union-attr]
     load_state_into(target, state, str(path))
     return model.eval(), config
