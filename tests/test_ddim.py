@@ -446,3 +446,24 @@ def test_nan_weights_huge_noise_and_a_diverging_network_never_make_black_pngs(ru
     r = run_cli("ddim", "interpolate", root / "noise" / "00.pt", zero, "--unet", root / "UNet.pt", "--steps", "1",
                 "--mode", "slerp", "--out", tmp_path / "i.png")  # fmt: skip
     assert r.code == 2 and "zero.pt is all zeros: slerp needs a direction from each noise" in r.err
+
+
+def test_repeated_rows_two_models_and_an_output_among_the_noise_are_refused(run_cli, face, digit_ckpt, tmp_path):
+    root, _ = face
+    unet = root / "UNet.pt"
+    r = run_cli("ddim", "eta-grid", "--unet", unet, "--etas", "0,0.0", "--steps", "1", "--out", tmp_path / "e.png")
+    assert r.code == 2 and "--etas lists 0 and 0.0, the same value twice" in r.err
+    r = run_cli("ddim", "interpolate", "--unet", unet, "--alphas", "0,0.5,0", "--out", tmp_path / "i.png")
+    assert r.code == 2 and "--alphas lists 0 and 0, the same value twice" in r.err
+    r = run_cli("ddpm", "trajectory", "--timesteps", "999,500,999", "--out", tmp_path / "t.png")
+    assert r.code == 2 and "--timesteps lists 999 and 999, the same value twice" in r.err
+    r = run_cli("ddim", "sample", root / "noise", tmp_path / "o", "--unet", unet, "--checkpoint", digit_ckpt)
+    assert r.code == 2 and "give one of them, not both" in r.err
+    noise = tmp_path / "noise"
+    noise.mkdir()
+    (noise / "00.pt").write_bytes((root / "noise" / "00.pt").read_bytes())
+    for out in (noise, noise / "out"):
+        r = run_cli("ddim", "sample", noise, out, "--unet", unet, "--steps", "1")
+        assert r.code == 2 and f"OUT {out} is inside the noise folder {noise}" in r.err
+    assert sorted(p.name for p in noise.iterdir()) == ["00.pt"]
+    assert not list(tmp_path.glob("*.png"))

@@ -71,7 +71,20 @@ def float_list(
             raise UsageError(f"{option} holds {raw}; each value must be {bounds}.")
     if len(values) > most:
         raise UsageError(f"{option} lists {len(values)} values; at most {most} are allowed.")
+    repeated(values, parts, option)
     return values
+
+
+def repeated(values: list[Any], parts: list[str], option: str) -> None:
+    """Refuse a value listed twice: each is a row or column of a figure, and a repeat is a typo
+    that costs a whole row of sampling (minutes a face on a CPU)."""
+    from hw2cli.errors import UsageError
+
+    seen: dict[Any, str] = {}
+    for raw, v in zip(parts, values, strict=True):
+        if v in seen:
+            raise UsageError(f"{option} lists {seen[v]} and {raw}, the same value twice; give each once.")
+        seen[v] = raw
 
 
 def keep_finished() -> Any:

@@ -52,7 +52,11 @@ def _face_noise_hint() -> Iterator[None]:
 
 
 def _spec(unet: Path | None, digit: int, dataset: str, checkpoint: Path | None = None, cuda_graph: bool = False):
+    from hw2cli.errors import UsageError
     from hw2cli.tasks.ddim import SourceSpec
+
+    if unet is not None and checkpoint is not None:
+        raise UsageError("--checkpoint is the digit model and --unet the face UNet; give one of them, not both.")
 
     return SourceSpec(unet=unet, checkpoint=checkpoint, digit=digit, dataset=dataset, cuda_graph=cuda_graph)
 
@@ -122,6 +126,12 @@ def sample_command(
     from hw2cli.tasks.ddim import graded_sample
 
     opts = _options(steps, eta, alpha_prev, final_alpha, clip_x0)
+    if noise_dir.is_dir() and (
+        Path(out).resolve() == noise_dir.resolve() or noise_dir.resolve() in Path(out).resolve().parents
+    ):
+        from hw2cli.errors import UsageError
+
+        raise UsageError(f"OUT {out} is inside the noise folder {noise_dir}; choose another folder for the images.")
     device, dtype = runtime.setup()
     if cuda_graph and device.type != "cuda":
         from hw2cli.errors import RunError

@@ -508,6 +508,9 @@ def trajectory(
         ts = [int(v) for v in parts]
         if len(ts) > 50:
             raise UsageError(f"--timesteps lists {len(ts)} values; a figure takes at most 50.")
+        from hw2cli.plugins._options import repeated
+
+        repeated(ts, parts, "--timesteps")
     model, _ = _model(checkpoint, data_range, cond_layout, guidance, n_t)
     from hw2cli.data import DATASETS
 
