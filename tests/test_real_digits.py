@@ -406,6 +406,19 @@ def test_data_fetch_reports_a_checked_hw2_data_as_in_place_and_keeps_what_the_us
     assert sorted(p.name for p in dest.iterdir()) == ["hw2_data", "hw2_data.zip"]  # no staging folder left
 
 
+def test_an_archive_that_is_not_the_homeworks_is_refused_before_anything_is_unpacked(run_cli, tmp_path):
+    import zipfile
+
+    other = tmp_path / "other.zip"
+    with zipfile.ZipFile(other, "w") as zf:
+        zf.writestr("foo/bar.txt", "x")
+    dest = tmp_path / "d"
+    r = run_cli("data", "fetch", dest, "--url", other)
+    assert r.code == 2 and "holds foo but no hw2_data/ folder; is it the homework's? Nothing was unpacked." in r.err
+    assert not (dest / "foo").exists() and not (dest / "hw2_data.zip").exists()  # our copy went too
+    assert other.is_file()
+
+
 def test_data_fetch_takes_a_copy_on_disk_as_its_offline_advice_says(run_cli, tmp_path):
     archive = served_zip(tmp_path)
     with FileServer(archive.parent) as server:

@@ -215,14 +215,16 @@ def extract_zip(
     *,
     replace: bool = False,
     on_progress: Callable[[int, int], None] | None = None,
+    require: str | None = None,
 ) -> list[str]:
     """Unpack ``archive`` into ``dest``: into a staging folder inside it, then each top entry renamed into place.
 
     Members that would land outside ``dest`` (absolute names, ``..``) are refused: a zip is
     data, and nothing in it may write elsewhere. An entry of ``dest`` that the archive also
     holds at its top level is never touched: that is a :class:`UsageError` before anything is
-    unpacked or moved, unless ``replace``, which swaps it for the archive's. Returns the
-    top-level names extracted.
+    unpacked or moved, unless ``replace``, which swaps it for the archive's; so is an archive
+    without the top-level folder ``require``, read from its member list. Returns the top-level
+    names extracted.
     """
     from hw2cli.io.atomic import make_staging_folder, remove_stale_temporaries, temporary_name
 
@@ -241,6 +243,11 @@ def extract_zip(
             if name.startswith(("/", "\\")) or ".." in parts or (parts and ":" in parts[0]):
                 raise RunError(f"{archive} holds the member {name!r}, which would land outside {dest}; refusing it.")
         tops = sorted({Path(m.filename).parts[0] for m in members if Path(m.filename).parts})
+        if require is not None and require not in tops:  # read from the member list: nothing is unpacked
+            raise UsageError(
+                f"{archive} holds {', '.join(tops) or 'nothing'} but no {require}/ folder; is it the homework's? "
+                "Nothing was unpacked."
+            )
         if not replace:
             _refuse_existing(archive, dest, tops)
         try:

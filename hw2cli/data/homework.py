@@ -132,7 +132,12 @@ def fetch_homework(
                 archive.unlink()
                 raise RunError(f"{source} does not match the SHA-256 given; check the file and the checksum.")
             raise RunError(f"{archive} does not match the SHA-256 given; delete it and fetch again.")
-        tops = extract_zip(archive, dest, replace=replace, on_progress=on_extract)
+        try:
+            tops = extract_zip(archive, dest, replace=replace, on_progress=on_extract, require="hw2_data")
+        except UsageError:
+            if copied:  # our copy of the user's file goes; the file stays where it was
+                archive.unlink()
+            raise
     except BaseException:
         for folder in created:  # only empty ones go: a partial download stays for the next run to resume
             with contextlib.suppress(OSError):
