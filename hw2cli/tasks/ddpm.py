@@ -273,7 +273,11 @@ def generate_graded(
                 skip=lambda a, b, paths=paths: all(p in done for p in paths[a:b]),
                 on_batch=on_batch,
             ):
-                written[dataset] += len(write_samples(images, names[start : start + len(images)], out / dataset))
+                # a batch that a kill cut short holds kept files too: only the missing ones are written
+                # (the kept ones are these very bytes) and counted, so written + kept is the whole set
+                missing = [i for i, p in enumerate(paths[start : start + len(images)]) if p not in done]
+                chosen = images[missing] if len(missing) < len(images) else images
+                written[dataset] += len(write_samples(chosen, [names[start + i] for i in missing], out / dataset))
     return written
 
 
