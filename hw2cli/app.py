@@ -368,6 +368,22 @@ def _disk_full(exc: BaseException) -> str | None:
     return None
 
 
+HELP_MIN_WIDTH = 80
+
+
+def _help_width(args: list[str]) -> None:
+    """Help drawn at least 80 columns wide: below that, rich's tables cut the option names
+    themselves (``--alpha-pr…``), and a help that cannot be typed from is no help. The terminal
+    wraps the longer lines instead."""
+    import shutil
+
+    if ("--help" in args or "-h" in args or not args) and shutil.get_terminal_size().columns < HELP_MIN_WIDTH:
+        import typer.rich_utils
+
+        if typer.rich_utils.MAX_WIDTH is None:  # TERMINAL_WIDTH, the user's own choice, wins
+            typer.rich_utils.MAX_WIDTH = HELP_MIN_WIDTH
+
+
 def _empty_argument(args: list[str]) -> str | None:
     """An empty argument is almost always an unset shell variable (``--out "$OUT"``): as a path it
     would be the working folder, so it is refused before anything runs, whatever the option."""
@@ -419,6 +435,7 @@ def _main(argv: list[str] | None) -> int:
     ui.set_command(args)
     ui.on_interrupt(None)
     interrupts.install()
+    _help_width(args)
     empty = _empty_argument(args)
     if empty is not None:
         ui.error(empty)

@@ -297,3 +297,14 @@ def test_a_full_disk_is_said_as_such_with_what_to_do(tmp_path):
         assert _disk_full(wrapped).startswith("no space left on the device.")
     assert _disk_full(OSError(errno.EDQUOT, "Disk quota exceeded")).startswith("no quota left")
     assert _disk_full(ValueError("bad value")) is None
+
+
+def test_help_at_a_narrow_terminal_keeps_every_option_name_whole(run_cli, monkeypatch):
+    import typer.rich_utils
+
+    monkeypatch.setattr(typer.rich_utils, "MAX_WIDTH", None)  # put back after the test
+    monkeypatch.setenv("COLUMNS", "60")
+    r = run_cli("ddim", "sample", "--help")
+    assert r.code == 0
+    for name in ("--alpha-prev", "--final-alpha", "--checkpoint", "--cuda-graph", "--no-clip-x0"):
+        assert name in r.out, name

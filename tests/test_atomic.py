@@ -190,3 +190,10 @@ def test_the_longest_name_a_file_system_takes_is_written_atomically(tmp_path):
         save_image(torch.zeros(3, 4, 4, dtype=torch.uint8), tmp_path / name)
         assert (tmp_path / name).is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["n" * 251 + ".png", "é" * 125 + ".png"])
+
+
+def test_a_ram_disk_under_dev_is_a_place_for_outputs():
+    if Path("/dev/shm").is_dir():
+        assert check_output_folder(Path("/dev/shm") / "hw2-out") == Path("/dev/shm") / "hw2-out"
+    with pytest.raises(UsageError, match="lies under /dev"):
+        check_output_folder(Path("/dev") / "hw2-out")
