@@ -206,6 +206,31 @@ def root(
     }
     settings_mod.set_current(*settings_mod.load(cli, config_file=config))
     route_library_caches(settings_mod.get().weights_dir)
+    for message in unknown_variables(os.environ):
+        ui.warn(message)
+
+
+# HW2_* variables that are not settings: the CLI's own, and the GPU suite's
+OTHER_VARIABLES = ("HW2_DEBUG", "HW2_PLUGINS", "HW2_SUITE_STEP_SECONDS")
+
+
+def unknown_variables(environ: Any) -> list[str]:
+    """A sentence for each ``HW2_*`` variable hw2 does not read, with the name it probably means:
+    an unknown key in hw2.toml is refused, and a misspelt variable (``HW2_DEVCE``) was silently
+    nothing."""
+    import difflib
+
+    from hw2cli import settings as settings_mod
+
+    known = [f"{settings_mod.ENV_PREFIX}{name.upper()}" for name in settings_mod.Settings.model_fields]
+    known += OTHER_VARIABLES
+    messages = []
+    for name in sorted(environ):
+        if name.startswith(settings_mod.ENV_PREFIX) and name not in known:
+            close = difflib.get_close_matches(name, known, n=1, cutoff=0.8)
+            hint = f" (did you mean {close[0]}?)" if close else f"; hw2 reads {', '.join(sorted(known))}"
+            messages.append(f"{name} is not a variable hw2 reads{hint}.")
+    return messages
 
 
 # --------------------------------------------------------------------------- project commands

@@ -207,3 +207,17 @@ def test_an_empty_argument_is_refused_before_anything_runs(run_cli, args, said):
     r = run_cli(*args)
     assert r.code == 2 and said in r.err and "is a shell variable empty?" in r.err
     assert list(Path.cwd().iterdir()) == []
+
+
+def test_a_misspelt_variable_is_named_with_the_one_it_probably_means(run_cli, monkeypatch):
+    """hw2.toml refuses an unknown key; a misspelt HW2_ variable was silently nothing."""
+    monkeypatch.setenv("HW2_DEVCE", "cpu")
+    monkeypatch.setenv("HW2_FOO", "1")
+    r = run_cli("config", "show")
+    assert r.code == 0
+    assert "Warning: HW2_DEVCE is not a variable hw2 reads (did you mean HW2_DEVICE?)." in r.err
+    assert "Warning: HW2_FOO is not a variable hw2 reads; hw2 reads HW2_DATA_ROOT," in " ".join(r.err.split())
+    monkeypatch.delenv("HW2_DEVCE")
+    monkeypatch.delenv("HW2_FOO")
+    monkeypatch.setenv("HW2_DEBUG", "1")
+    assert "Warning" not in run_cli("config", "show").err  # the CLI's own variables are known
