@@ -332,7 +332,8 @@ def test_classifier_train_and_use(run_cli, digits, tmp_path):
     )
     assert r.code == 0, r.err
     assert "val accuracy" in r.out
-    assert json.loads(out.with_suffix(".json").read_text())["arch"] == "lenet"
+    record = json.loads(out.with_suffix(".json").read_text())
+    assert record["arch"] == "lenet" and record["epochs"] == 1 and isinstance(record["val_accuracy"], float)
     trained = out.read_bytes()
     again = ["classifier", "train", "--data", digits, "--dataset", "mnistm", "--epochs", "1", "--batch", "8"]
     r = run_cli(*again, "--out", out)
@@ -660,3 +661,16 @@ def test_a_rerun_writes_and_counts_only_the_missing_images_of_a_batch(run_cli, c
     assert r.code == 0 and "wrote 2 + 1 images" in r.out and "kept 37 finished by an earlier run" in r.out, r.out
     assert {p: p.read_bytes() for p in out.rglob("*.png")} == before
     assert kept.stat().st_mtime_ns == stamp  # a kept file is not written again
+
+
+def test_a_classifier_without_validation_images_says_so(run_cli, tmp_path):
+    """One image per class leaves val.csv empty: 'val accuracy nan%' and the string "nan" in the JSON."""
+    from hw2cli.data.synth import synthesize
+
+    synthesize(tmp_path / "d", per_class=1, seed=0)
+    out = tmp_path / "c.safetensors"
+    args = ["--data", tmp_path / "d" / "digits", "--dataset", "mnistm", "--epochs", "1", "--batch", "4", "--out", out]
+    r = run_cli("classifier", "train", *args)
+    assert r.code == 0, r.err
+    assert "val accuracy not measured (no val.csv images)" in r.out and "nan" not in r.out
+    assert json.loads(out.with_suffix(".json").read_text())["val_accuracy"] is None

@@ -69,4 +69,11 @@ def train(
             on_step=lambda step, m: bar.update(1, **m),
             note=ui.warn,
         )
-    ui.result(f"val accuracy {result.val_accuracy:.2%} (train {result.train_accuracy:.2%}); wrote {result.path}")
+    import math
+
+    val = (
+        "val accuracy not measured (no val.csv images)"
+        if math.isnan(result.val_accuracy)
+        else f"val accuracy {result.val_accuracy:.2%}"
+    )
+    ui.result(f"{val} (train {result.train_accuracy:.2%}); wrote {result.path}")

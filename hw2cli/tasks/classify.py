@@ -120,6 +120,8 @@ def train_classifier(
         val = load_digit_tensors(data, (dataset,), "val")
     except UsageError:
         val = None
+    if val is not None and len(val) == 0:  # a tiny synthetic set: nothing to measure on
+        val = None
     with deferred_interrupts() as stop:
         model = _train(train, options, run, folder, mark, device, stop, on_start, on_step)
     model.eval()
@@ -136,8 +138,10 @@ def train_classifier(
         "epochs": str(epochs),
         "seed": str(seed),
     }
-    save_safetensors(model.state_dict(), out, metadata=meta)
-    write_json(out.with_suffix(".json"), {**meta, "train_accuracy": train_acc, "data": str(data)})
+    save_safetensors(model.state_dict(), out, metadata=meta)  # safetensors metadata holds strings only
+    measured = None if math.isnan(val_acc) else val_acc  # JSON has no NaN: not measured is null
+    record = {**meta, "val_accuracy": measured, "epochs": epochs, "seed": seed}
+    write_json(out.with_suffix(".json"), {**record, "train_accuracy": train_acc, "data": str(data)})
     _remove_run(run)
     return ClassifierTrainResult(out, val_acc, train_acc, epochs)
 
