@@ -103,6 +103,11 @@ def test_bench_sample_fails_when_its_baseline_cannot_be_measured(run_cli, tmp_pa
     monkeypatch.setattr("hw2cli.diffusion.sample_ddim", broken)
     r = run_cli("bench", "sample", "--batch", "2", "--steps", "1", "--no-compile", "--repeats", "1", "--out", tmp_path)
     assert r.code == 1 and "the eager baseline was not measured" in r.err and "cannot run" in r.err
+    assert not list(tmp_path.iterdir())  # no result file for a run that measured nothing
+    for args, said in ((["--side", "33"], "--side is 33; the face UNet needs a multiple of 32"),
+                       (["--width", "40"], "--width is 40; the face UNet's width is a multiple of 32")):  # fmt: skip
+        r = run_cli("bench", "sample", "--model", "face", *args, "--no-compile", "--repeats", "1", "--out", tmp_path)
+        assert r.code == 2 and said in r.err and not list(tmp_path.iterdir())
 
 
 @pytest.mark.parametrize(

@@ -110,9 +110,14 @@ def sample(
       hw2 --device cuda bench sample --model face --dtype bf16
     """
     from hw2cli import runtime
+    from hw2cli.errors import RunError, UsageError
     from hw2cli.io.atomic import check_output_folder
     from hw2cli.tasks.bench import bench_sample
 
+    if model == "face" and side % 32:
+        raise UsageError(f"--side is {side}; the face UNet needs a multiple of 32 (256 is the homework's).")
+    if model == "face" and width % 32:
+        raise UsageError(f"--width is {width}; the face UNet's width is a multiple of 32 (official: 128).")
     out = under_output_root(out, "bench")
     check_output_folder(out, "results folder")  # before minutes of timing, not after
     device, _ = runtime.setup()
@@ -130,9 +135,7 @@ def sample(
         side=side,
         width=width,
     )
-    _show(report, out, f"sample_{model}", as_json)
     eager = report.rows[0] if report.rows else None
-    if eager is None or eager.ms is None:
-        from hw2cli.errors import RunError
-
+    if eager is None or eager.ms is None:  # no result file: a run that measured nothing is no result
         raise RunError(f"the eager baseline was not measured ({eager.note if eager else 'no rows'}), so nothing is.")
+    _show(report, out, f"sample_{model}", as_json)
