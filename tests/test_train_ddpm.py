@@ -343,3 +343,18 @@ def test_a_sample_grid_a_kill_prevented_is_drawn_on_resume(digits, tmp_path):
     train_ddpm(opts(digits, tmp_path / "r"), device=CPU, resume=True, steps=4)
     assert grid.read_bytes() == drawn
     assert (tmp_path / "r" / "samples" / "step_0000004.png").is_file()
+
+
+def test_a_resume_on_other_training_images_is_refused(digits, tmp_path):
+    """The data may move (the same images elsewhere continue); other images would make another model."""
+    import shutil
+
+    train_ddpm(opts(digits, tmp_path / "run", steps=3), device=CPU)
+    moved = tmp_path / "moved" / "digits"
+    shutil.copytree(digits, moved)
+    resumed = train_ddpm(opts(moved, tmp_path / "run", steps=3), device=CPU, resume=True, steps=4)
+    assert resumed.step == 4
+    other = tmp_path / "other"
+    synthesize(other, per_class=2, seed=9)
+    with pytest.raises(UsageError, match=r"holds other training images than the run .* began with \(\d+ images now"):
+        train_ddpm(opts(other / "digits", tmp_path / "run", steps=3), device=CPU, resume=True, steps=5)

@@ -139,6 +139,16 @@ def _diffusion_config(opts: TrainOptions, model_cfg: dict[str, Any]) -> Diffusio
     )
 
 
+def _data_identity(data: Any) -> dict[str, Any]:
+    """The training set by content (its images, labels and data sets, in order), wherever it lies."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for tensor in (data.images, data.labels, data.dataset):
+        digest.update(tensor.contiguous().numpy().tobytes())
+    return {"images": len(data), "sha256": digest.hexdigest()}
+
+
 def train_ddpm(
     opts: TrainOptions,
     *,
@@ -198,6 +208,14 @@ def _train(
     if opts.teacher is not None:  # checked first: a wrong teacher fails before the data loads
         teacher = _load_teacher(opts, device)
     data = load_digit_tensors(opts.data, tuple(opts.datasets), "train")
+    data_id = _data_identity(data)
+    if mark is not None and mark.get("data") not in (None, data_id):  # the data may move, not change
+        then = mark["data"].get("images") if isinstance(mark["data"], dict) else None
+        counts = f"{data_id['images']:,} images now, {then:,} then" if isinstance(then, int) else "other content"
+        raise UsageError(
+            f"{{opt:data}} {opts.data} holds other training images than the run in {out} began with ({counts}); "
+            "resume it with the data it began on, or start a new run in another {opt:out}."
+        )
     world, rank = accelerator.num_processes, accelerator.process_index
     if opts.batch % world:
         raise UsageError(f"{{opt:batch}} {opts.batch} must be divisible by the number of processes ({world}).")
@@ -258,7 +276,7 @@ def _train(
             out,
             step_done,
             {"rng": capture_rng(gen)},
-            {"options": asdict(opts), "loss_window": [float(loss_sum), loss_count]},
+            {"options": asdict(opts), "loss_window": [float(loss_sum), loss_count], "data": data_id},
             {"ema.safetensors": ema.state_dict()},
         )
         if accelerator.is_main_process:
