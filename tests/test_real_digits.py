@@ -417,6 +417,15 @@ def test_an_archive_that_is_not_the_homeworks_is_refused_before_anything_is_unpa
     assert r.code == 2 and "holds foo but no hw2_data/ folder; is it the homework's? Nothing was unpacked." in r.err
     assert not (dest / "foo").exists() and not (dest / "hw2_data.zip").exists()  # our copy went too
     assert other.is_file()
+    text = tmp_path / "notes.txt"
+    text.write_text("not an archive")
+    cut = tmp_path / "cut.zip"
+    (tmp_path / "full").mkdir()
+    cut.write_bytes(served_zip(tmp_path / "full").read_bytes()[:200])
+    for source in (text, cut):
+        r = run_cli("data", "fetch", tmp_path / "e", "--url", source)
+        assert r.code == 2 and f"--url {source} is not a zip archive (or is cut short)" in r.err
+        assert not (tmp_path / "e").exists()  # nothing copied in, nothing to delete by hand
 
 
 def test_data_fetch_takes_a_copy_on_disk_as_its_offline_advice_says(run_cli, tmp_path):

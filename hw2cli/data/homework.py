@@ -105,6 +105,13 @@ def fetch_homework(
                 raise UsageError(
                     f"{{opt:url}} {url} {state}; pass an http(s) address, a file:// URL or the path of a zip file."
                 )
+            if source is not None:  # a copy on disk is checked where it lies, before it is copied in
+                import zipfile
+
+                if not zipfile.is_zipfile(source):
+                    raise UsageError(
+                        f"{{opt:url}} {url} is not a zip archive (or is cut short); pass the homework's {ARCHIVE}."
+                    )
             if source is None and offline:
                 raise RunError(
                     f"{archive} is not on disk and offline mode is on; download it by hand (gdown {DRIVE_ID} -O "
