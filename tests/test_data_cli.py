@@ -90,6 +90,11 @@ def test_data_outputs_are_checked_before_any_work(run_cli, tmp_path, monkeypatch
     (tmp_path / "file").write_text("x")
     r = run_cli("data", "mnistm", tmp_path / "file", "--digits", tmp_path / "nothing-here")
     assert r.code == 2 and "is an existing file" in r.err
+    r = run_cli("data", "svhn", tmp_path / "s", "--backgrounds", "foo")  # before any download, with every choice
+    assert (
+        r.code == 2
+        and r.err.strip() == "Error: --backgrounds 'foo' is neither auto, bsds500, builtin, none nor a folder."
+    )
 
 
 def test_a_data_set_already_there_is_kept_unless_replace(run_cli, tmp_path, monkeypatch):

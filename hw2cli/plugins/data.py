@@ -263,6 +263,11 @@ def svhn(
     from hw2cli.errors import RunError
 
     _choice("--source", source, ("auto", "torchvision", "lookalike"))
+    from hw2cli.data.sources import BACKGROUND_SOURCES
+
+    if backgrounds not in (*BACKGROUND_SOURCES, "none") and not Path(backgrounds).is_dir():  # before any download
+        choices = ", ".join(BACKGROUND_SOURCES)
+        raise UsageError(f"--backgrounds {backgrounds!r} is neither {choices}, none nor a folder.")
     _output_folder(out, ["svhn"], replace)
     cache, offline = _data_cache()
     real = None
