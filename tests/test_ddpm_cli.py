@@ -674,3 +674,12 @@ def test_a_classifier_without_validation_images_says_so(run_cli, tmp_path):
     assert r.code == 0, r.err
     assert "val accuracy not measured (no val.csv images)" in r.out and "nan" not in r.out
     assert json.loads(out.with_suffix(".json").read_text())["val_accuracy"] is None
+
+
+def test_two_data_set_folders_that_are_one_folder_are_refused(run_cli, checkpoint, tmp_path):
+    out = tmp_path / "p1"
+    (out / "svhn").mkdir(parents=True)
+    (out / "mnistm").symlink_to(out / "svhn")  # SVHN's images would land in both, exit 0
+    r = run_cli("ddpm", "generate", out, "--checkpoint", checkpoint, "--per-digit", "1", "--steps", "1")
+    assert r.code == 2 and "are one folder (a link); each data set needs its own" in r.err
+    assert not list((out / "svhn").iterdir())

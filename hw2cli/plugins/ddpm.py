@@ -399,6 +399,12 @@ def generate(
 
     for name in DATASETS:
         check_output_folder(out / name, "data set folder", within=out)
+    if len({(out / name).resolve() for name in DATASETS}) < len(DATASETS):
+        from hw2cli.errors import UsageError
+
+        raise UsageError(
+            f"{' and '.join(str(out / n) for n in DATASETS)} are one folder (a link); each data set needs its own."
+        )
     model, dtype = _model(checkpoint, data_range, cond_layout, guidance, n_t)
     if cuda_graph and model.device.type != "cuda":
         from hw2cli.errors import RunError
