@@ -35,6 +35,29 @@ def test_check_names_the_bad_file_and_row(run_cli, tmp_path):
     assert "train.csv" in r.err and "line 3" in r.err and "12" in r.err and "Traceback" not in r.err
 
 
+def test_check_lists_every_bad_row_and_warns_of_what_training_would_take_silently(run_cli, tmp_path):
+    run_cli("data", "synth", tmp_path, "--per-class", "3")
+    csv = tmp_path / "digits" / "mnistm" / "train.csv"
+    lines = csv.read_text().splitlines()
+    first = lines[1].split(",")[0]
+    bad = [lines[0], f"{first},11", "x.png,1", "/etc/passwd,2", "../secret.png,3", *lines[5:]]
+    csv.write_text("\n".join(bad) + "\n")
+    r = run_cli("data", "check", tmp_path / "digits")
+    assert r.code == 2
+    for said in ("line 2: the label 11 is outside 0-9", "line 3: the image", "x.png does not exist",
+                 "line 4: the image name '/etc/passwd' leads outside data/",
+                 "line 5: the image name '../secret.png' leads outside data/"):  # fmt: skip
+        assert said in r.err, said
+    assert "Error: 4 problems in" in r.err
+    # the rows made good: a digit with no image and an image listed twice are warnings
+    kept = [lines[0], *[row for row in lines[1:] if not row.endswith(",7")], lines[1]]
+    csv.write_text("\n".join(kept) + "\n")
+    r = run_cli("data", "check", tmp_path / "digits")
+    assert r.code == 0, r.err
+    assert "mnistm/train has no image of the digit 7" in r.err
+    assert f"mnistm/train lists 1 image more than once (e.g. {first})" in r.err
+
+
 def test_check_names_a_corrupt_image(run_cli, tmp_path):
     run_cli("data", "synth", tmp_path, "--per-class", "2", "--datasets", "mnistm")
     first = sorted((tmp_path / "digits" / "mnistm" / "data").iterdir())[0]

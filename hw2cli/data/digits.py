@@ -66,8 +66,11 @@ def _csv_files(root: Path) -> list[str]:
     return sorted(p.name for p in root.glob("*.csv") if p.is_file())
 
 
-def read_split(root: Path, split: str) -> tuple[list[str], list[int], list[int]]:
-    """Parse and check ``root/<split>.csv``; return image names, labels and their CSV line numbers."""
+def read_split(root: Path, split: str, problems: list[str] | None = None) -> tuple[list[str], list[int], list[int]]:
+    """Parse and check ``root/<split>.csv``; return image names, labels and their CSV line numbers.
+
+    A bad row raises a :class:`UsageError`; with ``problems``, each bad row's sentence is appended
+    there instead and the row skipped, so ``hw2 data check`` can list them all at once."""
     csv_path = root / f"{split}.csv"
     if not csv_path.is_file():
         found = _csv_files(root)
@@ -93,25 +96,38 @@ def read_split(root: Path, split: str) -> tuple[list[str], list[int], list[int]]
                 line = reader.line_num
                 if not row or (len(row) == 1 and not row[0].strip()):
                     continue
-                if len(row) != 2:
-                    raise UsageError(f"{csv_path}, line {line}: expected 2 columns (image_name,label), got {len(row)}.")
-                name, raw_label = row[0].strip(), row[1].strip()
-                if not name:
-                    raise UsageError(f"{csv_path}, line {line}: the image name is empty.")
-                try:
-                    label = int(raw_label)
-                except ValueError:
-                    raise UsageError(
-                        f"{csv_path}, line {line}: the label {raw_label!r} is not a whole number."
-                    ) from None
-                if not 0 <= label < NUM_CLASSES:
-                    raise UsageError(f"{csv_path}, line {line}: the label {label} is outside 0-9.")
-                names.append(name)
-                labels.append(label)
+                problem, entry = _parse_row(row)
+                if problem is not None:
+                    message = f"{csv_path}, line {line}: {problem}."
+                    if problems is None:
+                        raise UsageError(message)
+                    problems.append(message)
+                    continue
+                assert entry is not None
+                names.append(entry[0])
+                labels.append(entry[1])
                 lines.append(line)
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise UsageError(f"cannot read {csv_path}: {exc}.") from exc
     return names, labels, lines
+
+
+def _parse_row(row: list[str]) -> tuple[str | None, tuple[str, int] | None]:
+    """``(problem, None)`` for a bad row, else ``(None, (image name, label))``."""
+    if len(row) != 2:
+        return f"expected 2 columns (image_name,label), got {len(row)}", None
+    name, raw_label = row[0].strip(), row[1].strip()
+    if not name:
+        return "the image name is empty", None
+    if Path(name).is_absolute() or ".." in Path(name).parts:  # names are relative to data/
+        return f"the image name {name!r} leads outside data/; expected a name such as 00000.png", None
+    try:
+        label = int(raw_label)
+    except ValueError:
+        return f"the label {raw_label!r} is not a whole number", None
+    if not 0 <= label < NUM_CLASSES:
+        return f"the label {label} is outside 0-9", None
+    return None, (name, label)
 
 
 class DigitsDataset(Dataset):

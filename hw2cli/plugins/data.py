@@ -100,12 +100,20 @@ def check(
     from hw2cli.data.digits import SPLITS, DigitsDataset, find_dataset_roots
 
     roots = find_dataset_roots(root)
-    loaded: list[DigitsDataset] = []
+    plan = []
     for folder in roots:
         splits = [s for s in SPLITS if (folder / f"{s}.csv").is_file()]
-        if not splits:  # let the dataset class say what is missing
-            splits = [SPLITS[0]]
-        loaded.extend(DigitsDataset(folder, split) for split in splits)
+        plan.extend((folder, split) for split in splits or [SPLITS[0]])  # none: the dataset says what is missing
+    problems = _split_problems(plan)
+    if problems:  # every bad row at once, not one per run
+        for message in problems[:PROBLEMS_SHOWN]:
+            ui.err().print(f"  {message}", markup=False, highlight=False)
+        more = f" ({PROBLEMS_SHOWN} shown)" if len(problems) > PROBLEMS_SHOWN else ""
+        raise UsageError(f"{len(problems)} problem{'s' if len(problems) != 1 else ''} in {root}{more}; fix them and "
+                         "check again.")  # fmt: skip
+    loaded = [DigitsDataset(folder, split) for folder, split in plan]
+    for ds in loaded:
+        _warn_about_split(ds)
 
     with ui.progress("check", sum(len(ds) for ds in loaded)) as bar:
         for ds in loaded:
@@ -126,6 +134,50 @@ def check(
         justify="ll" + "r" * 12,
     )
     ui.result(f"ok: {sum(len(ds) for ds in loaded)} images in {len(loaded)} splits are readable")
+
+
+PROBLEMS_SHOWN = 20
+
+
+def _split_problems(plan: list[tuple[Path, str]]) -> list[str]:
+    """Every bad row and missing image of these splits, in order (a folder or CSV that cannot be
+    read at all is left to the dataset, which says so)."""
+    import os
+
+    from hw2cli.data.digits import read_split
+
+    problems: list[str] = []
+    for folder, split in plan:
+        if not (folder / f"{split}.csv").is_file() or not (folder / "data").is_dir():
+            continue
+        names, _, lines = read_split(folder, split, problems)
+        try:
+            present = set(os.listdir(folder / "data"))
+        except OSError:
+            continue
+        for name, line in zip(names, lines, strict=True):
+            nested = "/" in name or "\\" in name
+            if not ((folder / "data" / name).is_file() if nested else name in present):
+                problems.append(
+                    f"{folder / f'{split}.csv'}, line {line}: the image {folder / 'data' / name} does not exist."
+                )
+    return problems
+
+
+def _warn_about_split(ds: Any) -> None:
+    """What a training run would take silently: an empty split, a digit with no image, an image twice."""
+    from collections import Counter
+
+    where = f"{ds.root.name}/{ds.split}"
+    if len(ds) == 0:
+        ui.warn(f"{ds.csv_path} lists no images.")
+        return
+    missing = [str(d) for d, n in enumerate(ds.class_counts()) if n == 0]
+    if missing:
+        ui.warn(f"{where} has no image of the digit{'s' if len(missing) > 1 else ''} {', '.join(missing)}.")
+    twice = [name for name, n in Counter(ds.names).items() if n > 1]
+    if twice:
+        ui.warn(f"{where} lists {len(twice)} image{'s' if len(twice) > 1 else ''} more than once (e.g. {twice[0]}).")
 
 
 def _data_cache() -> tuple[Path, bool]:
