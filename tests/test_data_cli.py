@@ -219,3 +219,10 @@ def test_data_synth_interrupted_in_its_second_data_set_continues(run_cli, tmp_pa
     r = run_cli(*args[:2], out, *args[2:], "--seed", "1")
     assert r.code == 2 and "made with other settings or sources; pass --replace" in " ".join(r.err.split())
     assert _tree(out) == _tree(tmp_path / "straight")
+
+
+def test_a_validation_share_other_than_asked_is_said(run_cli, tmp_path):
+    r = run_cli("data", "synth", tmp_path / "a", "--per-class", "3", "--val-fraction", "0.01", "--datasets", "svhn")
+    assert r.code == 0 and "--val-fraction 0.01 with 3 per class puts 1 of each class in val.csv (33%)" in r.err
+    r = run_cli("data", "synth", tmp_path / "b", "--per-class", "10", "--val-fraction", "0.1", "--datasets", "svhn")
+    assert r.code == 0 and "--val-fraction" not in r.err

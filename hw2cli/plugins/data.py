@@ -63,10 +63,16 @@ def synth(
 
       hw2 data check hw2_data
     """
-    from hw2cli.data.synth import synthesize
+    from hw2cli.data.synth import _val_count, synthesize
 
     names = _parse_datasets(datasets)
     _output_folder(out, names, replace)
+    n_val = _val_count(per_class, val_fraction)
+    if per_class >= 1 and abs(n_val / per_class - val_fraction) > 0.05:  # said, not silently other than asked
+        ui.info(
+            f"--val-fraction {val_fraction:g} with {per_class} per class puts {n_val} of each class in val.csv "
+            f"({n_val / per_class:.0%}): rounded, at least one where there are two or more, none where there is one."
+        )
     total = 10 * per_class * len(dict.fromkeys(names)) if per_class >= 1 else None
     with ui.progress("synth", total) as bar:
         counts = synthesize(
