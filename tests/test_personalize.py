@@ -356,8 +356,12 @@ def test_a_state_from_before_settings_were_recorded_still_resumes(run_cli, sd, t
         ("<new1>=/no/such/folder:dog", "does not exist"),
         ("new1=/tmp:dog", "must look like '<new1>=path/to/images:dog'"),
         ("<new1>={refs}/0", "has no initialiser word"),
+        ("<new1>={refs}/0:dog:weird",
+         "--concept <new1>: unknown suffix ':weird'; only ':style' (or ':object') may follow the init phrase."),
+        ("<new1>={refs}/0:dog:style:style", "unknown suffix ':style:style'"),
+        ("<new1>={refs}/0/0.png:dog", "0.png is a file; give the folder of the concept's images."),
     ],
-)
+)  # fmt: skip
 def test_bad_concepts(run_cli, sd, tmp_path, isolated_cache, concept, message):
     model, refs = sd
     r = run_cli(
@@ -1322,3 +1326,213 @@ def test_train_defaults_to_the_train_missing_recipe_of_2000_steps_per_concept(
         run_cli("personalize", "train", "--model", model, *concepts, "--out", tmp_path / f"r{len(concepts)}")
     run_cli("personalize", "train", "--model", model, *two, "--steps", "7", "--out", tmp_path / "r7")
     assert seen == [2000, 4000, 7]
+
+
+# --------------------------------------------------------------------------- audit F20-F24: bad input said up front
+
+
+def tree(folder):
+    """Every path under ``folder`` with its bytes (None for a folder): what a refused command must leave."""
+    return {p.relative_to(folder): None if p.is_dir() else p.read_bytes() for p in sorted(folder.rglob("*"))}
+
+
+def hollow_model(sd_folder, root):
+    """A diffusers folder with nothing but its model_index.json: it passes the up-front model
+    check but fails to load, so a command refused with the right sentence refused it before loading."""
+    hollow = root / "hollow-sd"
+    hollow.mkdir()
+    (hollow / "model_index.json").write_bytes((Path(sd_folder) / "model_index.json").read_bytes())
+    return hollow
+
+
+def test_clips_tokenizer_reads_tokens_that_differ_only_in_case_as_one(sd, tmp_path):
+    """The rule hw2 checks up front is the tokenizer's own: it lower-cases (letter by letter) before
+    it matches added tokens, so of <new1> and <NEW1> one id stands for both."""
+    from hw2cli.data.prompts import clip_token_key
+    from hw2cli.errors import UsageError
+    from hw2cli.tasks.personalize.concepts import check_tokens_read_as_themselves
+
+    model, _ = sd
+    tokenizer = load(model).tokenizer
+    for text in ("<NEW1>", "<New1>", "<new1>", "<ΑΣ>", "<Ǆx>", "<İ>", "<e\u0301>"):
+        assert tokenizer.backend_tokenizer.normalizer.normalize_str(text) == clip_token_key(text), text
+    tokenizer.add_tokens(["<new1>", "<NEW1>"])
+    ids = tokenizer.convert_tokens_to_ids(["<new1>", "<NEW1>"])
+    assert len(set(ids)) == 2  # two rows, but a prompt reaches only one of them
+    read = tokenizer("a <new1> and <NEW1>", add_special_tokens=False).input_ids[1::2]
+    assert len(set(read)) == 1 and read[0] in ids
+    with pytest.raises(UsageError, match="the tokens <new1> and <NEW1> are the same to CLIP's tokenizer"):
+        check_tokens_read_as_themselves(tokenizer, ["<new1>", "<NEW1>"], ids)
+
+
+def test_concept_tokens_equal_up_to_case_are_refused_before_anything_is_written(run_cli, sd, tmp_path, isolated_cache):
+    from hw2cli.errors import UsageError
+    from hw2cli.tasks.personalize.train import PersonalizeOptions, train_personalization
+
+    model, refs = sd
+    model = hollow_model(model, tmp_path)
+    out = tmp_path / "run"
+    r = run_cli("personalize", "train", "--model", model, "--concept", f"<new1>={refs / '0'}:dog",
+                "--concept", f"<NEW1>={refs / '1'}:cat", "--steps", "1", "--resolution", RES, "--out", out)  # fmt: skip
+    assert r.code == 2 and "Traceback" not in r.err
+    said = "the tokens <new1> and <NEW1> are the same to CLIP's tokenizer (it lower-cases text); name them differently."
+    assert said in " ".join(r.err.split()), r.err
+    assert not out.exists()
+    r = run_cli("personalize", "train", "--model", model, "--concept", f"<new1>={refs / '0'}:dog",
+                "--concept", f"<new1>={refs / '1'}:cat", "--steps", "1", "--resolution", RES, "--out", out)  # fmt: skip
+    assert r.code == 2 and "two concepts use the same token <new1>" in r.err and not out.exists()
+    opts = PersonalizeOptions(model=str(model), concepts=[f"<Σ>={refs / '0'}:dog", f"<σ>={refs / '1'}:cat"],
+                              out=str(out), steps=1, resolution=RES)  # fmt: skip
+    with pytest.raises(UsageError, match="the tokens <Σ> and <σ> are the same"):  # the trainer's own check
+        train_personalization(opts, device=torch.device("cpu"), cache=tmp_path / "cache")
+    assert not out.exists()
+
+
+def test_tokens_equal_up_to_case_from_input_json_or_embeddings_are_refused(
+    run_cli, sd, trained, tmp_path, isolated_cache
+):
+    from safetensors.torch import save_file
+
+    from hw2cli.errors import UsageError
+    from hw2cli.tasks.personalize.concepts import load_embeddings
+
+    model, refs = sd
+    hollow = hollow_model(model, tmp_path)  # each refusal comes before the model loads
+    data = json.loads(public_input_json(tmp_path).read_text())
+    data["1"]["token_name"] = "<NEW1>"
+    data["1"]["prompt"] = [p.replace("<new2>", "<NEW1>") for p in data["1"]["prompt"]]
+    (tmp_path / "case.json").write_text(json.dumps(data))
+    r = run_cli("personalize", "generate", tmp_path / "case.json", tmp_path / "o", "--model", hollow,
+                "--train-missing", "--refs", refs, "--train-steps", "1", "--resolution", RES)  # fmt: skip
+    assert r.code == 2 and "Traceback" not in r.err, r.err
+    assert "concept '0' has the token_name <new1> and concept '1' <NEW1>" in r.err
+    assert "are the same to CLIP's tokenizer (it lower-cases text)" in r.err
+    assert not (tmp_path / "o").exists() and not (tmp_path / "cache").exists()  # nothing trained
+    upper = tmp_path / "upper.safetensors"
+    save_file({"<NEW1>": torch.randn(32)}, upper)
+    common = ["--model", hollow, "--steps", "1", "--resolution", RES, "-n", "1"]
+    r = run_cli("personalize", "generate", "--prompt", "A <new1>.", tmp_path / "g", "--embeds", trained,
+                "--embeds", upper, *common)  # fmt: skip
+    assert r.code == 2 and "the tokens <new1> and <NEW1> are the same to CLIP's tokenizer" in r.err, r.err
+    assert f"<NEW1> from {upper}; give only one of them" in " ".join(r.err.split())
+    r = run_cli("personalize", "generate", "--prompt", "A <NEW1>.", tmp_path / "g", "--embeds", trained, *common)
+    assert r.code == 2 and "<NEW1> (in a prompt) and <new1> (from" in r.err
+    assert not (tmp_path / "g").exists()
+    # --train-missing would learn <NEW1> only to find it clash with <new1>: said before it trains
+    data = json.loads(public_input_json(tmp_path).read_text())
+    data["1"]["token_name"] = "<NEW1>"
+    data["1"]["prompt"] = [p.replace("<new2>", "<NEW1>") for p in data["1"]["prompt"]]
+    del data["0"]
+    (tmp_path / "upper.json").write_text(json.dumps(data))
+    r = run_cli("personalize", "generate", tmp_path / "upper.json", tmp_path / "o", "--model", hollow, "--embeds",
+                trained, "--train-missing", "--refs", refs, "--train-steps", "1", "--resolution", RES)  # fmt: skip
+    assert r.code == 2 and "<NEW1> (in a prompt) and <new1> (from" in r.err, r.err
+    assert not (tmp_path / "cache").exists()
+    with pytest.raises(UsageError, match="are the same to CLIP's tokenizer"):  # the loader's own check
+        load_embeddings(load(model), [trained, upper])
+
+
+def test_a_run_folder_that_is_or_lies_in_an_input_is_refused(run_cli, sd, tmp_path, isolated_cache):
+    import shutil
+
+    model, refs = sd
+    own_model = hollow_model(model, tmp_path)  # refused before it loads: a late check would fail to load it
+    images = tmp_path / "imgs"
+    shutil.copytree(refs, images)
+    (tmp_path / "linked").symlink_to(images / "1", target_is_directory=True)
+    before = tree(tmp_path)
+
+    def train(out, *extra, concept=f"<new1>={images / '0'}:dog"):
+        return run_cli("personalize", "train", "--model", own_model, "--concept", concept, "--steps", "1",
+                       "--resolution", RES, "--out", out, *extra)  # fmt: skip
+
+    cases = [
+        (train(own_model), f"--out {own_model} is the --model folder; choose another run folder."),
+        (train(own_model / "run"), f"--out {own_model / 'run'} is inside the --model folder"),
+        (train(images / "0"), f"--out {images / '0'} is the image folder of <new1>; choose another run folder."),
+        (train(images / "0" / "run"), f"--out {images / '0' / 'run'} is inside the image folder of <new1>"),
+        (train(tmp_path / "linked" / "run", concept=f"<new2>={images / '1'}:cat"),
+         "is inside the image folder of <new2>"),
+        (train(images, concept=f"<0>={images / '0'}:dog"),
+         f"would keep <0> in {images / '0'}, which is the image folder"),
+        (train(images / "1" / "r", "--method", "custom-diffusion", "--reg", f"{images / '1'}:a cat"),
+         "is inside the --reg folder; choose another run folder."),
+    ]  # fmt: skip
+    for r, said in cases:
+        assert r.code == 2 and said in " ".join(r.err.split()) and "Traceback" not in r.err, (said, r.err)
+    assert tree(tmp_path) == before  # nothing was written into an input (nor anywhere)
+    r = train(tmp_path / "r", "--method", "custom-diffusion", "--reg", ":a cat")  # no folder: not the current one
+    assert r.code == 2 and "must be 'folder:class prompt' with an existing folder" in r.err
+
+
+def test_generate_refuses_an_out_that_is_or_lies_in_a_folder_it_reads(run_cli, sd, trained, tmp_path, isolated_cache):
+    import shutil
+
+    model, refs = sd
+    own_model = hollow_model(model, tmp_path)  # refused before it loads: a late check would fail to load it
+    ti = tmp_path / "ti"
+    shutil.copytree(refs, ti)
+    input_json = public_input_json(ti)
+    (tmp_path / "linked").symlink_to(ti / "1", target_is_directory=True)
+    before = tree(tmp_path)
+    common = ["--model", own_model, "--embeds", trained, "--steps", "1", "--resolution", RES]
+    cases = {
+        (input_json, ti): f"OUT {ti} would put the images of concept '0' in {ti / '0' / '0'}, which is inside the "
+        "reference folder of concept '0'; choose another output folder.",
+        (input_json, ti / "0"): f"OUT {ti / '0'} is the reference folder of concept '0'; choose another output folder.",
+        (input_json, tmp_path / "linked" / "x"): "is inside the reference folder of concept '1'",
+        (input_json, own_model): f"OUT {own_model} is the --model folder; choose another output folder.",
+        (None, own_model / "x"): f"OUT {own_model / 'x'} is inside the --model folder",
+    }
+    for (json_file, out), said in cases.items():
+        args = [json_file, out] if json_file else ["--prompt", "A <new1>.", out, "-n", "1"]
+        r = run_cli("personalize", "generate", *args, *common)
+        assert r.code == 2 and said in " ".join(r.err.split()) and "Traceback" not in r.err, (said, r.err)
+    r = run_cli("personalize", "generate", tmp_path / "elsewhere.json", ti, *common, "--refs", ti)
+    assert r.code == 2  # (a missing input.json)
+    shutil.copy(input_json, tmp_path / "elsewhere.json")
+    r = run_cli("personalize", "generate", tmp_path / "elsewhere.json", ti, *common, "--refs", ti, "--train-missing")
+    assert r.code == 2 and "which is inside the reference folder of concept '0'" in r.err, r.err
+    (tmp_path / "elsewhere.json").unlink()
+    assert tree(tmp_path) == before
+
+
+def test_distinct_free_prompts_never_share_file_names():
+    from hw2cli.tasks.personalize.generate import prompt_file_stem
+
+    prompts = ["A dog!", "A dog?", "A dog.", "A dog", "a dog", "A  dog.", "A_dog.", "A <dog>.", "A new1.", "A <new1>.",
+               "猫", "中" * 300, "中", "!", ".", "A dog-0123abcd.", "A <new1> on a hill", "A <new1> on a hill.",
+               "x" * 61, "x" * 62, "x" * 60 + "!"]  # fmt: skip
+    stems = [prompt_file_stem(p) for p in prompts]
+    assert len(set(stems)) == len(prompts), dict(zip(prompts, stems, strict=True))
+    assert all(stem == prompt_file_stem(p) for p, stem in zip(prompts, stems, strict=True))  # a rerun finds them
+    # a prompt written as a plain sentence keeps the name it always had
+    for prompt, stem in {"A <new1> on a hill.": "A_new1_on_a_hill", "A photo of a dog.": "A_photo_of_a_dog",
+                         "A <new1> in the style of <new2>.": "A_new1_in_the_style_of_new2"}.items():  # fmt: skip
+        assert prompt_file_stem(prompt) == stem
+    assert prompt_file_stem("A dog!").startswith("A_dog-") and prompt_file_stem("猫").startswith("prompt-")
+
+
+def test_a_second_free_prompt_keeps_the_first_ones_images(run_cli, sd, tmp_path, isolated_cache):
+    model, _ = sd
+    out = tmp_path / "g"
+    common = ["--model", model, "--steps", "1", "--resolution", RES, "-n", "1"]
+
+    def images():
+        return {p.name: p.read_bytes() for p in sorted(out.iterdir())}
+
+    r = run_cli("personalize", "generate", "--prompt", "A dog!", out, *common)
+    assert r.code == 0, r.err
+    first = images()
+    assert len(first) == 2  # the image and its sheet
+    for prompt in ("A dog?", "猫", "中" * 300):
+        r = run_cli("personalize", "generate", "--prompt", prompt, out, *common)
+        assert r.code == 0, r.err
+    now = images()
+    assert len(now) == 8 and all(now[name] == data for name, data in first.items())
+    r = run_cli("personalize", "generate", "--prompt", "A dog!", out, *common)  # the same prompt again: kept
+    assert r.code == 0 and "kept 1 finished by an earlier run" in r.out, r.out
+    for blank in ("   ", "\t"):
+        r = run_cli("personalize", "generate", "--prompt", blank, out, *common)
+        assert r.code == 2 and "holds no words; give the text to draw." in r.err and "Traceback" not in r.err
+    assert images() == now

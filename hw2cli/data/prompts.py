@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import math
 import re
+import unicodedata
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +33,30 @@ def check_token_name(token: str, where: str = "token") -> str:
             f"the {where} {token!r} is not a token name like <new1> (angle brackets, no spaces, '/', '\\', '=' or '..')"
         )
     return token
+
+
+def clip_token_key(token: str) -> str:
+    """What CLIP's tokenizer reads ``token`` as: its normaliser is NFC and then lower case, letter
+    by letter (the tokenizer's own ``normalizer``: ``NFC(), Replace(\\s+, ' '), Lowercase()``; an
+    added token is matched after it), so ``<NEW1>`` in a prompt is the token ``<new1>``. Letter by
+    letter: ``str.lower`` would make a final 'Σ' 'ς', the tokenizer makes it 'σ'."""
+    return "".join(ch.lower() for ch in unicodedata.normalize("NFC", token))
+
+
+def same_to_clip(tokens: Iterable[str]) -> tuple[str, str] | None:
+    """The first two different tokens of ``tokens`` that CLIP's tokenizer reads as one, if any."""
+    seen: dict[str, str] = {}
+    for token in tokens:
+        first = seen.setdefault(clip_token_key(token), token)
+        if first != token:
+            return first, token
+    return None
+
+
+def same_to_clip_sentence(first: str, second: str) -> str:
+    return (
+        f"the tokens {first} and {second} are the same to CLIP's tokenizer (it lower-cases text); name them differently"
+    )
 
 
 class PromptEntry(BaseModel):
@@ -87,6 +113,14 @@ class InputFile(RootModel[dict[str, PromptEntry]]):
                     f"the concept key {key!r} is not a name (letters, digits, '_' and '-' only): keys become folder "
                     "names under the output folder"
                 )
+        owner = {entry.token_name: key for key, entry in reversed(value.items())}  # the first concept of each
+        clash = same_to_clip(entry.token_name for entry in value.values())
+        if clash is not None:  # one token would never be trained or drawn as itself
+            first, second = clash
+            raise ValueError(
+                f"concept {owner[first]!r} has the token_name {first} and concept {owner[second]!r} {second}, but "
+                f"{same_to_clip_sentence(first, second).removeprefix('the tokens ')}"
+            )
         return value
 
 

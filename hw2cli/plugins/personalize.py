@@ -64,11 +64,19 @@ def train(
     from hw2cli.io.atomic import check_output_folder
     from hw2cli.pretrained.sd_source import model_kind
     from hw2cli.tasks.personalize.auto import STEPS_PER_CONCEPT
-    from hw2cli.tasks.personalize.concepts import parse_concept, slug
-    from hw2cli.tasks.personalize.train import PersonalizeOptions, train_personalization
+    from hw2cli.tasks.personalize.concepts import check_concept_tokens, parse_concept, slug
+    from hw2cli.tasks.personalize.train import (
+        PersonalizeOptions,
+        check_out_apart,
+        parse_reg,
+        train_personalization,
+    )
 
     _check_resolution(resolution)
     specs = [parse_concept(spec) for spec in concept]  # every concept checked before the model loads
+    check_concept_tokens([spec.token for spec in specs])
+    reg_folder = parse_reg(reg)[0] if reg else None
+    check_out_apart(out, model=model, concepts=specs, reg_folder=reg_folder)  # the run written into an input
     check_output_folder(out, "run folder")
     for spec in specs:
         check_output_folder(out / slug(spec.token), "token folder", within=out)
@@ -175,7 +183,10 @@ def generate(
         raise UsageError("give the input.json to generate the graded layout, or --prompt for a free prompt.")
     else:
         entries = read_input_json(input_json)  # a bad file fails before the model loads
+    if prompt is not None and not prompt.strip():
+        raise UsageError(f"--prompt {prompt!r} holds no words; give the text to draw.")
     out = check_output_folder(under_output_root(out, "personalize"))
+    _check_out_reads_nothing(out, model, entries, refs=[refs] if refs else _default_refs(input_json) if entries else [])
     for key, entry in (entries or {}).items():
         for idx in range(len(entry["prompt"])):
             check_output_folder(out / key / str(idx), "prompt folder", within=out)
@@ -216,6 +227,42 @@ def generate(
     ui.result(f"wrote {ui.plural(result['written'], 'image')} {where}{kept}")
     if result.get("sheet"):
         ui.result(f"wrote {result['sheet']} (the images side by side)")
+
+
+def _check_out_reads_nothing(out: Path, model: str, entries: dict | None, refs: list[Path]) -> None:
+    """OUT, and each prompt folder it gets, is neither the model's folder nor a concept's reference
+    folder (``REFS/<key>``, ``REFS/<src_image>``), nor inside one (links resolved): the images
+    would be written among what this command, ``--train-missing`` or the grader reads."""
+    from hw2cli.errors import UsageError
+
+    read = [(Path(model), "the --model folder")] if Path(model).is_dir() else []
+    for root in refs:
+        for key, entry in (entries or {}).items():
+            for name in dict.fromkeys((key, str(entry.get("src_image") or ""))):
+                if name and not Path(name).is_absolute() and ".." not in Path(name).parts and (root / name).is_dir():
+                    read.append((root / name, f"the reference folder of concept {key!r}"))
+    for folder, what in read:
+        how = _relation(out, folder)
+        if how is not None:
+            raise UsageError(f"OUT {out} {how} {what}; choose another output folder.")
+    for key, entry in (entries or {}).items():
+        for idx in range(len(entry["prompt"])):
+            written = out / key / str(idx)
+            for folder, what in read:
+                how = _relation(written, folder)
+                if how is not None:
+                    raise UsageError(
+                        f"OUT {out} would put the images of concept {key!r} in {written}, which {how} {what}; "
+                        "choose another output folder."
+                    )
+
+
+def _relation(path: Path, folder: Path) -> str | None:
+    """'is' or 'is inside' where ``path`` is ``folder`` or lies in it (links resolved), else None."""
+    path, folder = path.resolve(), folder.resolve()
+    if path == folder:
+        return "is"
+    return "is inside" if folder in path.parents else None
 
 
 def _default_refs(input_json: Path) -> list[Path]:

@@ -60,25 +60,38 @@ class TrainingPlan:
         return ", ".join(f"{c.token} ({c.kind}, from {c.folder}, starting as {c.init!r})" for c in self.concepts)
 
 
-def provided_tokens(sources: Sequence[str | Path]) -> set[str]:
-    """The tokens a list of ``--embeds`` sources provides, read from their names and headers only
-    (no model needed): a run folder's ``embeddings.json``, a token folder, a safetensors file."""
+def provided_by(sources: Sequence[str | Path]) -> dict[str, Path]:
+    """Each token a list of ``--embeds`` sources provides, with the source, read from their names
+    and headers only (no model needed): a run folder's ``embeddings.json``, a token folder, a
+    safetensors file. Two tokens CLIP's tokenizer reads as one (``<new1>``, ``<NEW1>``) are
+    refused, since whichever loaded last would stand for both."""
     from safetensors import safe_open
 
-    tokens: set[str] = set()
+    from hw2cli.data.prompts import clip_token_key, same_to_clip_sentence
+
+    tokens: dict[str, Path] = {}
     for source in sources:
         path = Path(source)
+        found: list[str]
         if path.is_dir() and (path / "embeddings.json").is_file():
             from hw2cli.tasks.personalize.concepts import run_listing
 
-            tokens.update(run_listing(path)[0])
-            continue
-        file = path / "learned_embeds.safetensors" if path.is_dir() else path
-        try:
-            with safe_open(str(file), framework="pt") as fh:
-                tokens.update(fh.keys())
-        except Exception as exc:  # a missing or foreign file: one sentence
-            raise UsageError(f"cannot read {file} as safetensors embeddings: {exc}.") from None
+            found = run_listing(path)[0]
+        else:
+            file = path / "learned_embeds.safetensors" if path.is_dir() else path
+            try:
+                with safe_open(str(file), framework="pt") as fh:
+                    found = list(fh.keys())
+            except Exception as exc:  # a missing or foreign file: one sentence
+                raise UsageError(f"cannot read {file} as safetensors embeddings: {exc}.") from None
+        for token in found:
+            twin = next((t for t in tokens if t != token and clip_token_key(t) == clip_token_key(token)), None)
+            if twin is not None:
+                raise UsageError(
+                    f"{same_to_clip_sentence(twin, token).removesuffix('; name them differently')}: {twin} comes "
+                    f"from {tokens[twin]} and {token} from {path}; give only one of them."
+                )
+            tokens.setdefault(token, path)
     return tokens
 
 

@@ -71,17 +71,7 @@ def parse_concept(spec: str) -> Concept:
         check_token_name(token)  # the input.json rule: a token becomes a folder name
     except ValueError as exc:
         raise UsageError(f"{{opt:concept}}: {exc}.") from None
-    parts = rest.rsplit(":", 2)
-    kind = None
-    if len(parts) == 3 and parts[2] in ("object", "style"):
-        folder, init, kind = parts
-    elif len(parts) >= 2:
-        folder, init = rest.rsplit(":", 1)
-    else:
-        raise UsageError(f"{{opt:concept}} {spec!r} has no initialiser word; add ':dog' (a word or a short phrase).")
-    folder_path = Path(folder)
-    if not folder_path.is_dir():
-        raise UsageError(f"{{opt:concept}} {token}: the image folder {folder_path} does not exist.")
+    folder_path, init, kind = _split_concept(token, spec, rest)
     images = sorted(p for p in folder_path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
     if not images:
         raise UsageError(f"{{opt:concept}} {token}: {folder_path} holds no images (.png, .jpg, .webp).")
@@ -90,6 +80,52 @@ def parse_concept(spec: str) -> Concept:
         raise UsageError(f"{{opt:concept}} {token}: the initialiser word is empty.")
     kind = kind or ("style" if init.lower() in STYLE_WORDS else "object")
     return Concept(token, folder_path, init, kind, images)
+
+
+KINDS = ("object", "style")
+
+
+def _split_concept(token: str, spec: str, rest: str) -> tuple[Path, str, str | None]:
+    """``folder:init[:kind]`` as (folder, init, kind). A folder may hold ':' itself, so the split
+    that names an existing folder is the one meant; where only a shorter one does, what follows
+    the init phrase is an unknown suffix (``:dog:weird``), said as such."""
+    pieces = rest.split(":")
+    if len(pieces) < 2:
+        raise UsageError(f"{{opt:concept}} {spec!r} has no initialiser word; add ':dog' (a word or a short phrase).")
+    splits = []  # (folder, init, kind), the reading a folder with ':' in its name would need last
+    if len(pieces) >= 3 and pieces[-1] in KINDS:
+        splits.append((":".join(pieces[:-2]), pieces[-2], pieces[-1]))
+    splits.append((":".join(pieces[:-1]), pieces[-1], None))
+    for folder, init, kind in splits:
+        if Path(folder).is_dir():
+            return Path(folder), init, kind
+    cuts = range(len(pieces) - 2, 0, -1)  # shorter folders: after one come the init phrase and more
+    shorter = [":".join(pieces[:cut]) for cut in cuts]
+    for cut in cuts:
+        if Path(":".join(pieces[:cut])).is_dir():
+            suffix = ":" + ":".join(pieces[cut + 1 :])
+            raise UsageError(
+                f"{{opt:concept}} {token}: unknown suffix {suffix!r}; only ':style' (or ':object') may follow the "
+                "init phrase."
+            )
+    for folder in [f for f, _, _ in splits] + shorter:
+        if Path(folder).exists():
+            raise UsageError(f"{{opt:concept}} {token}: {folder} is a file; give the folder of the concept's images.")
+    raise UsageError(f"{{opt:concept}} {token}: the image folder {splits[0][0]} does not exist.")
+
+
+def check_concept_tokens(tokens: Sequence[str]) -> None:
+    """Every concept's token is its own, also to CLIP's tokenizer, which lower-cases text: of
+    ``<new1>`` and ``<NEW1>`` one would be trained by both concepts' images and the other saved
+    untrained, as if learned."""
+    from hw2cli.data.prompts import same_to_clip, same_to_clip_sentence
+
+    twice = sorted({t for t in tokens if list(tokens).count(t) > 1})
+    if twice:
+        raise UsageError(f"two concepts use the same token {twice[0]}; give each concept its own.")
+    clash = same_to_clip(tokens)
+    if clash is not None:
+        raise UsageError(f"{same_to_clip_sentence(*clash)}.")
 
 
 def model_identity(model: str | Path, skip_hidden: bool = False) -> str:
@@ -135,19 +171,34 @@ def add_tokens(pipe: Any, concepts: Sequence[Concept]) -> list[int]:
             raise UsageError(f"{{opt:concept}} {c.token}: the initialiser {c.init!r} holds no word to start from.")
         init_ids.append(ids)
     tokens = [c.token for c in concepts]
-    if len(set(tokens)) != len(tokens):
-        raise UsageError(f"two concepts use the same token: {', '.join(tokens)}.")
+    check_concept_tokens(tokens)
     for token in tokens:
         if token in tokenizer.get_vocab():
             raise UsageError(f"token {token} already exists in the tokenizer; choose another name.")
     tokenizer.add_tokens(tokens)
     new_ids = tokenizer.convert_tokens_to_ids(tokens)
+    check_tokens_read_as_themselves(tokenizer, tokens, new_ids)
     text_encoder.resize_token_embeddings(len(tokenizer), mean_resizing=False)  # rows are set just below
     weight = text_encoder.get_input_embeddings().weight
     with torch.no_grad():
         for new, init in zip(new_ids, init_ids, strict=True):
             weight[new] = weight[init].mean(dim=0)  # a phrase ("David Revoy") starts as its tokens' mean
     return list(new_ids)
+
+
+def check_tokens_read_as_themselves(tokenizer: Any, tokens: Sequence[str], ids: Sequence[int]) -> None:
+    """The tokenizer itself reads each added token as its own id: where it makes two tokens one
+    (its normaliser, whatever it does, says more than :func:`~hw2cli.data.prompts.clip_token_key`),
+    the first would silently stand for both."""
+    from hw2cli.data.prompts import same_to_clip_sentence
+
+    owner = dict(zip(ids, tokens, strict=True))
+    for token, own in zip(tokens, ids, strict=True):
+        read = tokenizer(token, add_special_tokens=False).input_ids
+        other = next((owner[i] for i in read if i in owner and i != own), None)
+        if other is not None:
+            first, second = sorted((token, other), key=tokens.index)
+            raise UsageError(f"{same_to_clip_sentence(first, second)}.")
 
 
 def kv_parameters(unet: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
@@ -183,6 +234,8 @@ def load_embeddings(pipe: Any, sources: Sequence[str | Path]) -> list[str]:
     """Load learned tokens: a run folder (``embeddings.json``), a token folder, or a ``.safetensors``
     file with one or more ``{token: tensor}`` entries. Custom Diffusion runs also restore their K/V."""
     from safetensors.torch import load_file
+
+    from hw2cli.data.prompts import clip_token_key, same_to_clip_sentence
 
     loaded: dict[str, Path] = {}
     vocab = pipe.tokenizer.get_vocab()
@@ -220,6 +273,12 @@ def load_embeddings(pipe: Any, sources: Sequence[str | Path]) -> list[str]:
                     raise UsageError(f"{file}: {token} is not {dim} finite floating-point numbers.")
                 if token in loaded:
                     raise UsageError(f"{token} comes twice, from {loaded[token]} and from {file}; give it once.")
+                twin = next((t for t in loaded if clip_token_key(t) == clip_token_key(token)), None)
+                if twin is not None:  # the one loaded last would stand for both
+                    raise UsageError(
+                        f"{same_to_clip_sentence(twin, token).removesuffix('; name them differently')}: {twin} comes "
+                        f"from {loaded[twin]} and {token} from {file}; give only one of them."
+                    )
                 if token in vocab:
                     raise UsageError(f"{file}: {token} is already a word of the tokenizer; a learned token is new.")
                 pipe.load_textual_inversion({token: emb.reshape(-1).float()}, token=token)

@@ -8,6 +8,7 @@ byte-identical to an uninterrupted run.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -73,16 +74,28 @@ def generate_images(pipe: Any, prompt: str, n: int, **kwargs: Any) -> list[Any]:
     return [image for _, images in iter_images(pipe, prompt, n, **kwargs) for image in images]
 
 
-def prompt_file_stem(prompt: str) -> str:
-    """The prompt's words as a file name; a long prompt is cut with a hash of the whole, so two
-    prompts that differ only late never share a name."""
-    import hashlib
-    import re
+HASHED_STEM = re.compile(r"-[0-9a-f]{8}$")
 
-    stem = re.sub(r"[^A-Za-z0-9_-]+", "", prompt.replace(" ", "_")) or "prompt"
-    if len(stem) <= 60:
+
+def prompt_file_stem(prompt: str) -> str:
+    """The prompt's words as a file name, one per prompt: the words alone (``A_new1_on_a_hill``)
+    where the prompt is their plain sentence (:func:`plain_sentence`: words, ``<tokens>`` like
+    ``<new1>``, one final '.'), else with a hash of the whole prompt (``A_dog-1a2b3c4d`` for
+    ``A dog!``; ``prompt-…`` where no word is left): two prompts never share a name, so one never
+    replaces the other's images. A long prompt is cut, with the hash too."""
+    import hashlib
+
+    stem = re.sub(r"[^A-Za-z0-9_-]+", "", prompt.replace(" ", "_"))
+    if stem and len(stem) <= 60 and prompt == plain_sentence(stem) and not HASHED_STEM.search(stem):
         return stem
-    return f"{stem[:51]}-{hashlib.sha256(prompt.encode()).hexdigest()[:8]}"
+    return f"{stem[:51] or 'prompt'}-{hashlib.sha256(prompt.encode()).hexdigest()[:8]}"
+
+
+def plain_sentence(stem: str) -> str:
+    """The one prompt whose name is ``stem`` without a hash: its words joined by spaces, those that
+    look like learned tokens (letters then digits: ``new1``) in angle brackets, ending in '.'."""
+    words = (f"<{w}>" if re.fullmatch(r"[A-Za-z]+[0-9]+", w) else w for w in stem.split("_"))
+    return " ".join(words) + "."
 
 
 def generate_prompt(
@@ -244,7 +257,8 @@ def cut_tokens(pipe: Any, prompts: Sequence[str]) -> list[tuple[str, list[str]]]
 def embedding_sources(prompts: Sequence[str], embeddings: Sequence[str | Path] | None) -> tuple[list[Path], list[str]]:
     """The embeddings to load for ``prompts`` (the given ones, else the shipped ones where the
     prompts use a ``<token>``) and the tokens the prompts use that none of them provides."""
-    from hw2cli.tasks.personalize.auto import provided_tokens
+    from hw2cli.data.prompts import same_to_clip
+    from hw2cli.tasks.personalize.auto import provided_by
     from hw2cli.tasks.personalize.concepts import default_embeddings, prompt_tokens
 
     needed = prompt_tokens(prompts)
@@ -254,7 +268,15 @@ def embedding_sources(prompts: Sequence[str], embeddings: Sequence[str | Path] |
             raise UsageError(f"the embeddings {source} do not exist.")
     if not sources and needed and (default := default_embeddings()) is not None:
         sources = [default]
-    provided = provided_tokens(sources) if needed else set()
+    provided = provided_by(sources) if needed else {}
+    clash = same_to_clip([*needed, *provided])
+    if clash is not None:  # CLIP reads both as one: one would stand for the other (or be learned for nothing)
+        first, second = clash
+        where = {t: f" (from {provided[t]})" if t in provided else " (in a prompt)" for t in clash}
+        raise UsageError(
+            f"the tokens {first}{where[first]} and {second}{where[second]} are the same to CLIP's tokenizer (it "
+            "lower-cases text); write them as one, or name them differently."
+        )
     return sources, [t for t in needed if t not in provided]
 
 
@@ -295,6 +317,8 @@ def generate(
 
     if (entries is None) == (prompt is None):
         raise UsageError("generate either the graded layout of an input.json or one free prompt, not both.")
+    if prompt is not None and not prompt.strip():
+        raise UsageError(f"{{opt:prompt}} {prompt!r} holds no words; give the text to draw.")
     prompts = [prompt] if prompt is not None else [p for e in entries.values() for p in e["prompt"]]  # type: ignore[union-attr]
     sources, missing = embedding_sources(prompts, embeddings)
     if missing:  # before the model loads

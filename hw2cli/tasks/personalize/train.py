@@ -30,6 +30,7 @@ from hw2cli.tasks.personalize.concepts import (
     OBJECT_TEMPLATES,
     STYLE_TEMPLATES,
     add_tokens,
+    check_concept_tokens,
     kv_parameters,
     parse_concept,
     save_embeddings,
@@ -221,6 +222,46 @@ def recipe_differences(saved: dict[str, Any], now: dict[str, Any], began: dict[s
     return found
 
 
+def parse_reg(reg: str) -> tuple[Path, str]:
+    """Custom Diffusion's ``--reg 'folder:class prompt'`` as (folder, prompt)."""
+    folder, _, prompt = reg.partition(":")
+    if not folder or not prompt or not Path(folder).is_dir():
+        raise UsageError(f"the regularisation set {reg!r} must be 'folder:class prompt' with an existing folder.")
+    return Path(folder), prompt
+
+
+def _relation(path: Path, folder: Path) -> str | None:
+    """'is' or 'is inside' where ``path`` is ``folder`` or lies in it (links resolved), else None."""
+    path, folder = path.resolve(), folder.resolve()
+    if path == folder:
+        return "is"
+    return "is inside" if folder in path.parents else None
+
+
+def check_out_apart(out: Path, *, model: str | Path, concepts: list[Any], reg_folder: Path | None = None) -> None:
+    """The run folder (and each token folder in it) is none of the folders the run reads: not the
+    model's folder, a concept's images or the regularisation images, nor inside one."""
+    from hw2cli.tasks.personalize.concepts import slug
+
+    inputs = [(Path(model), "the {opt:model} folder")] if Path(model).is_dir() else []
+    inputs += [(c.folder, f"the image folder of {c.token}") for c in concepts]
+    if reg_folder is not None:
+        inputs.append((reg_folder, "the {opt:reg} folder"))
+    for folder, what in inputs:
+        how = _relation(out, folder)
+        if how is not None:
+            raise UsageError(f"{{opt:out}} {out} {how} {what}; choose another run folder.")
+    for c in concepts:
+        written = out / slug(c.token)
+        for folder, what in inputs:
+            how = _relation(written, folder)
+            if how is not None:
+                raise UsageError(
+                    f"{{opt:out}} {out} would keep {c.token} in {written}, which {how} {what}; choose another run "
+                    "folder."
+                )
+
+
 def _a(kind: str) -> str:
     return f"{'an' if kind[:1] in 'aeiou' else 'a'} {kind}"
 
@@ -253,16 +294,15 @@ def train_personalization(
 
     opts.validate()
     concepts = [parse_concept(c) for c in opts.concepts]
+    check_concept_tokens([c.token for c in concepts])
     reg_images: list[Path] = []
     reg_prompt = ""
+    reg_folder = None
     if opts.reg:
-        folder, _, reg_prompt = opts.reg.partition(":")
-        if not reg_prompt or not Path(folder).is_dir():
-            raise UsageError(
-                f"the regularisation set {opts.reg!r} must be 'folder:class prompt' with an existing folder."
-            )
-        reg_images = [p for p in sorted(Path(folder).iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()]
+        reg_folder, reg_prompt = parse_reg(opts.reg)
+        reg_images = [p for p in sorted(reg_folder.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()]
     out = Path(opts.out)
+    check_out_apart(out, model=opts.model, concepts=concepts, reg_folder=reg_folder)
     claim(out, "run folder")  # a second trainer is refused before it reads or writes the run
     remove_stale_temporaries(out)
     saved_states = state_folders(out)
