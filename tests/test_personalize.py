@@ -1031,6 +1031,37 @@ def test_train_missing_learns_the_tokens_once_continues_after_an_interruption_an
     assert sorted(p.name for p in run.glob("state-*")) == states
 
 
+def test_train_missing_with_a_weights_folder_it_cannot_write_keeps_the_tokens_in_the_temporary_folder(
+    run_cli, sd, tmp_path, isolated_cache, monkeypatch
+):
+    """A read-only home in a grading container: hw2_3.sh must still make the graded folder."""
+    import os
+    import shutil
+    import tempfile
+
+    model, refs = sd
+    ti = tmp_path / "textual_inversion"
+    for key in ("0", "1"):
+        shutil.copytree(refs / key, ti / key)
+    input_json = public_input_json(ti)
+    (tmp_path / "blocker").write_text("a file where the weights folder's parent should be")
+    monkeypatch.setenv("HW2_WEIGHTS_DIR", str(tmp_path / "blocker" / "weights"))
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    args = ["personalize", "generate", input_json, tmp_path / "out", "--model", model, "--train-missing",
+            "--train-steps", "1", "--resolution", RES, "--steps", "1", "--batch", "25"]  # fmt: skip
+    r = run_cli(*args)
+    assert r.code == 0, r.err
+    spare = tmp_path / "tmp" / f"hw2-{os.getuid()}" / "personalize"
+    (run,) = spare.iterdir()
+    said = " ".join(r.err.split())
+    assert f"the learned embeddings are kept in {run} instead, which this machine may clear" in said
+    assert len(list((tmp_path / "out").rglob("*.png"))) == 25 * sum(len(e["prompt"]) for e in json.loads(
+        input_json.read_text()).values())  # fmt: skip
+    r = run_cli(*args)  # the next run finds them there and trains nothing
+    assert r.code == 0 and f"learned by an earlier run ({run})" in r.err, r.err
+    assert f"using the embeddings an earlier run learned and kept in {run}" in " ".join(r.err.split())
+
+
 def test_train_missing_stopped_before_it_saved_leaves_no_empty_run_folder(
     run_cli, sd, tmp_path, isolated_cache, monkeypatch
 ):
@@ -1285,8 +1316,13 @@ def test_train_missing_edge_cases_are_one_sentence_each(run_cli, sd, tmp_path, i
     common = ["--model", model, "--train-missing", "--train-steps", "1", "--resolution", RES, "--steps", "1"]
     blocker = tmp_path / "file"
     blocker.write_text("x")
+    import tempfile
+
+    spare = tempfile.tempdir
+    monkeypatch.setattr(tempfile, "tempdir", str(blocker / "tmp"))  # no spare folder either
     r = run_cli("--weights-dir", blocker / "cache", "personalize", "generate", input_json, tmp_path / "o", *common)
     assert r.code == 2 and "set HW2_WEIGHTS_DIR (or --weights-dir) to a writable folder" in r.err
+    monkeypatch.setattr(tempfile, "tempdir", spare)
     assert "learning" not in r.err  # said before anything is announced
     r = run_cli("personalize", "generate", input_json, tmp_path / "a", *common)
     assert r.code == 0, r.err

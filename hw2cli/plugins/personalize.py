@@ -293,6 +293,8 @@ def _train_missing(
     )  # fmt: skip
     from hw2cli.tasks.grading import ambiguous_references
 
+    for note in plan.notes:
+        ui.warn(note)
     for concept in plan.concepts:
         for note in ambiguous_references(concept.folder.parent, {concept.key: entries[concept.key]}):
             ui.warn(note)

