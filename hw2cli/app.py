@@ -225,8 +225,8 @@ def unknown_variables(environ: Any) -> list[str]:
     known = [f"{settings_mod.ENV_PREFIX}{name.upper()}" for name in settings_mod.Settings.model_fields]
     known += OTHER_VARIABLES
     messages = []
-    for name in sorted(environ):
-        if name.startswith(settings_mod.ENV_PREFIX) and name not in known:
+    for name in sorted(environ):  # the settings read names whatever their case: so does this
+        if name.upper().startswith(settings_mod.ENV_PREFIX) and name.upper() not in known:
             close = difflib.get_close_matches(name, known, n=1, cutoff=0.8)
             hint = f" (did you mean {close[0]}?)" if close else f"; hw2 reads {', '.join(sorted(known))}"
             messages.append(f"{name} is not a variable hw2 reads{hint}.")
@@ -422,8 +422,8 @@ def _empty_argument(args: list[str]) -> str | None:
             return f"{name} is ''; expected a value (is a shell variable empty?)."
         if arg == "":
             before = args[i - 1] if i else ""
-            if options and before.startswith("-") and before != "--" and "=" not in before:
-                return f"{before} is ''; expected a value (is a shell variable empty?)."
+            if options and before.startswith("-") and before != "--" and "=" not in before:  # its value, or not
+                return f"an empty argument follows {before}; expected a value (is a shell variable empty?)."
             return "an argument is ''; expected a value (is a shell variable empty?)."
     return None
 

@@ -8,6 +8,7 @@ progress callback and never prints.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import sys
@@ -82,8 +83,9 @@ class _Sink:
     stream that cannot encode a character (an ASCII or Latin-1 locale) gets an escape for it
     instead of a UnicodeEncodeError after the work is done."""
 
-    def __init__(self, stream: Any) -> None:
+    def __init__(self, stream: Any, strict: bool = False) -> None:
         self.stream = stream
+        self.strict = strict  # stdout: only a reader that went away is silenced
         self.lost = stream is None  # Python sets sys.stderr to None when fd 2 was closed at start
 
     def write(self, text: str) -> int:
@@ -93,8 +95,10 @@ class _Sink:
             except UnicodeEncodeError:
                 encoding = getattr(self.stream, "encoding", None) or "ascii"
                 self._write(text.encode(encoding, "backslashreplace").decode(encoding))
-            except OSError:  # EPIPE, EBADF, EIO: nobody reads this any more
-                self.lost = True
+            except OSError as exc:
+                if self.strict and exc.errno not in _GONE:  # a result that cannot be written (a full disk)
+                    raise
+                self.lost = True  # EPIPE, EBADF: nobody reads this any more; progress is best effort
         return len(text)
 
     def _write(self, text: str) -> None:
@@ -107,7 +111,9 @@ class _Sink:
         if not self.lost:
             try:
                 self.stream.flush()
-            except OSError:
+            except OSError as exc:
+                if self.strict and exc.errno not in _GONE:
+                    raise
                 self.lost = True
 
     def isatty(self) -> bool:
@@ -124,6 +130,7 @@ class _Sink:
         return getattr(self.stream, "encoding", None) or "utf-8"
 
 
+_GONE = (errno.EPIPE, errno.EBADF, errno.ECONNRESET)  # the reader went away, or the stream was closed
 _sinks: dict[int, _Sink] = {}
 
 
@@ -131,7 +138,7 @@ def _sink(stream: Any) -> _Sink:
     """The one :class:`_Sink` of ``stream`` (looked up by identity: tests swap the streams)."""
     sink = _sinks.get(id(stream))
     if sink is None or sink.stream is not stream:
-        sink = _sinks[id(stream)] = _Sink(stream)
+        sink = _sinks[id(stream)] = _Sink(stream, strict=stream is not None and stream is sys.stdout)
     return sink
 
 
@@ -161,10 +168,13 @@ def err() -> Console:
 
 def other_rank() -> int | None:
     """This process's rank in a multi-process launch (``torchrun`` and ``accelerate launch`` set
-    ``RANK``) when it is not the first, else ``None``. Status, warning and result lines are the
-    first process's to print, once; the others print only their errors, marked with their rank."""
-    rank = os.environ.get("RANK", "")
-    return int(rank) if rank.isdigit() and int(rank) > 0 else None
+    ``RANK`` and a ``WORLD_SIZE`` above 1) when it is not the first, else ``None``. Status,
+    warning and result lines are the first process's to print, once; the others print only
+    their errors, marked with their rank."""
+    rank, world = os.environ.get("RANK", ""), os.environ.get("WORLD_SIZE", "")
+    if not (rank.isdigit() and world.isdigit() and int(world) > 1):  # a RANK alone is some scheduler's
+        return None
+    return int(rank) if int(rank) > 0 else None
 
 
 def error(message: str, label: str = "Error") -> None:

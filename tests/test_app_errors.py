@@ -308,3 +308,27 @@ def test_help_at_a_narrow_terminal_keeps_every_option_name_whole(run_cli, monkey
     assert r.code == 0
     for name in ("--alpha-prev", "--final-alpha", "--checkpoint", "--cuda-graph", "--no-clip-x0"):
         assert name in r.out, name
+
+
+def test_a_result_that_cannot_be_written_is_an_error_not_a_closed_pipe(tmp_path):
+    """stdout on a full disk is not a reader that went away: the disk-full sentence, exit 1."""
+    import os
+    import subprocess
+
+    if not os.path.exists("/dev/full"):
+        pytest.skip("needs /dev/full (Linux)")
+    with open("/dev/full", "w") as full:
+        r = _hw2("config", "show", stdout=full, stderr=subprocess.PIPE)
+    assert r.returncode == 1 and b"no space left on the device" in r.stderr, r.stderr
+
+
+def test_a_write_that_fails_names_the_file_it_was_writing(tmp_path):
+    import errno
+
+    from hw2cli.io import atomic_path
+
+    target = tmp_path / "svhn" / "0_013.png"
+    with pytest.raises(OSError) as info, atomic_path(target):
+        raise OSError(errno.ENOSPC, "No space left on device")  # as Pillow raises it: no file name
+    assert info.value.filename == str(target)
+    assert list((tmp_path / "svhn").iterdir()) == []

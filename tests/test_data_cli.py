@@ -49,6 +49,8 @@ def test_check_lists_every_bad_row_and_warns_of_what_training_would_take_silentl
                  "line 5: the image name '../secret.png' leads outside data/"):  # fmt: skip
         assert said in r.err, said
     assert "Error: 4 problems in" in r.err
+    listed = [int(m) for m in __import__("re").findall(r"train\.csv, line (\d+):", r.err)]
+    assert listed == [2, 3, 4, 5]  # in the order of the file
     # the rows made good: a digit with no image and an image listed twice are warnings
     kept = [lines[0], *[row for row in lines[1:] if not row.endswith(",7")], lines[1]]
     csv.write_text("\n".join(kept) + "\n")

@@ -71,6 +71,9 @@ def test_free_prompts_into_one_folder_may_run_together(tmp_path, holder):
 def test_a_second_process_of_a_launch_claims_nothing(tmp_path, holder, monkeypatch):
     holder(tmp_path / "run")
     monkeypatch.setenv("RANK", "1")
+    with pytest.raises(UsageError):  # a RANK alone (some schedulers set one for every job) is no launch
+        locks.claim(tmp_path / "run")
+    monkeypatch.setenv("WORLD_SIZE", "2")
     locks.claim(tmp_path / "run")  # it writes into the first process's run
 
 
@@ -91,3 +94,21 @@ def test_the_commands_refuse_a_folder_in_use_before_writing_anything(run_cli, tm
     data = tmp_path / "data" / "digits"
     r = run_cli("classifier", "train", "--data", data, "--dataset", "mnistm", "--out", classifier)
     assert r.code == 2 and "is writing the run folder" in r.err and not classifier.exists()
+
+
+def test_a_file_system_without_locks_runs_unclaimed_and_lock_files_go_with_their_claims(tmp_path, monkeypatch):
+    import errno
+    import fcntl
+
+    real = fcntl.flock
+
+    def no_locks(fd, op):  # NFS without its lock service
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    locks.claim(tmp_path / "out")  # not "another hw2 is writing": the run goes on
+    monkeypatch.setattr(fcntl, "flock", real)
+    locks.claim(tmp_path / "out")
+    (lock,) = locks._held
+    locks.release_all()
+    assert not os.path.exists(lock)  # one file per output ever written no longer piles up

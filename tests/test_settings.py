@@ -198,7 +198,7 @@ def test_a_home_folder_in_a_path_setting_is_expanded_and_an_empty_one_refused(ru
 @pytest.mark.parametrize(
     ("args", "said"),
     [
-        (["ddpm", "sample", "--out", ""], "--out is ''"),
+        (["ddpm", "sample", "--out", ""], "an empty argument follows --out"),
         (["ddpm", "sample", "--out="], "--out is ''"),
         (["ddim", "eval", "", "gt"], "an argument is ''"),
     ],
@@ -219,5 +219,9 @@ def test_a_misspelt_variable_is_named_with_the_one_it_probably_means(run_cli, mo
     assert "Warning: HW2_FOO is not a variable hw2 reads; hw2 reads HW2_DATA_ROOT," in " ".join(r.err.split())
     monkeypatch.delenv("HW2_DEVCE")
     monkeypatch.delenv("HW2_FOO")
+    monkeypatch.setenv("HW2_Device", "cpu")  # read as HW2_DEVICE, whatever its case
+    r = run_cli("config", "show")
+    assert "Warning" not in r.err and "cpu" in r.out
+    monkeypatch.delenv("HW2_Device")
     monkeypatch.setenv("HW2_DEBUG", "1")
     assert "Warning" not in run_cli("config", "show").err  # the CLI's own variables are known

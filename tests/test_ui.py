@@ -79,6 +79,7 @@ def test_only_the_first_process_of_a_launch_prints_status_and_results(capsys, mo
         return capsys.readouterr()
 
     monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
     second = everything()
     assert second.out == "" and second.err.strip() == "[rank 1] Error: the state is damaged"
     monkeypatch.setenv("RANK", "0")
@@ -86,3 +87,12 @@ def test_only_the_first_process_of_a_launch_prints_status_and_results(capsys, mo
     assert "done: step 4" in first.out and '"accuracy": 1.0' in first.out
     assert "training on cpu" in first.err and "Warning: a note" in first.err and "train: 2/2" in first.err
     assert "Error: the state is damaged" in first.err and "rank" not in first.err
+
+
+def test_a_rank_without_a_launch_is_a_plain_process(capsys, monkeypatch):
+    """Some schedulers set RANK for every job; without a WORLD_SIZE above 1 it is no launch."""
+    monkeypatch.setenv("RANK", "1")
+    ui.result("done")
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    ui.result("again")
+    assert capsys.readouterr().out.split() == ["done", "again"]

@@ -293,9 +293,11 @@ def atomic_path(path: str | os.PathLike[str], *, fsync: bool = False) -> Iterato
             with open(tmp, "rb+") as fh:
                 os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(OSError):
             tmp.unlink()
+        if isinstance(exc, OSError) and not exc.filename:  # Pillow's full disk names no file: this one
+            exc.filename = str(path)
         raise
 
 

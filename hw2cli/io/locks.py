@@ -9,9 +9,10 @@ A claim is an advisory lock (``flock``) on a small file named after the resolved
 ``WEIGHTS_DIR/locks/`` (or, where that cannot be written, the temporary folder): nothing is added
 to the user's folder, and the lock goes with the process however it ends (``kill -9`` included),
 so a stale claim never blocks a later run. A process holds its claims until the command ends
-(:func:`release_all`, called by the CLI); claiming a folder it holds already is free. Only the
-first process of a multi-process launch claims: the others write into its run. Where ``flock``
-does not exist (Windows), nothing is claimed.
+(:func:`release_all`, called by the CLI, which also removes the lock files); claiming a folder
+it holds already is free. Only the first process of a multi-process launch claims: the others
+write into its run. Where ``flock`` does not exist (Windows) or the file system has no locks
+(NFS without its lock service), nothing is claimed.
 """
 
 from __future__ import annotations
@@ -52,8 +53,9 @@ def claim(folder: str | os.PathLike[str], what: str = "output folder", part: str
         import fcntl
     except ImportError:  # Windows: no advisory locks of this kind
         return
-    rank = os.environ.get("RANK", "")
-    if rank.isdigit() and int(rank) > 0:
+    from hw2cli.ui import other_rank
+
+    if other_rank() is not None:
         return
     key = str(Path(folder).absolute().resolve()) + ("\0" + part if part else "")
     base = _lock_folder()
@@ -62,29 +64,47 @@ def claim(folder: str | os.PathLike[str], what: str = "output folder", part: str
     lock = str(base / f"{hashlib.sha256(key.encode()).hexdigest()[:32]}.lock")
     if lock in _held:
         return
-    try:
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
-    except OSError:
-        return  # no lock can be kept here: the run goes on as before
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
+    for _ in range(100):  # the file may be removed by its last holder between our open and our lock
         try:
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
-        finally:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError:
+            return  # no lock can be kept here: the run goes on as before
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:  # held: another process writes there now
+            try:
+                holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            finally:
+                os.close(fd)
+            raise UsageError(
+                f"another hw2 (process {holder}) is writing the {what} {folder} now; wait for it to finish, or "
+                "choose another folder."
+            ) from None
+        except OSError:  # no locks on this file system (NFS without its lock service, some FUSE mounts)
             os.close(fd)
-        raise UsageError(
-            f"another hw2 (process {holder}) is writing the {what} {folder} now; wait for it to finish, or choose "
-            "another folder."
-        ) from None
+            return
+        try:
+            same = os.fstat(fd).st_ino == os.stat(lock).st_ino
+        except OSError:
+            same = False
+        if same:
+            break
+        os.close(fd)  # we locked a file its holder had just removed: take the one there now
+    else:
+        return
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     _held[lock] = fd
 
 
 def release_all() -> None:
-    """Give up every claim of this process (the end of a command)."""
-    for fd in _held.values():
+    """Give up every claim of this process (the end of a command); its lock files go too, so the
+    folder does not fill up with one file per output ever written."""
+    for lock, fd in _held.items():
+        try:
+            os.unlink(lock)  # while still held: a process that opened it since retries on the new file
+        except OSError:
+            pass
         try:
             os.close(fd)
         except OSError:

@@ -154,6 +154,7 @@ def _split_problems(plan: list[tuple[Path, str]]) -> list[str]:
 
     problems: list[str] = []
     for folder, split in plan:
+        start = len(problems)
         if not (folder / f"{split}.csv").is_file() or not (folder / "data").is_dir():
             continue
         names, _, lines = read_split(folder, split, problems)
@@ -167,7 +168,15 @@ def _split_problems(plan: list[tuple[Path, str]]) -> list[str]:
                 problems.append(
                     f"{folder / f'{split}.csv'}, line {line}: the image {folder / 'data' / name} does not exist."
                 )
+        problems[start:] = sorted(problems[start:], key=_line_of)  # bad rows and missing images in line order
     return problems
+
+
+def _line_of(message: str) -> int:
+    import re
+
+    found = re.search(r", line (\d+):", message)
+    return int(found.group(1)) if found else 0
 
 
 def _warn_about_split(ds: Any) -> None:
