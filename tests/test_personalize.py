@@ -567,6 +567,36 @@ def test_eval_equals_a_hand_computation(run_cli, generated, sd, tmp_path, isolat
     assert old.code == 0 and json.loads(old.out) == json.loads(r.out)
 
 
+def test_eval_names_what_in_the_graded_folder_the_layout_does_not_have(
+    run_cli, generated, sd, tmp_path, isolated_cache
+):
+    import shutil
+
+    source, input_json = generated
+    _, refs = sd
+    out = tmp_path / "graded"
+    shutil.copytree(source, out)
+    clip_dir = tiny_clip_folder(tmp_path / "clip")
+    args = ("personalize", "eval", out, input_json, "--refs", refs, "--clip-model", clip_dir, "--json")
+    clean = run_cli(*args)
+    assert clean.code == 0 and "Warning" not in clean.err, clean.err
+    (out / "0" / "0" / "notes.txt").write_text("x")
+    (out / "9").mkdir()
+    (out / "0" / "7").mkdir()
+    first = sorted((out / "1" / "0").iterdir())[0]
+    first.rename(first.with_name("foo.png"))
+    r = run_cli(*args)
+    assert r.code == 0, r.err
+    said = " ".join(r.err.split())
+    assert f"{out / '0' / '0'} also holds notes.txt, which is not an image" in said
+    assert f"{out / '9'} is not a concept of the input.json" in said
+    assert f"{out / '0' / '7'} is not a prompt of concept '0'" in said
+    assert f"{out / '1' / '0'}: foo.png is not named source1_prompt0_<n>.png" in said
+    shutil.rmtree(out / "1")
+    r = run_cli(*args)
+    assert r.code == 2 and f"{out / '1'} does not exist: the grader reads the images of concept '1'" in r.err
+
+
 def test_eval_finds_the_input_json_in_the_data_root_and_the_references_beside_it(
     run_cli, generated, sd, tmp_path, isolated_cache, monkeypatch
 ):
@@ -609,7 +639,7 @@ def test_eval_errors(run_cli, generated, sd, tmp_path, isolated_cache):
     three = write_input_json(tmp_path / "three.json", n_prompts=3)
     clip_dir = tiny_clip_folder(tmp_path / "clip")
     r = run_cli("personalize", "eval", out, three, "--refs", refs, "--clip-model", clip_dir)
-    assert r.code == 2 and "holds 0 images; the grader needs exactly 25" in r.err
+    assert r.code == 2 and "0/2 does not exist: the grader reads the 25 images of prompt 2 there" in r.err
     import shutil
 
     broken = tmp_path / "broken"

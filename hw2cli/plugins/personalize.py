@@ -391,6 +391,10 @@ def eval_command(
                 )
     for note in ambiguous_references(refs, entries):
         ui.warn(note)
+    from hw2cli.tasks.grading import layout_notes
+
+    for note in layout_notes(out, entries):
+        ui.warn(note)
     for folder, ignored in {j.references[0].parent: j.ignored for j in jobs if j.ignored}.items():
         ui.warn(f"{folder}: skipped {len(ignored)} non-image file(s) ({', '.join(p.name for p in ignored[:3])}).")
     device, _ = runtime.setup()

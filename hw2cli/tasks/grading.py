@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -367,9 +368,15 @@ def grading_plan(
         ignored = sorted(p for p in ref_folder.iterdir() if p.is_file() and p not in set(references))
         if not references:
             raise UsageError(f"{ref_folder} holds no reference images ({', '.join(sorted(IMAGE_SUFFIXES))}).")
+        if not (out / key).is_dir():
+            raise UsageError(f"{out / key} does not exist: the grader reads the images of concept {key!r} there.")
         for idx, prompt in enumerate(entry["prompt_4_clip_eval"]):
             folder = out / key / str(idx)
-            files = list_images(folder) if folder.is_dir() else []
+            if not folder.is_dir():
+                raise UsageError(
+                    f"{folder} does not exist: the grader reads the {per_prompt} images of prompt {idx} there."
+                )
+            files = list_images(folder)
             if len(files) != per_prompt:
                 raise UsageError(f"{folder} holds {len(files)} images; the grader needs exactly {per_prompt}.")
             for path in files if idx else [*references, *files]:
@@ -378,6 +385,43 @@ def grading_plan(
             baseline = tuple(entry["baseline"][idx])
             jobs.append(GradingJob(key, idx, entry["prompt"][idx], prompt, files, references, baseline, ignored))  # type: ignore[arg-type]
     return jobs
+
+
+def layout_notes(out: str | Path, entries: dict[str, dict[str, Any]]) -> list[str]:
+    """What in a graded P3 folder the homework's layout does not have, in words: files that are
+    not images, images not named ``source<key>_prompt<idx>_<n>.png``, folders of concepts or
+    prompts the input.json does not list, and an evaluation prompt that still holds a token."""
+    out = Path(out)
+    notes = []
+    for entry_dir in sorted(p for p in out.iterdir() if p.is_dir()) if out.is_dir() else []:
+        if entry_dir.name not in entries:
+            notes.append(f"{entry_dir} is not a concept of the input.json; the grader does not read it.")
+            continue
+        entry = entries[entry_dir.name]
+        for prompt_dir in sorted(p for p in entry_dir.iterdir() if p.is_dir()):
+            if not (prompt_dir.name.isdigit() and int(prompt_dir.name) < len(entry["prompt_4_clip_eval"])):
+                notes.append(
+                    f"{prompt_dir} is not a prompt of concept {entry_dir.name!r}; the grader does not read it."
+                )
+                continue
+            images = set(list_images(prompt_dir))
+            others = sorted(p.name for p in prompt_dir.iterdir() if p.is_file() and p not in images)
+            if others:
+                notes.append(f"{prompt_dir} also holds {', '.join(others[:3])}{' …' if len(others) > 3 else ''}, "
+                             "which is not an image; a grader that opens every file there would fail.")  # fmt: skip
+            pattern = re.compile(rf"^source{re.escape(entry_dir.name)}_prompt{prompt_dir.name}_\d+\.png$")
+            misnamed = sorted(p.name for p in images if not pattern.match(p.name))
+            if misnamed:
+                notes.append(f"{prompt_dir}: {', '.join(misnamed[:3])}{' …' if len(misnamed) > 3 else ''} "
+                             f"{'is' if len(misnamed) == 1 else 'are'} not named source{entry_dir.name}_prompt"
+                             f"{prompt_dir.name}_<n>.png, as the homework's layout names them.")  # fmt: skip
+    for key, entry in entries.items():
+        for idx, prompt in enumerate(entry.get("prompt_4_clip_eval") or []):
+            token = re.search(r"<[^<>\s]+>", prompt)
+            if token:
+                notes.append(f"the evaluation prompt {idx} of concept {key!r} still holds {token.group(0)} "
+                             f"({prompt!r}); CLIP reads it as text, not as the learned concept.")  # fmt: skip
+    return notes
 
 
 @torch.inference_mode()
