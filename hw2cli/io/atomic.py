@@ -79,6 +79,18 @@ def _check_confined(path: Path) -> None:
 # --------------------------------------------------------------------------- outputs checked up front
 
 
+def input_holding(path: Path, inputs: list[tuple[Path, str]]) -> str | None:
+    """``"is <what>"`` or ``"is inside <what>"`` for the first of ``inputs`` (folder, what it is)
+    that ``path`` is or lies in, links resolved; ``None`` where it is none of them. An output
+    there would be written among a command's own inputs."""
+    target = path.resolve()
+    for folder, what in inputs:
+        where = folder.resolve()
+        if target == where or where in target.parents:
+            return f"{'is' if target == where else 'is inside'} {what}"
+    return None
+
+
 def _first_existing(path: Path, what: str | None = None) -> Path:
     """The nearest of ``path`` and its parents that exists; with ``what``, a link on the way to a
     target that does not exist is a :class:`UsageError` (the write would fail there, after the work,

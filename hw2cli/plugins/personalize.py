@@ -241,28 +241,18 @@ def _check_out_reads_nothing(out: Path, model: str, entries: dict | None, refs: 
             for name in dict.fromkeys((key, str(entry.get("src_image") or ""))):
                 if name and not Path(name).is_absolute() and ".." not in Path(name).parts and (root / name).is_dir():
                     read.append((root / name, f"the reference folder of concept {key!r}"))
-    for folder, what in read:
-        how = _relation(out, folder)
-        if how is not None:
-            raise UsageError(f"OUT {out} {how} {what}; choose another output folder.")
+    from hw2cli.io.atomic import input_holding
+
+    held = input_holding(out, read)
+    if held is not None:
+        raise UsageError(f"OUT {out} {held}; choose another output folder.")
     for key, entry in (entries or {}).items():
         for idx in range(len(entry["prompt"])):
             written = out / key / str(idx)
-            for folder, what in read:
-                how = _relation(written, folder)
-                if how is not None:
-                    raise UsageError(
-                        f"OUT {out} would put the images of concept {key!r} in {written}, which {how} {what}; "
-                        "choose another output folder."
-                    )
-
-
-def _relation(path: Path, folder: Path) -> str | None:
-    """'is' or 'is inside' where ``path`` is ``folder`` or lies in it (links resolved), else None."""
-    path, folder = path.resolve(), folder.resolve()
-    if path == folder:
-        return "is"
-    return "is inside" if folder in path.parents else None
+            held = input_holding(written, read)
+            if held is not None:
+                raise UsageError(f"OUT {out} would put the images of concept {key!r} in {written}, which {held}; "
+                                 "choose another output folder.")  # fmt: skip
 
 
 def _default_refs(input_json: Path) -> list[Path]:

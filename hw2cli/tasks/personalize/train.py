@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from hw2cli.data import IMAGE_SUFFIXES
 from hw2cli.errors import RunError, UsageError
-from hw2cli.io.atomic import remove_stale_temporaries, save_safetensors, write_json
+from hw2cli.io.atomic import input_holding, remove_stale_temporaries, save_safetensors, write_json
 from hw2cli.io.locks import claim
 from hw2cli.runtime import DTYPES, torch_dtype
 from hw2cli.tasks.personalize.concepts import (
@@ -230,14 +230,6 @@ def parse_reg(reg: str) -> tuple[Path, str]:
     return Path(folder), prompt
 
 
-def _relation(path: Path, folder: Path) -> str | None:
-    """'is' or 'is inside' where ``path`` is ``folder`` or lies in it (links resolved), else None."""
-    path, folder = path.resolve(), folder.resolve()
-    if path == folder:
-        return "is"
-    return "is inside" if folder in path.parents else None
-
-
 def check_out_apart(out: Path, *, model: str | Path, concepts: list[Any], reg_folder: Path | None = None) -> None:
     """The run folder (and each token folder in it) is none of the folders the run reads: not the
     model's folder, a concept's images or the regularisation images, nor inside one."""
@@ -247,19 +239,15 @@ def check_out_apart(out: Path, *, model: str | Path, concepts: list[Any], reg_fo
     inputs += [(c.folder, f"the image folder of {c.token}") for c in concepts]
     if reg_folder is not None:
         inputs.append((reg_folder, "the {opt:reg} folder"))
-    for folder, what in inputs:
-        how = _relation(out, folder)
-        if how is not None:
-            raise UsageError(f"{{opt:out}} {out} {how} {what}; choose another run folder.")
+    held = input_holding(out, inputs)
+    if held is not None:
+        raise UsageError(f"{{opt:out}} {out} {held}; choose another run folder.")
     for c in concepts:
         written = out / slug(c.token)
-        for folder, what in inputs:
-            how = _relation(written, folder)
-            if how is not None:
-                raise UsageError(
-                    f"{{opt:out}} {out} would keep {c.token} in {written}, which {how} {what}; choose another run "
-                    "folder."
-                )
+        held = input_holding(written, inputs)
+        if held is not None:
+            raise UsageError(f"{{opt:out}} {out} would keep {c.token} in {written}, which {held}; choose another run "
+                             "folder.")  # fmt: skip
 
 
 def _a(kind: str) -> str:
