@@ -1602,3 +1602,27 @@ def test_a_second_free_prompt_keeps_the_first_ones_images(run_cli, sd, tmp_path,
         r = run_cli("personalize", "generate", "--prompt", blank, out, *common)
         assert r.code == 2 and "holds no words; give the text to draw." in r.err and "Traceback" not in r.err
     assert images() == now
+
+
+def test_options_this_run_does_not_use_are_named(run_cli, sd, tmp_path, isolated_cache):
+    """--kv-lr with textual inversion, -n with an input.json, --train-steps without --train-missing
+    were taken without a word."""
+    import shutil
+
+    model, refs = sd
+    r = run_cli("personalize", "train", "--model", model, "--concept", f"<new1>={refs / '0'}:dog", "--kv-lr", "0.001",
+                "--steps", "1", "--resolution", RES, "--out", tmp_path / "run")  # fmt: skip
+    assert r.code == 0, r.err
+    assert "Warning: --kv-lr is for --method custom-diffusion (textual inversion trains no K/V), so not used here." in (
+        " ".join(r.err.split())
+    )
+    ti = tmp_path / "ti"
+    shutil.copytree(refs, ti)
+    r = run_cli("personalize", "generate", public_input_json(ti), tmp_path / "out", "--model", model, "-n", "3",
+                "--train-steps", "5", "--embeds", tmp_path / "run")  # fmt: skip
+    said = " ".join(r.err.split())
+    assert "-n is for --prompt (the graded layout makes 25 images per prompt), so not used here." in said
+    assert "--train-steps is for --train-missing, so not used here." in said
+    r = run_cli("personalize", "train", "--model", model, "--concept", f"<new1>={refs / '0'}:dog", "--steps", "1",
+                "--resolution", RES, "--out", tmp_path / "run2")  # fmt: skip
+    assert r.code == 0 and "not used here" not in r.err

@@ -103,3 +103,20 @@ def under_output_root(path: Path | None, *parts: str) -> Path:
     from hw2cli import settings
 
     return settings.get().output_root.joinpath(*parts)
+
+
+def unused(ctx: typer.Context, names: list[str], why: str) -> None:
+    """Warn about options the user gave (on the command line or in the environment) that this
+    run does not use, in one line: ``why`` says what they are for."""
+    from typer._click.core import ParameterSource
+
+    from hw2cli import ui
+
+    given = [
+        p.opts[0]
+        for p in ctx.command.params
+        if p.name in names and p.opts
+        and ctx.get_parameter_source(p.name) in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
+    ]  # fmt: skip
+    if given:
+        ui.warn(f"{', '.join(given)} {'is' if len(given) == 1 else 'are'} {why}, so not used here.")

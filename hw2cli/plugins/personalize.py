@@ -8,7 +8,7 @@ from typing import Literal
 import typer
 
 from hw2cli import ui
-from hw2cli.plugins._options import keep_finished, number, under_output_root
+from hw2cli.plugins._options import keep_finished, number, under_output_root, unused
 from hw2cli.plugins._options import seed as seed_option
 
 app = typer.Typer(
@@ -30,6 +30,7 @@ def _check_resolution(value: int | None) -> None:
 
 @app.command()
 def train(
+    ctx: typer.Context,
     model: str = typer.Option(..., "--model", help=MODEL_HELP),
     concept: list[str] = typer.Option(
         ...,
@@ -73,6 +74,8 @@ def train(
     )
 
     _check_resolution(resolution)
+    if method == "textual-inversion":
+        unused(ctx, ["kv_lr", "reg"], "for --method custom-diffusion (textual inversion trains no K/V)")
     specs = [parse_concept(spec) for spec in concept]  # every concept checked before the model loads
     check_concept_tokens([spec.token for spec in specs])
     reg_folder = parse_reg(reg)[0] if reg else None
@@ -119,6 +122,7 @@ def train(
 
 @app.command()
 def generate(
+    ctx: typer.Context,
     input_json: Path = typer.Argument(None, metavar="INPUT_JSON", help="The homework's input.json (graded layout)."),
     out: Path = typer.Argument(
         None, metavar="OUT", help="Output folder \\[default: the personalize folder of OUTPUT_ROOT]."
@@ -183,6 +187,9 @@ def generate(
         raise UsageError("give the input.json to generate the graded layout, or --prompt for a free prompt.")
     else:
         entries = read_input_json(input_json)  # a bad file fails before the model loads
+        unused(ctx, ["n"], "for --prompt (the graded layout makes 25 images per prompt)")
+    if not train_missing:
+        unused(ctx, ["train_steps", *(["refs"] if entries is not None else [])], "for --train-missing")
     if prompt is not None and not prompt.strip():
         raise UsageError(f"--prompt {prompt!r} holds no words; give the text to draw.")
     out = check_output_folder(under_output_root(out, "personalize"))
