@@ -5,6 +5,7 @@ Imports torch lazily; call these from inside commands, never at module import.
 
 from __future__ import annotations
 
+import os
 import platform
 import sys
 from importlib import metadata
@@ -143,3 +144,14 @@ def setup(device: str | None = None) -> tuple[torch.device, torch.dtype]:
         if not ok:
             raise RunError(f"--kernels triton was asked for but the Triton kernels cannot run here: {reason}.")
     return resolve_device(device), resolve_dtype()
+
+
+def other_rank() -> int | None:
+    """This process's rank in a multi-process launch (``torchrun`` and ``accelerate launch`` set
+    ``RANK`` and a ``WORLD_SIZE`` above 1) when it is not the first, else ``None``. Status,
+    warning and result lines are the first process's to print, once; the others print only
+    their errors, marked with their rank."""
+    rank, world = os.environ.get("RANK", ""), os.environ.get("WORLD_SIZE", "")
+    if not (rank.isdigit() and world.isdigit() and int(world) > 1):  # a RANK alone is some scheduler's
+        return None
+    return int(rank) if int(rank) > 0 else None

@@ -32,6 +32,7 @@ from rich.table import Table
 from rich.text import Text
 
 from hw2cli import interrupts
+from hw2cli.runtime import other_rank
 
 _state: dict = {"quiet": False, "debug": False, "interrupt_hint": None, "command": None}
 
@@ -164,17 +165,6 @@ def out() -> Console:
 
 def err() -> Console:
     return _console(sys.stderr)
-
-
-def other_rank() -> int | None:
-    """This process's rank in a multi-process launch (``torchrun`` and ``accelerate launch`` set
-    ``RANK`` and a ``WORLD_SIZE`` above 1) when it is not the first, else ``None``. Status,
-    warning and result lines are the first process's to print, once; the others print only
-    their errors, marked with their rank."""
-    rank, world = os.environ.get("RANK", ""), os.environ.get("WORLD_SIZE", "")
-    if not (rank.isdigit() and world.isdigit() and int(world) > 1):  # a RANK alone is some scheduler's
-        return None
-    return int(rank) if int(rank) > 0 else None
 
 
 def error(message: str, label: str = "Error") -> None:

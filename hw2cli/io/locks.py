@@ -53,7 +53,7 @@ def claim(folder: str | os.PathLike[str], what: str = "output folder", part: str
         import fcntl
     except ImportError:  # Windows: no advisory locks of this kind
         return
-    from hw2cli.ui import other_rank
+    from hw2cli.runtime import other_rank
 
     if other_rank() is not None:
         return

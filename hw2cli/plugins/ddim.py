@@ -126,9 +126,9 @@ def sample_command(
     from hw2cli.tasks.ddim import graded_sample
 
     opts = _options(steps, eta, alpha_prev, final_alpha, clip_x0)
-    if noise_dir.is_dir() and (
-        Path(out).resolve() == noise_dir.resolve() or noise_dir.resolve() in Path(out).resolve().parents
-    ):
+    from hw2cli.io.atomic import input_holding
+
+    if noise_dir.is_dir() and input_holding(Path(out), [(noise_dir, "the noise folder")]) is not None:
         from hw2cli.errors import UsageError
 
         raise UsageError(f"OUT {out} is inside the noise folder {noise_dir}; choose another folder for the images.")

@@ -560,14 +560,16 @@ OPEN_CLIP_CONFIG_KEYS = ("embed_dim", "vision_cfg", "text_cfg")
 def check_out_outside_data(out: str | Path, data: str | Path) -> None:
     """Refuse a report folder that is the data folder or lies inside it: the report's files would
     be read as data by every later run (links resolved)."""
+    from hw2cli.io.atomic import input_holding
+
     out, data = Path(out), Path(data)
     if not data.is_dir():
         return
     try:
-        where, target = data.resolve(), out.resolve()
+        held = input_holding(out, [(data, "the data folder")])
     except (OSError, RuntimeError):  # a loop of links: the output-folder check words it
         return
-    if target == where or where in target.parents:
+    if held is not None:
         raise UsageError(f"{{opt:out}} {out} is inside the {{opt:data}} folder {data}; choose another folder.")
 
 
