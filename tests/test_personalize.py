@@ -5,6 +5,7 @@ a hand computation, and bad input gets clear errors."""
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -360,6 +361,8 @@ def test_a_state_from_before_settings_were_recorded_still_resumes(run_cli, sd, t
          "--concept <new1>: unknown suffix ':weird'; only ':style' (or ':object') may follow the init phrase."),
         ("<new1>={refs}/0:dog:style:style", "unknown suffix ':style:style'"),
         ("<new1>={refs}/0/0.png:dog", "0.png is a file; give the folder of the concept's images."),
+        ("<new1>={refs}/0:<new1>", "the initialiser '<new1>' holds a <token>; give the word"),
+        ("<new2>={refs}/0:a <new1> dog", "the initialiser 'a <new1> dog' holds a <token>"),
     ],
 )  # fmt: skip
 def test_bad_concepts(run_cli, sd, tmp_path, isolated_cache, concept, message):
@@ -1331,6 +1334,54 @@ def test_input_json_with_a_byte_order_mark_reads_and_a_key_said_twice_is_refused
     (tmp_path / "twice.json").write_text(twice)
     with pytest.raises(UsageError, match="names '0' twice in one object"):
         read_input_json(tmp_path / "twice.json")
+
+
+def test_reference_images_far_smaller_than_the_resolution_are_named_once(run_cli, sd, tmp_path, isolated_cache):
+    model, refs = sd
+    folder = tmp_path / "tiny"
+    folder.mkdir()
+    for i, size in enumerate([(1, 1), (48, 40), (7, 9)]):  # 8 is a quarter of RES
+        Image.new("RGB", size, (200, 150, 60)).save(folder / f"{i}.png")
+    args = train_args(model, refs, tmp_path / "run", "--steps", "1")
+    args[args.index("--concept") + 1] = f"<new1>={folder}:dog"
+    r = run_cli(*args)
+    assert r.code == 0, r.err
+    assert r.err.count("Warning:") == 1, r.err
+    said = " ".join(r.err.split())
+    assert (
+        f"the concept image {folder / '0.png'} (1×1) and 1 more is under a quarter of the training resolution" in said
+    )
+    r = run_cli(*train_args(model, refs, tmp_path / "fine", "--steps", "1"))
+    assert r.code == 0 and "Warning" not in r.err, r.err
+
+
+def test_input_json_fields_no_command_reads_and_prompts_without_their_token_are_named(tmp_path):
+    from hw2cli.data.prompts import read_input_json
+
+    data = json.loads(public_input_json(tmp_path).read_text())
+    quiet = tmp_path / "quiet.json"
+    quiet.write_text(json.dumps(data))
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        expected = read_input_json(quiet, need_eval=True)
+    assert [str(w.message) for w in seen] == []  # the homework's own file: not a word
+    data["0"]["basline"] = data["0"].pop("baseline")
+    data["1"]["notes"] = "mine"
+    data["1"]["prompt"][1] = "Manhattan skyline in the style of <NEW2>."  # its token to CLIP (it lower-cases)
+    data["0"]["prompt"][1] = "A <newl> perched on a park bench."  # a typo: the token is not named
+    odd = tmp_path / "odd.json"
+    odd.write_text(json.dumps(data))
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        entries = read_input_json(odd)
+    said = [str(w.message) for w in seen]
+    assert said == [
+        f"{odd}: concept '0' has the field 'basline', which hw2 does not read (did you mean 'baseline'?).",
+        f"{odd}: concept '0', prompt 1 ('A <newl> perched on a park bench.') does not name its token <new1>, so "
+        "its images cannot show the concept.",
+        f"{odd}: concept '1' has the field 'notes', which hw2 does not read.",
+    ]
+    assert entries["1"]["prompt"] == data["1"]["prompt"] and expected["0"]["baseline"] is not None
 
 
 def test_train_missing_edge_cases_are_one_sentence_each(run_cli, sd, tmp_path, isolated_cache, monkeypatch):

@@ -153,6 +153,31 @@ def _refuse_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return dict(pairs)
 
 
+def _warn_of_oddities(path: Path, entries: dict[str, PromptEntry]) -> None:
+    """Say what the file holds that no command reads (a misspelt ``basline`` would otherwise be
+    ignored in silence, and grading would then say the concept has no baseline) and a prompt that
+    does not name its concept's token (its 25 images could not show the concept)."""
+    import difflib
+    import warnings
+
+    fields = list(PromptEntry.model_fields)
+    for key, entry in entries.items():
+        for name in entry.model_extra or {}:
+            close = difflib.get_close_matches(name, fields, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            warnings.warn(
+                f"{path}: concept {key!r} has the field {name!r}, which hw2 does not read{hint}.", stacklevel=3
+            )
+        own = clip_token_key(entry.token_name)
+        for idx, text in enumerate(entry.prompt):
+            if own not in clip_token_key(text):
+                warnings.warn(
+                    f"{path}: concept {key!r}, prompt {idx} ({text!r}) does not name its token {entry.token_name}, so "
+                    "its images cannot show the concept.",
+                    stacklevel=3,
+                )
+
+
 def read_input_json(path: str | Path, *, need_eval: bool = False) -> dict[str, dict[str, Any]]:
     """The homework's input.json, validated once: concept keys are names, token names are tokens,
     ``prompt`` (and ``prompt_4_clip_eval`` / ``baseline``) are lists of one entry per prompt."""
@@ -178,6 +203,7 @@ def read_input_json(path: str | Path, *, need_eval: bool = False) -> dict[str, d
         if exc.errors()[0]["type"] == "json_invalid":
             raise UsageError(f"{path} is not valid JSON: {exc.errors()[0]['ctx'].get('error', '')}.") from None
         raise UsageError(_validation_sentence(path, exc)) from None
+    _warn_of_oddities(path, data.root)
     entries = {key: entry.model_dump() for key, entry in data.root.items()}
     if need_eval:
         for key, entry in entries.items():

@@ -78,6 +78,11 @@ def parse_concept(spec: str) -> Concept:
     init = init.strip()
     if not init:
         raise UsageError(f"{{opt:concept}} {token}: the initialiser word is empty.")
+    if TOKEN_RE.search(init):  # a new token has no embedding yet: it would start from '<', 'new', '1', '>'
+        raise UsageError(
+            f"{{opt:concept}} {token}: the initialiser {init!r} holds a <token>; give the word the new token starts "
+            "from, like 'dog' or 'painting'."
+        )
     kind = kind or ("style" if init.lower() in STYLE_WORDS else "object")
     return Concept(token, folder_path, init, kind, images)
 

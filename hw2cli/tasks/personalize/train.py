@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -95,20 +95,36 @@ class PersonalizeResult:
     first: int = 0  # the step it started from (a resume's saved step)
 
 
-def _image_tensor(path: Path, resolution: int) -> torch.Tensor:
+def _image_tensors(paths: Sequence[Path], resolution: int, what: str) -> list[torch.Tensor]:
+    """Each image centre-cropped to a square and resized to ``resolution``², in [−1, 1]; images far
+    smaller than that (a thumbnail, a 1×1 placeholder) are named once: enlarged, they teach a blur."""
     from PIL import Image
 
-    try:
-        with Image.open(path) as im:
-            im = im.convert("RGB")
-            w, h = im.size
-            side = min(w, h)
-            im = im.crop(((w - side) // 2, (h - side) // 2, (w + side) // 2, (h + side) // 2))
-            im = im.resize((resolution, resolution), Image.BICUBIC)
-            array = np.asarray(im, dtype="float32") / 127.5 - 1.0
-    except Exception as exc:
-        raise UsageError(f"cannot open {path} as an image: {exc}.") from exc
-    return torch.from_numpy(array).permute(2, 0, 1)
+    tensors, small = [], []
+    for path in paths:
+        try:
+            with Image.open(path) as im:
+                im = im.convert("RGB")
+                w, h = im.size
+                side = min(w, h)
+                im = im.crop(((w - side) // 2, (h - side) // 2, (w + side) // 2, (h + side) // 2))
+                im = im.resize((resolution, resolution), Image.BICUBIC)
+                array = np.asarray(im, dtype="float32") / 127.5 - 1.0
+        except Exception as exc:
+            raise UsageError(f"cannot open {path} as an image: {exc}.") from exc
+        if side < resolution // 4:
+            small.append(f"{path} ({w}×{h})")
+        tensors.append(torch.from_numpy(array).permute(2, 0, 1))
+    if small:
+        import warnings
+
+        more = f" and {len(small) - 1} more" if len(small) > 1 else ""
+        warnings.warn(
+            f"the {what} image {small[0]}{more} is under a quarter of the training resolution "
+            f"({resolution}²) on its short side; it is enlarged, so the token learns a blur. Give larger images.",
+            stacklevel=2,
+        )
+    return tensors
 
 
 class NewTokenEmbedding(torch.nn.Module):
@@ -363,14 +379,14 @@ def train_personalization(
 
     # 2. data: every concept's images, resized once, sharded across processes by the prepared loader
     samples = [(c, p) for c in concepts for p in c.images]
-    dataset = ConceptImages([_image_tensor(p, opts.resolution) for _, p in samples])
+    dataset = ConceptImages(_image_tensors([p for _, p in samples], opts.resolution, "concept"))
     # the loader's own generator: each new iterator draws a seed from it, which a resume mid-epoch
     # (one more iterator) would otherwise take from the global generator saved in the state; the
     # order itself comes from accelerate's seedable sampler, reseeded every epoch
     loader = torch.utils.data.DataLoader(
         dataset, batch_size=opts.batch, shuffle=True, drop_last=False, generator=torch.Generator()
     )
-    reg = [_image_tensor(p, opts.resolution) for p in reg_images]
+    reg = _image_tensors(reg_images, opts.resolution, "regularisation")
     learned, optimizer, loader = accelerator.prepare(learned, optimizer, loader)
 
     step = 0
