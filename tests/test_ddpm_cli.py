@@ -49,6 +49,22 @@ def test_sample_writes_pngs_and_a_grid(run_cli, checkpoint, tmp_path):
         assert len(_find(grid, tile)) == 1
 
 
+def test_a_network_whose_outputs_overflow_stops_before_writing_and_says_so(run_cli, tmp_path):
+    torch.manual_seed(0)
+    config = DiffusionConfig(model=dict(TINY))
+    net = build_network(config)
+    with torch.no_grad():  # finite weights (a NaN one is refused at load) whose outputs overflow float32
+        for p in net.parameters():
+            p.normal_(std=1e30)
+    bad = save_checkpoint(net, config, tmp_path / "bad")
+    out = tmp_path / "s"
+    r = run_cli("ddpm", "sample", "--digit", "3", "-n", "1", "--steps", "2", "--checkpoint", bad, "--out", out)
+    assert r.code == 1, r.err
+    said = " ".join(r.err.split())
+    assert "the dpm sampler produced NaN or infinite values at guidance 2: the network's outputs overflow" in said
+    assert "lower" not in said and not list(out.glob("*.png"))
+
+
 def test_a_smaller_sample_in_a_used_folder_names_the_earlier_images_it_leaves(run_cli, checkpoint, tmp_path):
     out = tmp_path / "s"
     base = ["ddpm", "sample", "--digit", "3", "--steps", "2", "--checkpoint", checkpoint, "--out", out]

@@ -130,7 +130,16 @@ def iter_samples(
         with torch.inference_mode():
             x = sample(sampler, eps_model, x, model.schedule, steps, **kwargs)
         if not torch.isfinite(x).all():
-            raise RunError("the sampler produced NaN or infinite values; lower the guidance or the step size.")
+            reduced = (
+                ""
+                if dtype == torch.float32
+                else f" in {str(dtype).removeprefix('torch.')} ({{opt:dtype}} fp32 may hold it)"
+            )
+            raise RunError(
+                f"the {sampler} sampler produced NaN or infinite values at guidance {guidance:g}{reduced}: the "
+                "network's outputs overflow, as a checkpoint of a diverged training run's does; sample another "
+                "checkpoint."
+            )
         yield start, to_uint8(x, (lo, hi))
         if on_batch is not None:
             on_batch(cond.shape[0])
