@@ -29,9 +29,9 @@ def holder():
     """Another process that holds a folder until the test ends (or closes its stdin)."""
     procs = []
 
-    def hold(folder, part=""):
+    def hold(folder, part="", env=None):
         proc = subprocess.Popen([sys.executable, "-c", HOLD, str(folder), part], stdin=subprocess.PIPE,
-                                stdout=subprocess.PIPE, text=True)  # fmt: skip
+                                stdout=subprocess.PIPE, text=True, env=env)  # fmt: skip
         assert proc.stdout.readline().strip() == "held"
         procs.append(proc)
         return proc
@@ -109,6 +109,18 @@ def test_a_file_system_without_locks_runs_unclaimed_and_lock_files_go_with_their
     locks.claim(tmp_path / "out")  # not "another hw2 is writing": the run goes on
     monkeypatch.setattr(fcntl, "flock", real)
     locks.claim(tmp_path / "out")
-    (lock,) = locks._held
+    held = list(locks._held)
+    assert len(held) == 2  # in the weights folder and in the temporary folder
     locks.release_all()
-    assert not os.path.exists(lock)  # one file per output ever written no longer piles up
+    assert not any(os.path.exists(lock) for lock in held)  # one file per output ever written no longer piles up
+
+
+def test_runs_with_different_weights_folders_see_each_others_claims(tmp_path, holder, monkeypatch):
+    monkeypatch.setenv("HW2_WEIGHTS_DIR", str(tmp_path / "mine"))
+    proc = holder(tmp_path / "out", env={**os.environ, "HW2_WEIGHTS_DIR": str(tmp_path / "theirs")})
+    with pytest.raises(UsageError, match=rf"another hw2 \(process {proc.pid}\) is writing the output folder"):
+        locks.claim(tmp_path / "out")
+    assert not locks._held  # the lock it did get (in its own weights folder) is not kept
+    proc.stdin.close()
+    proc.wait(timeout=30)
+    locks.claim(tmp_path / "out")
