@@ -433,6 +433,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         code = _main(argv)
     finally:
+        interrupts.disarm()
         if "hw2cli.io.locks" in sys.modules:  # the command's output folders are free again
             sys.modules["hw2cli.io.locks"].release_all()
     if code == 0 and ui.stdout_lost():  # the work is done, but its result reached no one

@@ -332,3 +332,58 @@ def test_a_write_that_fails_names_the_file_it_was_writing(tmp_path):
         raise OSError(errno.ENOSPC, "No space left on device")  # as Pillow raises it: no file name
     assert info.value.filename == str(target)
     assert list((tmp_path / "svhn").iterdir()) == []
+
+
+STUCK_IN_NATIVE_CODE = """
+    import ctypes
+    import sys
+    import time
+
+    import hw2cli.data.synth as synth
+    from hw2cli.app import run
+
+    libc = ctypes.CDLL(None)
+    body = ctypes.CFUNCTYPE(ctypes.c_void_p, ctypes.c_void_p)(lambda arg: time.sleep(60))
+
+    def one_long_library_call(*args, **kwargs):  # as a Stable Diffusion step on a CPU: no Python runs
+        thread = ctypes.c_ulong()
+        libc.pthread_create(ctypes.byref(thread), None, body, None)
+        print("inside", flush=True)
+        libc.pthread_join(thread, None)  # returns after 60 s whatever signals arrive
+
+    synth.synthesize = one_long_library_call
+    sys.argv = ["hw2", "data", "synth", "out"]
+    run()
+"""
+
+
+def test_a_second_ctrl_c_stops_at_once_also_inside_a_long_library_call(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import textwrap
+    import time
+
+    from hw2cli import interrupts
+
+    script = tmp_path / "stuck.py"
+    script.write_text(textwrap.dedent(STUCK_IN_NATIVE_CODE))
+    env = {**os.environ, "HW2_WEIGHTS_DIR": str(tmp_path / "w")}
+    proc = subprocess.Popen([sys.executable, str(script)], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert proc.stdout.readline().strip() == "inside"
+        proc.send_signal(signal.SIGINT)
+        time.sleep(interrupts.GRACE_S + 1)
+        assert proc.poll() is None  # one Ctrl-C waits for the work to come back to Python: the gentle stop
+        sent = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        code = proc.wait(timeout=interrupts.GRACE_S + 10)  # not the 60 s the call takes
+        waited = time.monotonic() - sent
+    finally:
+        proc.kill()
+        proc.wait()
+    err = proc.stderr.read()
+    assert code == 130 and waited >= interrupts.GRACE_S * 0.9, (code, waited, err)
+    assert "Stopped at once: a second Ctrl-C" in err and "Traceback" not in err
