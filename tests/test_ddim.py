@@ -56,6 +56,29 @@ def test_graded_sample_layout_and_determinism(run_cli, face, tmp_path):
         assert Image.open(tmp_path / "a" / name).size == (SIDE, SIDE)
 
 
+def test_on_a_cpu_the_face_unet_runs_channels_last_and_agrees_with_float64_nchw(face, monkeypatch):
+    import copy
+
+    from hw2cli.tasks import ddim
+
+    root, model = face
+    loaded = copy.deepcopy(model)
+    monkeypatch.setattr(ddim, "load_face_unet", lambda path, device: loaded)  # to watch what the sampler runs
+    seen = []
+    loaded.register_forward_pre_hook(
+        lambda m, args: seen.append(args[0].is_contiguous(memory_format=torch.channels_last))
+    )
+    source = ddim.face_source(root / "UNet.pt", torch.device("cpu"))
+    x = torch.randn(2, 3, SIDE, SIDE, generator=torch.Generator().manual_seed(3))
+    t = torch.tensor([981, 21])
+    with torch.inference_mode():
+        eps = source.eps(x, t)
+        reference = copy.deepcopy(model).double()(x.double(), t).float()  # the independent reference
+    assert seen == [True] and loaded.down1.weight.is_contiguous(memory_format=torch.channels_last)
+    assert eps.is_contiguous()  # the sampler keeps NCHW tensors
+    assert torch.allclose(eps, reference, atol=1e-4, rtol=1e-4)
+
+
 @pytest.mark.parametrize("eta", ["0", "0.5"])
 def test_an_interrupted_graded_sample_resumes_to_identical_bytes(run_cli, face, tmp_path, interrupt_on_call, eta):
     from hw2cli.tasks import ddim as core
