@@ -1303,6 +1303,31 @@ def test_reference_folders_may_be_symlinks_and_may_live_in_the_data_root(run_cli
     assert f"from {data_root / 'textual_inversion' / '0'}" in r.err
     r = run_cli("personalize", "generate", input_json, tmp_path / "o2", *common)
     assert r.code == 2 and "does not hold them either (pass --refs" in r.err
+    assert "or set HW2_DATA_ROOT to the hw2_data folder whose textual_inversion/ holds them" in r.err
+
+
+def test_hw2_3_sh_run_from_anywhere_finds_the_checkouts_own_hw2_data(run_cli, sd, tmp_path, isolated_cache,
+                                                                    monkeypatch):  # fmt: skip
+    """The grader runs the script from its own folder with a private input.json and no way to pass
+    --refs: the checkout hw2 runs from (its hw2_data/textual_inversion) is looked in last."""
+    import hw2cli
+
+    model, refs = sd
+    checkout = tmp_path / "checkout"
+    (checkout / "hw2cli").mkdir(parents=True)
+    (checkout / "pyproject.toml").write_text("[project]\nname = 'hw2'\n")
+    (checkout / "hw2_data").mkdir()
+    (checkout / "hw2_data" / "textual_inversion").symlink_to(refs, target_is_directory=True)
+    monkeypatch.setattr(hw2cli, "__file__", str(checkout / "hw2cli" / "__init__.py"))  # hw2 as run from there
+    elsewhere = tmp_path / "private"
+    elsewhere.mkdir()
+    common = ["--model", model, "--train-missing", "--train-steps", "1", "--resolution", RES, "--steps", "1"]
+    r = run_cli("personalize", "generate", public_input_json(elsewhere), tmp_path / "out", *common)
+    assert r.code == 0, r.err
+    assert f"from {checkout / 'hw2_data' / 'textual_inversion' / '0'}" in r.err
+    (checkout / "pyproject.toml").unlink()  # an installed hw2 (site-packages) has no checkout to look in
+    r = run_cli("personalize", "generate", public_input_json(elsewhere), tmp_path / "o2", *common)
+    assert r.code == 2 and "does not hold them either" in r.err
 
 
 def test_folders_where_files_belong_are_named_as_folders(run_cli, sd, trained, tmp_path, isolated_cache):

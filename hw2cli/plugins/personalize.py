@@ -264,10 +264,17 @@ def _check_out_reads_nothing(out: Path, model: str, entries: dict | None, refs: 
 
 def _default_refs(input_json: Path) -> list[Path]:
     """Where the reference folders are looked for: beside the input.json, then the homework's
-    DATA_ROOT/textual_inversion (a private input.json may be kept elsewhere)."""
+    DATA_ROOT/textual_inversion (a private input.json may be kept elsewhere), then the
+    ``hw2_data/textual_inversion`` of the checkout hw2 runs from (a grader runs ``hw2_3.sh`` from
+    any folder, and the script takes no more arguments)."""
+    import hw2cli
     from hw2cli import settings
 
-    return list(dict.fromkeys([input_json.parent, settings.get().data_root / "textual_inversion"]))
+    folders = [input_json.parent, settings.get().data_root / "textual_inversion"]
+    checkout = Path(hw2cli.__file__).resolve().parents[1]
+    if (checkout / "pyproject.toml").is_file():
+        folders.append(checkout / "hw2_data" / "textual_inversion")
+    return list(dict.fromkeys(folders))
 
 
 def _train_missing(

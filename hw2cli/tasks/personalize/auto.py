@@ -207,7 +207,11 @@ def plan_from_first(
         if len(failures) == 1:
             raise failures[0]
         first = str(failures[0].args[0]).rstrip(".")
-        raise UsageError(f"{first}; {folders[-1]} does not hold them either (pass {{opt:refs}} with the folder).")
+        others = " or ".join(str(folder) for folder in folders[1:])
+        raise UsageError(
+            f"{first}; {others} does not hold them either (pass {{opt:refs}} with the folder, or set HW2_DATA_ROOT "
+            "to the hw2_data folder whose textual_inversion/ holds them)."
+        )
     if finished(plan):
         return plan
     try:
