@@ -334,6 +334,23 @@ def test_a_resume_says_what_it_does_not_apply_and_when_nothing_is_left(digits, t
     assert r.code == 0 and "planned again" not in r.err and "nothing to train" in r.out  # shorter: nothing re-planned
 
 
+def test_a_resume_of_a_stopped_run_with_fewer_steps_is_not_called_finished(digits, tmp_path, run_cli):
+    def ctrl_c(step, metrics):
+        if step == 4:
+            raise KeyboardInterrupt  # a second Ctrl-C: stopped for good at the state of step 3
+
+    with pytest.raises(TrainingInterrupted):
+        train_ddpm(opts(digits, tmp_path / "r", steps=6), device=CPU, on_step=ctrl_c)
+    assert saved_step(tmp_path / "r") == 3
+    r = run_cli("ddpm", "train", "--data", digits, "--out", tmp_path / "r", "--resume", "--steps", "2")
+    assert r.code == 0, r.err
+    said = " ".join(r.out.split())
+    assert (
+        f"{tmp_path / 'r'} was stopped at step 3 of its planned 6, and --steps 2 asks for no more; nothing to train" in said
+    )
+    assert "finished" not in said and "3/2" not in r.err  # the bar never counts past its end
+
+
 def test_a_sample_grid_a_kill_prevented_is_drawn_on_resume(digits, tmp_path):
     # a kill after step 2's state was saved and before its grid: the resume draws the same grid
     train_ddpm(opts(digits, tmp_path / "r", steps=2, checkpoint_every=2, sample_every=2), device=CPU)

@@ -120,3 +120,15 @@ def unused(ctx: typer.Context, names: list[str], why: str) -> None:
     ]  # fmt: skip
     if given:
         ui.warn(f"{', '.join(given)} {'is' if len(given) == 1 else 'are'} {why}, so not used here.")
+
+
+def nothing_to_train(out: Path | str, step: int, steps: int, planned: int | None = None) -> str:
+    """What a ``--resume`` that trains no step says: the run is at ``step``, not below ``steps``;
+    a run stopped before the ``planned`` steps it began with is not called finished."""
+    if planned is not None and planned > step:
+        where = f"{out} was stopped at step {step} of its planned {planned}, and --steps {steps} asks for no more"
+    elif steps < step:
+        where = f"{out} is already at step {step}, past --steps {steps}"
+    else:
+        where = f"{out} had already finished at step {step}"
+    return f"{where}; nothing to train (give --resume a --steps above {step} to continue it)"

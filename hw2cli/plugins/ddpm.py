@@ -9,7 +9,7 @@ from typing import Any, Literal
 import typer
 
 from hw2cli import ui
-from hw2cli.plugins._options import SETTING, keep_finished, number, resolve_seed, under_output_root
+from hw2cli.plugins._options import SETTING, keep_finished, nothing_to_train, number, resolve_seed, under_output_root
 from hw2cli.plugins._options import seed as seed_option
 
 app = typer.Typer(
@@ -157,12 +157,13 @@ def _run_training(opts: Any, label: str, device: Any, resume: bool, steps: int |
     """``train_ddpm`` behind a progress bar (a resumed run starts it at its saved step), then one result line."""
     from hw2cli.tasks.train_ddpm import train_ddpm
 
-    mark = _saved_mark(Path(opts.out)) if resume and steps is not None else {}
+    mark = _saved_mark(Path(opts.out)) if resume else {}
     saved = mark.get("options") if isinstance(mark.get("options"), dict) else None
     at = mark.get("step")
-    if saved is not None and saved.get("steps") not in (None, steps) and isinstance(at, int) and steps > at:
+    planned = saved.get("steps") if saved is not None and isinstance(saved.get("steps"), int) else None
+    if steps is not None and planned not in (None, steps) and isinstance(at, int) and steps > at:
         ui.info(
-            f"--steps {steps}: the run was planned for {saved['steps']} steps; the learning rate's cosine decay "
+            f"--steps {steps}: the run was planned for {planned} steps; the learning rate's cosine decay "
             f"is planned again for {steps} from its saved step, so the result is not what --steps {steps} "
             "from the start would have made."
         )
@@ -173,15 +174,13 @@ def _run_training(opts: Any, label: str, device: Any, resume: bool, steps: int |
             device=device,
             resume=resume,
             steps=steps,
-            on_start=lambda first, total: bar.reset(total, first),
+            on_start=lambda first, total: bar.reset(max(total, first), first),  # never 99/5
             on_step=lambda step, metrics: bar.update(1, **metrics),
             note=ui.warn,
         )
     if resume and math.isnan(result.loss):  # nothing left to train
-        ui.result(
-            f"{opts.out} had already finished at step {result.step}; nothing to train (pass a larger --steps with "
-            f"--resume to continue it); checkpoint {result.checkpoint}"
-        )
+        asked = steps if steps is not None else planned if planned is not None else result.step
+        ui.result(f"{nothing_to_train(opts.out, result.step, asked, planned)}; checkpoint {result.checkpoint}")
         return
     ui.result(f"done: step {result.step}, loss {result.loss:.{loss_digits}f}; checkpoint {result.checkpoint}")
 

@@ -8,7 +8,7 @@ from typing import Literal
 import typer
 
 from hw2cli import ui
-from hw2cli.plugins._options import keep_finished, number, under_output_root, unused
+from hw2cli.plugins._options import keep_finished, nothing_to_train, number, under_output_root, unused
 from hw2cli.plugins._options import seed as seed_option
 
 app = typer.Typer(
@@ -108,13 +108,12 @@ def train(
             offline=current.offline,
             resume=resume,
             note=ui.info,
-            on_start=lambda first, total: bar.reset(total, first),
+            on_start=lambda first, total: bar.reset(max(total, first), first),  # never 99/5
             on_step=lambda step, metrics: bar.update(1, **metrics),
         )
     if resume and result.step == result.first:  # nothing left to train
         ui.result(
-            f"{out} had already finished at step {result.step}; nothing to train (pass a larger --steps with "
-            f"--resume to continue it); tokens {', '.join(result.tokens)} in {result.out}"
+            f"{nothing_to_train(out, result.step, opts.steps)}; tokens {', '.join(result.tokens)} in {result.out}"
         )
         return
     ui.result(f"done: step {result.step}, tokens {', '.join(result.tokens)}; saved in {result.out}")
