@@ -481,9 +481,11 @@ def _main(argv: list[str] | None) -> int:
         if text.strip():
             ui.err().print(text, markup=False, highlight=False)
         return 2
+    except click_exceptions.NoSuchOption as exc:
+        ui.error(_global_option_misplaced(command, exc) or _usage_sentence(exc))
+        return 2
     except click_exceptions.UsageError as exc:
-        where = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
-        ui.error(f"{exc.format_message().rstrip('.')}{where}.")
+        ui.error(_usage_sentence(exc))
         return 2
     except click_exceptions.ClickException as exc:
         ui.error(exc.format_message())
@@ -521,6 +523,29 @@ def _main(argv: list[str] | None) -> int:
     if code == 130:  # Typer turns Ctrl-C into Exit(130) silently
         ui.error(ui.interrupted())
     return code if isinstance(code, int) else 0
+
+
+def _usage_sentence(exc: Any) -> str:
+    where = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
+    return f"{exc.format_message().rstrip('.')}{where}."
+
+
+def _global_option_misplaced(command: Any, exc: Any) -> str | None:
+    """``hw2 data synth out --device cpu``: an option of ``hw2`` itself given after the command,
+    where Click only says there is no such option."""
+    if exc.ctx is None or exc.ctx.parent is None:
+        return None
+    name = exc.option_name
+    for param in command.params:
+        if name in (*param.opts, *param.secondary_opts):
+            path = exc.ctx.command_path.split(" ", 1)
+            rest = f" {path[1]}" if len(path) > 1 else ""
+            value = "" if getattr(param, "is_flag", False) else " …"
+            return (
+                f"{name} is an option of hw2 itself: put it before the command ({path[0]} {name}{value}{rest} …); "
+                f"see '{path[0]} --help'."
+            )
+    return None
 
 
 def run() -> None:

@@ -387,3 +387,14 @@ def test_a_second_ctrl_c_stops_at_once_also_inside_a_long_library_call(tmp_path)
     err = proc.stderr.read()
     assert code == 130 and waited >= interrupts.GRACE_S * 0.9, (code, waited, err)
     assert "Stopped at once: a second Ctrl-C" in err and "Traceback" not in err
+
+
+def test_an_option_of_hw2_itself_after_the_command_says_where_it_goes(run_cli):
+    r = run_cli("data", "synth", "out", "--device", "cpu")
+    assert r.code == 2 and "Traceback" not in r.err
+    said = " ".join(r.err.split())
+    assert "--device is an option of hw2 itself: put it before the command (hw2 --device … data synth …)" in said
+    r = run_cli("ddpm", "generate", "out", "--quiet")  # a flag takes no value
+    assert r.code == 2 and "(hw2 --quiet ddpm generate …)" in " ".join(r.err.split())
+    r = run_cli("data", "synth", "out", "--devic", "cpu")  # no option anywhere: Click's own words
+    assert r.code == 2 and "No such option: --devic" in r.err and "itself" not in r.err
