@@ -117,6 +117,9 @@ def quiet_libraries(*, debug: bool) -> None:
                         ("TQDM_DISABLE", "1")):  # fmt: skip
         os.environ.setdefault(name, value)
     logging.getLogger().setLevel(logging.ERROR)
+    # torch logs through its own handler, past the root's level: on a machine without CUDA, every
+    # torch.compile or Triton start said "No CUDA runtime is found, using CUDA_HOME=…", in glog form
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
 
 
 _LIBRARY_PLANS = (DeprecationWarning, PendingDeprecationWarning, FutureWarning)

@@ -398,3 +398,27 @@ def test_an_option_of_hw2_itself_after_the_command_says_where_it_goes(run_cli):
     assert r.code == 2 and "(hw2 --quiet ddpm generate …)" in " ".join(r.err.split())
     r = run_cli("data", "synth", "out", "--devic", "cpu")  # no option anywhere: Click's own words
     assert r.code == 2 and "No such option: --devic" in r.err and "itself" not in r.err
+
+
+def test_torchs_own_log_line_about_cuda_home_is_not_printed_on_a_machine_without_cuda(tmp_path):
+    """torch logs through its own handler, past the root logger's level; `hw2 bench kernels` printed
+    'W1202 … cpp_extension.py:183] No CUDA runtime is found, using CUDA_HOME=…' in glog form."""
+    import os
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys, torch\n"
+        "from hw2cli.app import quiet_libraries\n"
+        "quiet_libraries(debug=sys.argv[1] == 'debug')\n"
+        "import torch.utils.cpp_extension as ext\n"
+        "ext._find_cuda_home()\n"
+        "print(torch.cuda.is_available())\n"
+    )
+    env = {**os.environ, "CUDA_HOME": str(tmp_path)}  # a CUDA_HOME that exists, as /usr/local does here
+    runs = {m: subprocess.run([sys.executable, "-c", probe, m], capture_output=True, text=True, env=env, timeout=120)
+            for m in ("quiet", "debug")}  # fmt: skip
+    if runs["quiet"].stdout.strip() != "False":
+        pytest.skip("CUDA is available: torch does not log this line")
+    assert "No CUDA runtime is found" in runs["debug"].stderr  # the line exists, and --debug keeps it
+    assert "No CUDA runtime is found" not in runs["quiet"].stderr, runs["quiet"].stderr
