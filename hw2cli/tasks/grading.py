@@ -100,7 +100,8 @@ def load_classifier(path: str | Path | None, dataset: str, arch: str | None = No
         raise UsageError(f"unknown classifier architecture {arch!r}; expected {' or '.join(ARCHITECTURES)}.")
     model = build_classifier(arch)
     load_state_into(model, {k: v.float() for k, v in state.items()}, str(path))
-    return model.eval(), f"{arch} ({path.name}{', embedded in hw2, not the homework grader' if embedded else ''})"
+    shown = path.name if embedded else str(path)  # a file of the user's as given: it may share the embedded one's name
+    return model.eval(), f"{arch} ({shown}{', embedded in hw2, not the homework grader' if embedded else ''})"
 
 
 def grader_tensor(images_uint8: torch.Tensor) -> torch.Tensor:
