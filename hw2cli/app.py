@@ -291,7 +291,7 @@ app.add_typer(config_app, name="config", rich_help_panel=PROJECT_PANEL)
 
 @config_app.command("show")
 def config_show(as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
-    """Print every setting, its value and its source (option, env, .env, TOML file, default)."""
+    """Print every setting, its value and its source (option, env, .env, hw2.toml, pyproject.toml, default)."""
     from hw2cli import settings as settings_mod
 
     current = settings_mod.get()
