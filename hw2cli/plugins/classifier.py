@@ -21,7 +21,7 @@ def train(
     arch: Literal["lenet", "resnet34"] = typer.Option(
         "lenet", help="lenet (the official MNIST-M layout) or resnet34 (timm, CIFAR stem)."
     ),
-    out: Path = typer.Option(None, help="Output .safetensors \\[default: runs/classifier_DATASET.safetensors]."),
+    out: Path = typer.Option(None, help="Output .safetensors \\[default: runs/classifier_DATASET, with .safetensors]."),
     epochs: int = typer.Option(10, min=1, max=1000, help="Epochs."),
     batch: int = typer.Option(128, min=1, max=65_536, help="Batch size."),
     lr: float = number(2e-3, min=1e-9, max=10.0, help="Peak learning rate (one-cycle)."),

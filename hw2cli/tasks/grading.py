@@ -61,6 +61,15 @@ def official_svhn_checkpoint(cache: Path, offline: bool = False, on_progress: An
                  what=f"the SVHN grader {repo}")  # fmt: skip
 
 
+def _downloaded(path: Path) -> bool:
+    from hw2cli import settings
+
+    try:
+        return path.resolve().is_relative_to(settings.get().weights_dir.resolve())
+    except Exception:  # settings that do not load: the path as given
+        return False
+
+
 def load_classifier(path: str | Path | None, dataset: str, arch: str | None = None) -> tuple[torch.nn.Module, str]:
     """A classifier from a file (ours: safetensors with metadata; official: ``{"state_dict": ...}``
     ``.pth``), or the embedded default for ``dataset``. Returns ``(model, description)``; the
@@ -100,7 +109,8 @@ def load_classifier(path: str | Path | None, dataset: str, arch: str | None = No
         raise UsageError(f"unknown classifier architecture {arch!r}; expected {' or '.join(ARCHITECTURES)}.")
     model = build_classifier(arch)
     load_state_into(model, {k: v.float() for k, v in state.items()}, str(path))
-    shown = path.name if embedded else str(path)  # a file of the user's as given: it may share the embedded one's name
+    shown = path.name if embedded or _downloaded(path) else str(path)  # a user's file as given: it may share
+    # the embedded one's name; a file hw2 downloaded into its weights folder is named by its own name
     return model.eval(), f"{arch} ({shown}{', embedded in hw2, not the homework grader' if embedded else ''})"
 
 
